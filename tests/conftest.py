@@ -1,0 +1,34 @@
+"""Shared pytest setup: caches inside the work tree, deterministic torch, tiny fixtures."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from hgm_core.paths import configure_third_party_caches
+
+configure_third_party_caches()
+# spconv's CPU kernels are wrong with >1 torch thread (reference/environment.md); tests and the
+# library run CPU torch single-threaded where it matters, and a fixed count keeps timings comparable.
+torch.set_num_threads(int(os.environ.get("HGM_TEST_THREADS", "1")))
+
+
+@pytest.fixture
+def rng() -> torch.Generator:
+    return torch.Generator().manual_seed(1234)
+
+
+def random_gaussians(n: int, *, seed: int = 0, spread: float = 0.3, dtype: torch.dtype = torch.float32):
+    """N random but valid Gaussians around the origin (shared by several test modules)."""
+    from hgm_core.gaussians import Gaussians
+
+    g = torch.Generator().manual_seed(seed)
+    return Gaussians(
+        means=torch.randn(n, 3, generator=g, dtype=dtype) * spread,
+        quats=torch.nn.functional.normalize(torch.randn(n, 4, generator=g, dtype=dtype), dim=-1),
+        scales=torch.rand(n, 3, generator=g, dtype=dtype) * 0.05 + 0.01,
+        opacities=torch.rand(n, generator=g, dtype=dtype) * 0.9 + 0.05,
+        colors=torch.rand(n, 3, generator=g, dtype=dtype),
+    )
