@@ -15,17 +15,7 @@ from typing import Iterable, Sequence
 
 import torch
 
-SH_C0 = 0.28209479177387814
-"""Degree-0 real spherical harmonic; `f_dc = (rgb - 0.5) / SH_C0` (3DGS convention)."""
-
-RAW_FIELDS: tuple[str, ...] = (
-    "x", "y", "z",
-    "f_dc_0", "f_dc_1", "f_dc_2",
-    "opacity",
-    "scale_0", "scale_1", "scale_2",
-    "rot_0", "rot_1", "rot_2", "rot_3",
-)
-"""Names of the 14 raw columns, in order (PLY property names, PointCloud2 field names)."""
+from hgm_core.layout import RAW_FIELDS, SH_C0  # re-exported: the layout is part of this API
 
 _EPS = 1e-7
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from hgm_core.gaussians import RAW_FIELDS, SH_C0
+from hgm_core.layout import RAW_FIELDS, SH_C0
 
 FLOAT32 = 7
 """sensor_msgs/PointField.FLOAT32."""
