@@ -35,28 +35,31 @@ def ply_property_names(n_rest: int = 0) -> list[str]:
             "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
 
 
-def gaussians_to_ply_array(g: Gaussians) -> np.ndarray:
-    """Structured float32 array `[N]` with the PLY property layout (no file IO)."""
-    raw = g.detach().to("cpu", torch.float32).to_raw().numpy()
-    rest = np.zeros((len(g), 0), np.float32)
-    if g.sh is not None:
-        # [N, K, 3] -> channel-major [N, 3*K], as 3DGS's features_rest.transpose(1, 2).flatten(1)
-        rest = g.sh.detach().to("cpu", torch.float32).numpy().transpose(0, 2, 1).reshape(len(g), -1)
+def ply_array(raw: np.ndarray, sh_rest: np.ndarray | None = None) -> np.ndarray:
+    """Structured float32 array `[N]` in the PLY property layout (no file IO).
+
+    Args:
+        raw: `[N, 14]` raw rows in `RAW_FIELDS` order.
+        sh_rest: optional `[N, 3*K]` channel-major `f_rest` values.
+    """
+    raw = np.asarray(raw, np.float32)
+    if raw.ndim != 2 or raw.shape[1] != len(RAW_FIELDS):
+        raise PlyError(f"raw Gaussians must be [N, {len(RAW_FIELDS)}], got {list(raw.shape)}")
+    rest = np.zeros((len(raw), 0), np.float32) if sh_rest is None else np.asarray(sh_rest, np.float32)
     names = ply_property_names(rest.shape[1])
-    cols = {n: raw[:, i] for i, n in enumerate(RAW_FIELDS)}
-    cols.update({n: np.zeros(len(g), np.float32) for n in ("nx", "ny", "nz")})
-    cols.update({f"f_rest_{i}": rest[:, i] for i in range(rest.shape[1])})
-    arr = np.empty(len(g), dtype=[(n, "<f4") for n in names])
-    for n in names:
-        arr[n] = cols[n]
+    arr = np.zeros(len(raw), dtype=[(n, "<f4") for n in names])  # normals stay zero, as the reference writes them
+    for i, n in enumerate(RAW_FIELDS):
+        arr[n] = raw[:, i]
+    for i in range(rest.shape[1]):
+        arr[f"f_rest_{i}"] = rest[:, i]
     return arr
 
 
-def write_ply(path: str | os.PathLike, g: Gaussians) -> Path:
-    """Write Gaussians as a reference 3DGS PLY; returns the path. Parent folders are created."""
+def write_ply_raw(path: str | os.PathLike, raw: np.ndarray, sh_rest: np.ndarray | None = None) -> Path:
+    """Write raw rows (see `ply_array`) as a 3DGS PLY, bit-exactly; returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    arr = gaussians_to_ply_array(g)
+    arr = ply_array(raw, sh_rest)
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(arr)}"]
     header += [f"property float {n}" for n in arr.dtype.names]
     header.append("end_header")
@@ -66,6 +69,16 @@ def write_ply(path: str | os.PathLike, g: Gaussians) -> Path:
         f.write(arr.tobytes())
     os.replace(tmp, path)  # readers (viewers, the node) never see a half-written file
     return path
+
+
+def write_ply(path: str | os.PathLike, g: Gaussians) -> Path:
+    """Write Gaussians as a reference 3DGS PLY; returns the path. Parent folders are created."""
+    g = g.detach().to("cpu", torch.float32)
+    rest = None
+    if g.sh is not None:
+        # [N, K, 3] -> channel-major [N, 3*K], as 3DGS's features_rest.transpose(1, 2).flatten(1)
+        rest = g.sh.numpy().transpose(0, 2, 1).reshape(len(g), -1)
+    return write_ply_raw(path, g.to_raw().numpy(), rest)
 
 
 def _parse_header(f) -> tuple[str, list[tuple[str, int, list[tuple[str, str]]]]]:
