@@ -88,7 +88,7 @@ def test_ascii_file_is_read(tmp_path):
      "missing properties"),
     (b"ply\nformat binary_little_endian 1.0\nelement vertex 100\n" + b"".join(
         f"property float {n}\n".encode() for n in RAW_FIELDS) + b"end_header\n" + b"\0" * 12, "truncated"),
-    (b"ply\nformat binary_little_endian 1.0\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n", "list"),
+    (b"ply\nformat binary_little_endian 1.0\nelement face 1\nproperty list uchar int vertex_indices\nend_header\n", "first element must be"),
 ])
 def test_bad_files_raise_plyerror(tmp_path, content, match):
     path = tmp_path / "bad.ply"

@@ -81,7 +81,13 @@ def write_ply(path: str | os.PathLike, g: Gaussians) -> Path:
     return write_ply_raw(path, g.to_raw().numpy(), rest)
 
 
-def _parse_header(f) -> tuple[str, list[tuple[str, int, list[tuple[str, str]]]]]:
+def parse_header(f) -> tuple[str, list[tuple[str, int, list[tuple]]]]:
+    """Read a PLY header from binary file `f` (left at the first data byte).
+
+    Returns:
+        (format, elements): each element is `(name, count, properties)`, a property being
+        `(name, "scalar", numpy_type)` or `(name, "list", (count_type, item_type))`.
+    """
     if f.readline().strip() != b"ply":
         raise PlyError("not a PLY file (missing 'ply' magic)")
     fmt, elements = None, []
@@ -101,11 +107,14 @@ def _parse_header(f) -> tuple[str, list[tuple[str, int, list[tuple[str, str]]]]]
         elif tok[0] == "property":
             if not elements:
                 raise PlyError("PLY property before any element")
+            types = tok[2:4] if tok[1] == "list" else tok[1:2]
+            unknown = [t for t in types if t not in _PLY_TYPES]
+            if unknown:
+                raise PlyError(f"unknown PLY type {unknown[0]!r}")
             if tok[1] == "list":
-                raise PlyError(f"list property '{tok[-1]}' in element '{elements[-1][0]}' is not supported here")
-            if tok[1] not in _PLY_TYPES:
-                raise PlyError(f"unknown PLY type '{tok[1]}'")
-            elements[-1][2].append((tok[2], _PLY_TYPES[tok[1]]))
+                elements[-1][2].append((tok[4], "list", (_PLY_TYPES[tok[2]], _PLY_TYPES[tok[3]])))
+            else:
+                elements[-1][2].append((tok[2], "scalar", _PLY_TYPES[tok[1]]))
     if fmt not in ("binary_little_endian", "binary_big_endian", "ascii"):
         raise PlyError(f"unsupported PLY format {fmt!r}")
     return fmt, elements
@@ -114,10 +123,14 @@ def _parse_header(f) -> tuple[str, list[tuple[str, int, list[tuple[str, str]]]]]
 def read_ply_array(path: str | os.PathLike) -> np.ndarray:
     """The `vertex` element of a PLY as a native-endian structured numpy array."""
     with open(path, "rb") as f:
-        fmt, elements = _parse_header(f)
+        fmt, elements = parse_header(f)
         if not elements or elements[0][0] != "vertex":
             raise PlyError(f"{path}: the first element must be 'vertex'")
         _, n, props = elements[0]
+        lists = [p[0] for p in props if p[1] == "list"]
+        if lists:
+            raise PlyError(f"list property '{lists[0]}' in element 'vertex' is not supported here")
+        props = [(p[0], p[2]) for p in props]
         if fmt == "ascii":
             dt = np.dtype([(p, t) for p, t in props])
             data = np.loadtxt(f, dtype=np.float64, max_rows=n, ndmin=2)
