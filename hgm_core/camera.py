@@ -224,3 +224,20 @@ def plucker_rays_from_K(c2w_gl: torch.Tensor, K: torch.Tensor, height: int, widt
     d = torch.nn.functional.normalize(dirs_cam @ c2w_gl[:3, :3].T, dim=-1)
     o = c2w_gl[:3, 3].expand_as(d)
     return torch.cat((torch.cross(o, d, dim=-1), d), -1).permute(2, 0, 1).contiguous()
+
+
+def turntable_poses(center: torch.Tensor, up: torch.Tensor, first_eye: torch.Tensor, n_views: int = 8) -> torch.Tensor:
+    """OpenGL camera-to-world `[n_views, 4, 4]` circling `center` about the axis `up`.
+
+    View 0 sits at `first_eye` (e.g. the input camera's centre, so view 0 reproduces the input
+    view); the others follow at `360 / n_views` degree steps, all looking at `center`, with `up`
+    as the image's up direction. Works in any world frame (canonical y-up or camera optical).
+    """
+    center, up, first_eye = (torch.as_tensor(x, dtype=torch.float64) for x in (center, up, first_eye))
+    k = torch.nn.functional.normalize(up, dim=0)
+    r = first_eye - center
+    angles = torch.arange(n_views, dtype=torch.float64) * (2 * math.pi / n_views)
+    c, s = torch.cos(angles)[:, None], torch.sin(angles)[:, None]
+    # Rodrigues' rotation of r about k.
+    eyes = center + r * c + torch.cross(k.expand(n_views, 3), r.expand(n_views, 3), dim=-1) * s + k * (k @ r) * (1 - c)
+    return look_at(eyes, center.expand_as(eyes), k.expand_as(eyes)).float()

@@ -98,3 +98,18 @@ def test_plucker_from_K_honours_principal_point():
     rays = plucker_rays_from_K(pose, shifted, 24, 24)
     # Pixel (v=12, u=13) has its centre on the principal point: it is the optical axis, -z for this pose.
     torch.testing.assert_close(rays[3:, 12, 13], torch.tensor([0.0, 0.0, -1.0], dtype=torch.float64))
+
+
+def test_turntable_poses_circle_the_centre_and_start_at_the_given_eye():
+    from hgm_core.camera import turntable_poses
+
+    center = torch.tensor([0.1, -0.2, 2.5])
+    up = torch.tensor([0.0, -1.0, 0.0])  # optical frame: y points down
+    poses = turntable_poses(center, up, torch.zeros(3), n_views=8)
+    torch.testing.assert_close(poses[0, :3, 3], torch.zeros(3), atol=1e-6, rtol=0)
+    eyes = poses[:, :3, 3]
+    d = eyes - center
+    torch.testing.assert_close(d.norm(dim=-1), torch.full((8,), float(center.norm())), atol=1e-5, rtol=0)
+    torch.testing.assert_close(d[:, 1], torch.full((8,), float(-center[1])), atol=1e-5, rtol=0)  # stays level
+    torch.testing.assert_close(eyes[4], 2 * center - torch.tensor([0, 2 * center[1], 0]), atol=1e-5, rtol=0)  # opposite side
+    torch.testing.assert_close(-poses[:, :3, 2], torch.nn.functional.normalize(-d, dim=-1), atol=1e-5, rtol=0)

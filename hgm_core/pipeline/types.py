@@ -112,6 +112,8 @@ class Reconstruction:
         mesh: the extracted avatar mesh (stage `full`), or None.
         timings: seconds per stage, in run order.
         info: JSON-serialisable extras (stage names, warnings, person count, crop box, residuals).
+        body_fit, perception: the in-process `hgm_core.body.BodyFit` and
+            `hgm_core.perception.Perception` behind the result (never sent over the wire).
     """
 
     gaussians: Gaussians
@@ -120,3 +122,5 @@ class Reconstruction:
     mesh: Mesh | None = None
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    body_fit: Any = None
+    perception: Any = None

@@ -1,0 +1,142 @@
+"""`Reconstructor`: chains the stages of DESIGN §4 and reports per-stage timings.
+
+Stages run so far: perceive -> fit_body -> prior. The network stages (`coarse`, `refined`,
+`full`) need a trained HGM checkpoint; without one configured they fail with
+`StageUnavailableError` instead of producing an untrained avatar.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import numpy as np
+
+from hgm_core.pipeline.prior import PriorConfig, prior_gaussians
+from hgm_core.pipeline.types import (
+    STAGES, BadInputError, Mesh, PipelineError, Reconstruction, ReconstructionRequest,
+)
+
+
+class StageUnavailableError(PipelineError):
+    """The requested stage needs something this reconstructor was not configured with."""
+
+    kind = "stage_unavailable"
+
+
+@dataclass(frozen=True)
+class ReconstructorConfig:
+    """What a `Reconstructor` loads and how it runs.
+
+    Attributes:
+        body_model: "anny" (default, ships offline) or "smplx" (needs `smplx_model_path`).
+        smplx_model_path: folder or file of licensed SMPL-X model files.
+        checkpoint: folder of an HGM checkpoint (`hgm_core.model`), needed by the network stages.
+        fit_iterations: stage-2 iterations of the body fit (see `hgm_core.body.FitConfig`).
+        prior: settings of the prior avatar.
+    """
+
+    body_model: str = "anny"
+    smplx_model_path: str | None = None
+    checkpoint: str | None = None
+    fit_iterations: int = 160
+    prior: PriorConfig = field(default_factory=PriorConfig)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[name] = time.perf_counter() - t0
+
+
+class Reconstructor:
+    """Keeps the perception and body models warm and turns requests into `Reconstruction`s.
+
+    Not thread-safe (mediapipe's graph is not): one instance per worker thread.
+    """
+
+    def __init__(self, config: ReconstructorConfig | None = None) -> None:
+        from hgm_core.paths import configure_third_party_caches
+
+        configure_third_party_caches()
+        from hgm_core.body import FitConfig
+        from hgm_core.perception import PoseEstimator
+
+        self.config = config or ReconstructorConfig()
+        self._estimator = PoseEstimator()
+        self._body = self._load_body_model()
+        self._fit_config = FitConfig(iterations=self.config.fit_iterations)
+
+    def _load_body_model(self):
+        from hgm_core.body import AnnyBody, SmplxBody
+
+        if self.config.body_model == "anny":
+            return AnnyBody()
+        if self.config.body_model == "smplx":
+            if not self.config.smplx_model_path:
+                raise StageUnavailableError("body_model 'smplx' needs smplx_model_path (licensed SMPL-X files)")
+            return SmplxBody(self.config.smplx_model_path)
+        raise BadInputError(f"unknown body_model {self.config.body_model!r}; use 'anny' or 'smplx'")
+
+    @property
+    def available_stages(self) -> tuple[str, ...]:
+        """Stages this instance can run (the network stages need a checkpoint)."""
+        return STAGES if self.config.checkpoint else ("prior",)
+
+    def run(self, request: ReconstructionRequest) -> Reconstruction:
+        """Run the configured prefix of stages on one image.
+
+        Raises:
+            BadInputError, NoPersonError, CropTooSmallError: unusable input (see `perceive`).
+            StageUnavailableError: `request.stages` needs a checkpoint that is not configured.
+        """
+        from hgm_core.body import fit_body, skeleton
+        from hgm_core.perception import perceive
+
+        if request.stages not in STAGES:
+            raise BadInputError(f"unknown stages {request.stages!r}; choose one of {', '.join(STAGES)}")
+        if request.stages not in self.available_stages:
+            raise StageUnavailableError(
+                f"stage '{request.stages}' needs a trained HGM checkpoint and none is configured; "
+                "use stages 'prior' or set a checkpoint"
+            )
+        timer = _Timer()
+        t_all = time.perf_counter()
+        with timer("perceive"):
+            per = perceive(request.image, mask=request.mask, camera=request.camera, estimator=self._estimator)
+        with timer("fit_body"):
+            fit = fit_body(per, None, self._body, config=self._fit_config)
+        with timer("prior"):
+            gaussians = prior_gaussians(request.image, per.mask, per.K, fit.vertices, fit.faces, self.config.prior)
+        timer.timings["total"] = time.perf_counter() - t_all
+        info = {
+            "stages": request.stages,
+            "num_gaussians": len(gaussians),
+            "num_people": per.num_people,
+            "mask_source": per.mask_source,
+            "intrinsics_source": per.intrinsics_source,
+            "person_bbox": list(per.bbox),
+            "body_model": fit.body_model,
+            "fit": fit.residuals(),
+            "prior": asdict(self.config.prior),
+        }
+        if per.num_people > 1:
+            info["warnings"] = [f"{per.num_people} people in view; reconstructed the largest"]
+        return Reconstruction(
+            gaussians=gaussians,
+            skeleton=skeleton(fit),
+            body_mesh=Mesh(fit.vertices.astype(np.float32), fit.faces.astype(np.int64)),
+            timings=timer.timings,
+            info=info,
+            body_fit=fit,
+            perception=per,
+        )
