@@ -38,8 +38,9 @@ def composite(alpha: torch.Tensor, colors: torch.Tensor, depths: torch.Tensor) -
         rgb `[P, 3]` (no background), accumulated alpha `[P]`, sum(w z) `[P]`, median depth `[P]`.
     """
     T = torch.cumprod(torch.cat((torch.ones_like(alpha[:1]), 1 - alpha[:-1]), 0), 0)  # transmittance before each splat
-    # Early termination: a splat is skipped once the transmittance *after* it would drop below T_MIN.
-    w = torch.where(T * (1 - alpha) >= T_MIN, alpha * T, torch.zeros_like(alpha))
+    # Early termination (exclusive, as gsplat): a splat is skipped once the transmittance *after* it
+    # would fall to T_MIN, and so is every splat behind it.
+    w = torch.where(T * (1 - alpha) > T_MIN, alpha * T, torch.zeros_like(alpha))
     rgb = w.T @ colors
     acc = w.sum(0)
     depth_sum = w.T @ depths

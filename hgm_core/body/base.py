@@ -1,0 +1,224 @@
+"""The `BodyModel` interface shared by every body model, its parameter and output types, and the
+anatomical joint-limit pose prior.
+
+Frames and units (all models):
+- The *body frame* is SMPL's: metres, y up, the body facing +z, x towards the body's left. Its
+  origin is the root (pelvis) joint of the posed body, so `global_orient` turns the body about the
+  pelvis.
+- `forward` returns points in the *output frame*: `X = R(global_orient) @ X_body + transl`. The
+  fitter uses the camera's optical frame (x right, y down, z forward), where an upright person
+  facing the camera has `global_orient = (pi, 0, 0)`.
+- `pose` holds one axis-angle `[3]` per articulated joint (`pose_joint_names`), each expressed in
+  body-frame axes at the rest pose (SMPL's convention), so the same joint-limit table serves every
+  model; zeros give the model's rest pose (Anny: A-pose, SMPL-X: T-pose).
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from dataclasses import dataclass, fields
+
+import numpy as np
+import roma
+import torch
+
+COCO_KEYPOINT_NAMES: tuple[str, ...] = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
+    "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
+    "right_knee", "left_ankle", "right_ankle", "left_big_toe", "right_big_toe", "left_small_toe",
+    "right_small_toe", "left_heel", "right_heel",
+)  # fmt: skip
+"""COCO-WholeBody body + foot keypoints (17 + 6): the keypoint order of every body model here."""
+
+
+@dataclass
+class BodyParams:
+    """Parameters of a batch of B bodies (see the module docstring for frames).
+
+    Attributes:
+        global_orient: `[B, 3]` axis-angle, body frame -> output frame.
+        transl: `[B, 3]` metres, where the pelvis lands in the output frame.
+        pose: `[B, 3 * len(model.pose_joint_names)]` per-joint axis-angles; zeros = rest pose.
+        shape: `[B, model.shape_dim]`; zeros = the model's mean body.
+    """
+
+    global_orient: torch.Tensor
+    transl: torch.Tensor
+    pose: torch.Tensor
+    shape: torch.Tensor
+
+    @property
+    def batch_size(self) -> int:
+        return self.transl.shape[0]
+
+    def detach(self) -> "BodyParams":
+        return BodyParams(*(getattr(self, f.name).detach().clone() for f in fields(self)))
+
+    def to_dict(self) -> dict[str, list]:
+        """JSON-serialisable nested lists, one entry per field."""
+        return {f.name: getattr(self, f.name).detach().cpu().tolist() for f in fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, list], dtype: torch.dtype = torch.float32) -> "BodyParams":
+        return cls(*(torch.tensor(data[f.name], dtype=dtype) for f in fields(cls)))
+
+
+@dataclass(frozen=True)
+class BodyOutput:
+    """Posed bodies in the output frame.
+
+    Attributes:
+        vertices: `[B, V, 3]`; joints: `[B, J, 3]` in `joint_names` order;
+        keypoints: `[B, K, 3]` in `keypoint_names` order.
+    """
+
+    vertices: torch.Tensor
+    joints: torch.Tensor
+    keypoints: torch.Tensor
+
+
+class BodyModel(torch.nn.Module, abc.ABC):
+    """A parametric body (float32, metres). Subclasses implement `_body_frame` and set the attributes.
+
+    Attributes:
+        name: short identifier recorded with fits and checkpoints ("anny", "smplx").
+        faces: `[F, 3]` int64 triangles, counter-clockwise seen from outside.
+        joint_names / joint_parents: the skeleton returned in `BodyOutput.joints` (parent -1 = root).
+        keypoint_names: order of `BodyOutput.keypoints` (`COCO_KEYPOINT_NAMES`).
+        pose_joint_names: articulated joints, one axis-angle each in `BodyParams.pose`.
+        shape_dim: length of `BodyParams.shape`.
+    """
+
+    name: str
+    faces: torch.Tensor
+    joint_names: tuple[str, ...]
+    joint_parents: tuple[int, ...]
+    keypoint_names: tuple[str, ...] = COCO_KEYPOINT_NAMES
+    pose_joint_names: tuple[str, ...]
+    shape_dim: int
+
+    @property
+    def num_vertices(self) -> int:
+        return int(self.faces.max()) + 1
+
+    @property
+    def pose_dim(self) -> int:
+        return 3 * len(self.pose_joint_names)
+
+    @property
+    def bones(self) -> tuple[tuple[int, int], ...]:
+        """(parent, child) joint index pairs of the skeleton."""
+        return tuple((p, c) for c, p in enumerate(self.joint_parents) if p >= 0)
+
+    def rest_params(self, batch_size: int = 1) -> BodyParams:
+        """Identity orientation, zero translation, rest pose, mean shape (the body frame itself)."""
+        z = lambda n: torch.zeros(batch_size, n)  # noqa: E731
+        return BodyParams(z(3), z(3), z(self.pose_dim), z(self.shape_dim))
+
+    @abc.abstractmethod
+    def _body_frame(self, pose: torch.Tensor, shape: torch.Tensor) -> BodyOutput:
+        """Posed vertices, joints, keypoints `[B, *, 3]` in the body frame (pelvis not yet at the origin)."""
+
+    def forward(self, params: BodyParams) -> BodyOutput:  # type: ignore[override]
+        """Pose and place the bodies: `X = R(global_orient) @ (X_body - pelvis) + transl`."""
+        if params.pose.shape[-1] != self.pose_dim or params.shape.shape[-1] != self.shape_dim:
+            raise ValueError(
+                f"{self.name}: pose must be [B, {self.pose_dim}] and shape [B, {self.shape_dim}], "
+                f"got {list(params.pose.shape)} and {list(params.shape.shape)}"
+            )
+        out = self._body_frame(params.pose, params.shape)
+        root = out.joints[:, :1]
+        R = roma.rotvec_to_rotmat(params.global_orient)
+        t = params.transl[:, None]
+        place = lambda x: (x - root) @ R.transpose(1, 2) + t  # noqa: E731
+        return BodyOutput(place(out.vertices), place(out.joints), place(out.keypoints))
+
+    def pose_prior(self, pose: torch.Tensor) -> torch.Tensor:
+        """`[B]` energy of `pose [B, P]`: squared joint-limit violations (radians) + a weak L2 pull to rest."""
+        return self.joint_limits(pose) + 1e-2 * pose.square().sum(-1)
+
+    def shape_prior(self, shape: torch.Tensor) -> torch.Tensor:
+        """`[B]` energy of `shape [B, S]` (a standard-normal prior unless a model knows better)."""
+        return shape.square().sum(-1)
+
+    joint_limits: "JointLimits"
+
+
+# Limits in degrees for the LEFT side and the spine, with the arms hanging down ("anatomical
+# neutral"), as (min, max) of the axis-angle components about body x (left), y (up), z (forward).
+# Positive x bends a joint forward for the spine/neck and backward for a leg hanging down, so hip
+# flexion is negative x and knee flexion positive x; positive z lifts the left limbs sideways.
+# Elbows (and knees) are hinges: their first column is the flexion axis of `_hinge_frame`.
+_LIMITS_DEG: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
+    "hip": ((-125, 30), (-45, 45), (-25, 60)),
+    "knee": ((0, 150), (-15, 15), (-5, 5)),
+    "ankle": ((-45, 30), (-20, 20), (-25, 25)),
+    "foot": ((-20, 40), (-5, 5), (-5, 5)),
+    "spine": ((-20, 35), (-25, 25), (-20, 20)),
+    "neck": ((-35, 45), (-50, 50), (-30, 30)),
+    "head": ((-30, 30), (-40, 40), (-25, 25)),
+    "collar": ((-15, 15), (-20, 20), (-10, 25)),
+    "shoulder": ((-170, 60), (-80, 80), (-30, 170)),
+    "elbow": ((0, 150), (-80, 80), (-5, 5)),  # (flexion, twist about the forearm, sideways)
+    "wrist": ((-70, 70), (-40, 40), (-70, 70)),
+}
+
+
+def _limit_key(joint: str) -> str:
+    base = joint.removeprefix("left_").removeprefix("right_")
+    return "spine" if base.startswith("spine") else base
+
+
+def _hinge_frame(bone_dir: np.ndarray, flex_dir: np.ndarray) -> np.ndarray:
+    """`[3, 3]` columns (flexion axis, bone direction, third): rotating about the axis swings the
+    bone from `bone_dir` towards `flex_dir`."""
+    d = bone_dir / np.linalg.norm(bone_dir)
+    a = np.cross(d, flex_dir)
+    a /= np.linalg.norm(a)
+    return np.stack([a, d, np.cross(a, d)], axis=1)
+
+
+class JointLimits(torch.nn.Module):
+    """Soft anatomical joint limits: `[B]` sum of squared violations (radians) of each joint's
+    axis-angle, read in its anatomical frame, against the `_LIMITS_DEG` box.
+
+    Built from the model's rest joint positions (body frame), which fix the hinge axes of elbows
+    and knees and how far the rest pose already lifts the arms (A-pose vs T-pose).
+    """
+
+    def __init__(self, pose_joint_names: tuple[str, ...], rest_joints: dict[str, np.ndarray]) -> None:
+        super().__init__()
+        lo, hi, frames = [], [], []
+        for name in pose_joint_names:
+            box = np.radians(np.array(_LIMITS_DEG[_limit_key(name)], np.float64))  # [3, 2]
+            frame = np.eye(3)
+            side = name.split("_")[0]
+            key = _limit_key(name)
+            if key in ("elbow", "knee"):
+                upper = {"elbow": "shoulder", "knee": "hip"}[key]
+                bone = rest_joints[name] - rest_joints[f"{side}_{upper}"]
+                frame = _hinge_frame(bone, np.array([0.0, 0.0, 1.0 if key == "elbow" else -1.0]))
+            elif key == "shoulder":
+                arm = rest_joints[f"{side}_elbow"] - rest_joints[name]
+                lift = math.atan2(abs(arm[0]), -arm[1])  # how far the rest pose already raises the arm
+                box[2] -= lift
+            if side == "right" and key not in ("elbow", "knee"):
+                # Mirror x -> -x: an axial vector keeps its x component and flips y and z.
+                box[1:] = -box[1:, ::-1]
+            lo.append(box[:, 0])
+            hi.append(box[:, 1])
+            frames.append(frame)
+        self.register_buffer("lo", torch.tensor(np.array(lo), dtype=torch.float32))
+        self.register_buffer("hi", torch.tensor(np.array(hi), dtype=torch.float32))
+        self.register_buffer("frames", torch.tensor(np.array(frames), dtype=torch.float32))
+
+    def local(self, pose: torch.Tensor) -> torch.Tensor:
+        """`[B, J, 3]` axis-angles of `pose [B, 3J]` in each joint's anatomical frame."""
+        r = pose.reshape(pose.shape[0], -1, 3)
+        return torch.einsum("bjk,jkl->bjl", r, self.frames)
+
+    def forward(self, pose: torch.Tensor) -> torch.Tensor:
+        r = self.local(pose)
+        return ((self.lo - r).clamp(min=0).square() + (r - self.hi).clamp(min=0).square()).sum((1, 2))
+

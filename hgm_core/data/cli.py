@@ -1,0 +1,50 @@
+"""`hgm datagen`: synthetic multi-view humans in the GPS-Gaussian / THuman2.0 render layout."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+HELP = "generate synthetic multi-view humans (anny bodies, proxy clothes, HDRI light) in the THuman2.0 render layout"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--subjects", type=int, default=10, help="number of subjects (default 10)")
+    p.add_argument("--seed", type=int, default=0, help="dataset seed; subject i uses subject_seed(seed, i)")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output directory")
+    p.add_argument("--size", type=int, default=512, help="image width = height in pixels (default 512)")
+    p.add_argument("--views", type=int, default=12, help="views on the ring (default 12, 30° apart)")
+    p.add_argument("--ssaa", type=int, default=2, help="supersampling per axis for colour and mask (default 2)")
+    p.add_argument("--start", type=int, default=0, help="index of the first subject (to extend a dataset)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from hgm_core.cli import CliError
+    from hgm_core.data.render import RenderConfig, write_subject
+    from hgm_core.data.synth import GENERATOR_VERSION, build_subject, sample_subject, subject_seed
+
+    if args.subjects < 1 or args.size < 16 or args.views < 1 or args.ssaa < 1:
+        raise CliError("need --subjects >= 1, --size >= 16, --views >= 1, --ssaa >= 1")
+    config = RenderConfig(size=args.size, n_views=args.views, ssaa=args.ssaa)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"generator": "hgm synth", "version": GENERATOR_VERSION, "seed": args.seed, "size": args.size,
+            "n_views": args.views, "ssaa": args.ssaa, "layout": "GPS-Gaussian / THuman2.0 render_data"}
+    t0 = time.perf_counter()
+    ids = []
+    for i in tqdm(range(args.start, args.start + args.subjects), desc="subjects", unit="subj"):
+        sid = f"{i:04d}"
+        write_subject(out, sid, build_subject(sample_subject(subject_seed(args.seed, i))), config)
+        ids.append(sid)
+    elapsed = time.perf_counter() - t0
+    index = out / "dataset.json"
+    previous = json.loads(index.read_text()).get("subjects", []) if index.exists() else []
+    meta["subjects"] = sorted(set(previous) | set(ids))
+    index.write_text(json.dumps(meta, indent=1, sort_keys=True))
+    print(f"wrote {len(ids)} subjects to {out} in {elapsed:.1f} s ({60 * len(ids) / elapsed:.1f} subjects/min); "
+          f"contact sheets in {out / 'sheet'}")
+    return 0

@@ -1,0 +1,133 @@
+"""`hgm serve`: a warm reconstruction worker, or a broker in front of several workers.
+
+    hgm serve                                        # worker on tcp://127.0.0.1:5555
+    hgm serve --bind ipc:///tmp/hgm.sock             # local worker for the ROS node
+    hgm serve --broker --bind tcp://0.0.0.0:5555 --backend tcp://0.0.0.0:5556 \\
+              --curve-secret-key keys/server.key_secret --curve-clients keys/authorized_clients
+    hgm serve --connect tcp://broker:5556 --curve-server-key keys/server.key \\
+              --curve-secret-key keys/worker.key_secret   # one of the broker's workers
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+from urllib.parse import urlsplit
+
+import zmq
+
+from hgm_core.cli import CliError
+
+HELP = "run a reconstruction worker that keeps the model warm (or a broker in front of several workers)"
+
+DEFAULT_BIND = "tcp://127.0.0.1:5555"
+DEFAULT_BACKEND = "tcp://127.0.0.1:5556"
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+log = logging.getLogger("hgm.serve")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", default=None, help=f"endpoint clients connect to (default {DEFAULT_BIND}; tcp:// or ipc://)")
+    parser.add_argument("--broker", action="store_true", help="run a load-balancing broker instead of a worker")
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, help=f"(broker) endpoint workers connect to (default {DEFAULT_BACKEND})")
+    parser.add_argument("--connect", default=None, help="(worker) serve jobs of the broker at this backend endpoint instead of binding")
+    parser.add_argument("--config", default=None, help="(worker) reconstructor config file (default: the embedded default)")
+    parser.add_argument("--stages", default=None, help="(worker) comma-separated stages to accept (default: all)")
+    parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted image, H*W (default 4096^2)")
+    parser.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message in MiB (default 256)")
+    parser.add_argument("--queue-depth", type=int, default=None, help="jobs waiting behind the running one (worker default 4, broker 64)")
+    parser.add_argument("--heartbeat-s", type=float, default=1.0, help="broker<->worker heartbeat interval (default 1 s; dead after 3 missed)")
+    parser.add_argument("--curve-secret-key", default=None, help="this server's key pair file (NAME.key_secret from `hgm keys`): require CURVE")
+    parser.add_argument("--curve-clients", default=None, help="directory of allowed client public keys (default: any client knowing the server key)")
+    parser.add_argument("--curve-server-key", default=None, help="(worker with --connect) the broker's public key file")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    if args.broker and args.connect:
+        raise CliError("--broker binds; --connect is for workers joining a broker")
+    bind = args.bind or (None if args.connect else DEFAULT_BIND)
+    max_bytes = int(args.max_message_mb * (1 << 20))
+    server = _make_broker(args, max_bytes) if args.broker else _make_worker(args, max_bytes)
+    if bind is not None and args.curve_secret_key is None and not _is_local(bind):
+        log.warning("%s is reachable from other hosts without authentication; consider `hgm keys` and --curve-secret-key", bind)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: server.stop())
+    try:
+        if args.broker:
+            server.serve(bind, args.backend)
+        else:
+            server.serve(bind=bind, connect=args.connect)
+    except zmq.ZMQError as e:
+        raise CliError(f"cannot serve on {bind or args.connect}: {e}") from None
+    return 0
+
+
+def _make_broker(args: argparse.Namespace, max_bytes: int):
+    from hgm_core.serve.broker import Broker, BrokerConfig
+
+    config = BrokerConfig(max_message_bytes=max_bytes, max_queue=args.queue_depth or 64, heartbeat_interval_s=args.heartbeat_s)
+    return Broker(config, curve_server=_server_keys(args))
+
+
+def _make_worker(args: argparse.Namespace, max_bytes: int):
+    from hgm_core.pipeline.types import STAGES
+    from hgm_core.serve import curve
+    from hgm_core.serve.worker import Worker, WorkerConfig
+
+    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+    if not set(stages) <= set(STAGES):
+        raise CliError(f"unknown stages {sorted(set(stages) - set(STAGES))}; choose from {', '.join(STAGES)}")
+    config = WorkerConfig(
+        max_message_bytes=max_bytes,
+        max_pixels=args.max_pixels,
+        queue_depth=4 if args.queue_depth is None else args.queue_depth,
+        stages=stages,
+        heartbeat_interval_s=args.heartbeat_s,
+    )
+    client_keys = None
+    if args.connect and args.curve_server_key:
+        if not args.curve_secret_key:
+            raise CliError("--curve-server-key needs this worker's own --curve-secret-key")
+        try:
+            client_keys = curve.CurveClientKeys.load(args.curve_server_key, args.curve_secret_key)
+        except (OSError, ValueError) as e:
+            raise CliError(f"cannot load CURVE keys: {e}") from None
+    server_keys = None if args.connect else _server_keys(args)
+    return Worker(_load_reconstructor(args.config), config, curve_server=server_keys, curve_client=client_keys)
+
+
+def _load_reconstructor(config: str | None):
+    """The warm model: built once here, before the worker accepts jobs."""
+    try:
+        from hgm_core.pipeline import Reconstructor
+    except ImportError as e:
+        raise CliError(f"the reconstruction pipeline is not available ({e})") from None
+    try:
+        reconstructor = Reconstructor.from_config(config) if config else Reconstructor()
+    except Exception as e:  # a broken config or missing asset: one line, not a traceback
+        raise CliError(f"cannot load the reconstructor: {type(e).__name__}: {e}") from None
+    return reconstructor.run
+
+
+def _server_keys(args: argparse.Namespace):
+    if args.curve_secret_key is None:
+        if args.curve_clients:
+            raise CliError("--curve-clients needs --curve-secret-key")
+        return None
+    from hgm_core.serve.curve import CurveServerKeys
+
+    try:
+        return CurveServerKeys.load(args.curve_secret_key, args.curve_clients)
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot load CURVE keys: {e}") from None
+
+
+def _is_local(endpoint: str) -> bool:
+    parts = urlsplit(endpoint)
+    if parts.scheme != "tcp":
+        return True  # ipc:// and inproc:// never leave the host
+    return parts.hostname in LOOPBACK or (parts.hostname or "").startswith("127.")

@@ -1,0 +1,313 @@
+"""Client of an hgm worker or broker (DESIGN §6). Imports only numpy and pyzmq: the ROS node uses it.
+
+    with WorkerClient("tcp://127.0.0.1:5555") as client:
+        result = client.reconstruct(image, K=K)          # image [H, W, 3] uint8 RGB
+        result.gaussians                                  # [N, 14] float32 raw rows, camera frame
+
+Every call has a deadline; after a timeout the socket is thrown away and the request re-sent on a
+fresh one (the "lazy pirate" pattern of the ZeroMQ guide), at most `retries` times. Calls are
+thread-safe and may overlap (each in-flight call holds its own socket from a small pool).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zmq
+import zmq.auth
+
+from hgm_core.layout import RAW_FIELDS
+from hgm_core.serve.curve import CurveClientKeys
+from hgm_core.serve.curve import make_client as make_curve_client
+from hgm_core.serve.protocol import Message, ProtocolError, decode, encode, new_id
+
+
+class WorkerError(RuntimeError):
+    """A job failed. `kind` is one of bad_request, protocol, too_large, busy, bad_input, no_person,
+    crop_too_small, internal, unavailable, timeout (see `hgm_core.serve.protocol`)."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+
+
+class WorkerTimeout(WorkerError):
+    """No reply within the deadline on any attempt."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("timeout", message)
+
+
+@dataclass
+class JobResult:
+    """A reconstruction as received. Arrays are zero-copy views of the received message.
+
+    Attributes:
+        gaussians: `[N, 14]` float32 raw rows in `hgm_core.layout.RAW_FIELDS` order, camera
+            optical frame, metres.
+        joints: `[J, 3]` float32 fitted joints (camera optical frame) or None.
+        joint_names, bones: names of the J joints and pairs of joint indices.
+        mesh_vertices `[V, 3]` float32, mesh_faces `[F, 3]` uint32, mesh_colors `[V, 3]` uint8:
+            the avatar mesh, or None.
+        timings: seconds per stage on the worker, plus "worker_total" and "roundtrip".
+        info: the pipeline's JSON extras, plus "worker" (pid, host) of the worker that ran the job.
+        body_vertices `[B, 3]` float32, body_faces `[G, 3]` uint32: the fitted body surface, or None.
+    """
+
+    gaussians: np.ndarray
+    joints: np.ndarray | None
+    joint_names: tuple[str, ...]
+    bones: tuple[tuple[int, int], ...]
+    mesh_vertices: np.ndarray | None
+    mesh_faces: np.ndarray | None
+    mesh_colors: np.ndarray | None
+    timings: dict[str, float]
+    info: dict
+    body_vertices: np.ndarray | None = None
+    body_faces: np.ndarray | None = None
+
+
+class WorkerClient:
+    """DEALER client with per-attempt deadlines, lazy-pirate retries and optional CURVE.
+
+    Args:
+        endpoint: the worker's or broker's endpoint, e.g. `tcp://127.0.0.1:5555`, `ipc:///tmp/hgm.sock`.
+        timeout_s: deadline of one attempt (also sent to the server, which drops the job if it is
+            still queued after it). A call returns or raises within `(1 + retries) * timeout_s`.
+        retries: extra attempts after a timeout, each on a new socket.
+        server_public_key: the server's z85 CURVE public key (40 bytes) to require encryption and
+            authenticate the server; client_secret_key/client_public_key: this client's key pair
+            (an ephemeral pair is generated when omitted, accepted only by servers allowing any client).
+        max_message_bytes: largest request sent and reply accepted (ZMQ_MAXMSGSIZE per frame).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout_s: float = 30.0,
+        retries: int = 2,
+        server_public_key: bytes | None = None,
+        client_secret_key: bytes | None = None,
+        client_public_key: bytes | None = None,
+        max_message_bytes: int = 256 << 20,
+    ) -> None:
+        if timeout_s <= 0 or retries < 0:
+            raise ValueError("timeout_s must be > 0 and retries >= 0")
+        if (client_secret_key is None) != (client_public_key is None):
+            raise ValueError("give both client_secret_key and client_public_key, or neither")
+        if client_secret_key is not None and server_public_key is None:
+            raise ValueError("a client key pair needs server_public_key")
+        self.endpoint = endpoint
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.max_message_bytes = max_message_bytes
+        self._curve = None
+        if server_public_key is not None:
+            if client_secret_key is None:
+                client_public_key, client_secret_key = zmq.curve_keypair()
+            self._curve = CurveClientKeys(server_public_key, client_public_key, client_secret_key)
+        self._context = zmq.Context()
+        self._pool: list[zmq.Socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+
+    # -- public API -------------------------------------------------------------------------------
+
+    def reconstruct(
+        self,
+        image: np.ndarray,
+        *,
+        K: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        stages: str = "prior",
+        timeout_s: float | None = None,
+    ) -> JobResult:
+        """Reconstruct the person in `image` (`[H, W, 3]` uint8 RGB).
+
+        Args:
+            K: `[3, 3]` pixel intrinsics of `image`; None means the worker's default field of view.
+            mask: `[H, W]` uint8/bool person mask (nonzero = person), overriding the segmenter.
+            stages: "prior" | "coarse" | "refined" | "full".
+            timeout_s: deadline of one attempt (default: the client's).
+
+        Raises:
+            WorkerError: the worker refused or failed the job (`.kind` says why); bad local input
+                raises kind "bad_input" before anything is sent.
+            WorkerTimeout: no reply on any attempt.
+        """
+        arrays = {"image": _check_image(image)}
+        if K is not None:
+            arrays["K"] = _check_K(K)
+        if mask is not None:
+            arrays["mask"] = _check_mask(mask, image.shape[:2])
+        t0 = time.perf_counter()
+        reply = self._call("reconstruct", arrays, timeout_s or self.timeout_s, self.retries, stages=stages)
+        result = _job_result(reply)
+        result.timings["roundtrip"] = time.perf_counter() - t0
+        return result
+
+    def health(self, timeout_s: float = 2.0) -> dict:
+        """The server's state: {"ok", "protocol", "role", "stages", "busy", ...}. One attempt, no retry.
+
+        Raises:
+            WorkerTimeout: the server did not answer within `timeout_s`.
+        """
+        return dict(self._call("health", {}, timeout_s, 0).header.get("info", {}))
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            for sock in self._pool:
+                sock.close(linger=0)
+            self._pool.clear()
+        self._context.term()
+
+    def __enter__(self) -> "WorkerClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport --------------------------------------------------------------------------------
+
+    def _call(self, kind: str, arrays: dict[str, np.ndarray], timeout_s: float, retries: int, **fields: Any) -> Message:
+        request_id = new_id()
+        frames = encode(kind, request_id, arrays, deadline_ms=int(timeout_s * 1000), **fields)
+        size = sum(memoryview(f).nbytes for f in frames)
+        if size > self.max_message_bytes:
+            raise WorkerError("too_large", f"request of {size} bytes exceeds max_message_bytes={self.max_message_bytes}")
+        for attempt in range(retries + 1):
+            sock = self._acquire()
+            try:
+                sock.send_multipart(frames, copy=False)
+                reply = self._wait_reply(sock, request_id, timeout_s)
+            except BaseException:
+                sock.close(linger=0)
+                raise
+            if reply is None:
+                # Lazy pirate: a late reply would arrive on this socket, so it is discarded (linger 0
+                # also drops the request if it never left) and the next attempt starts clean.
+                sock.close(linger=0)
+                continue
+            self._release(sock)
+            if reply.kind == "error":
+                err = reply.header.get("error", {})
+                err_kind, message = str(err.get("kind", "internal")), str(err.get("message", ""))
+                raise WorkerTimeout(message) if err_kind == "timeout" else WorkerError(err_kind, message)
+            if reply.kind != "result":
+                raise WorkerError("protocol", f"unexpected reply kind {reply.kind!r}")
+            return reply
+        raise WorkerTimeout(f"no reply from {self.endpoint} within {timeout_s:g} s ({retries + 1} attempt(s))")
+
+    def _wait_reply(self, sock: zmq.Socket, request_id: str, timeout_s: float) -> Message | None:
+        deadline = time.monotonic() + timeout_s
+        while (remaining := deadline - time.monotonic()) > 0:
+            if not sock.poll(remaining * 1000, zmq.POLLIN):
+                return None
+            frames = sock.recv_multipart(copy=False)
+            try:
+                reply = decode(frames, max_message_bytes=self.max_message_bytes)
+            except ProtocolError as e:
+                raise WorkerError("protocol", f"malformed reply: {e}") from None
+            if reply.id == request_id:
+                return reply
+        return None
+
+    def _acquire(self) -> zmq.Socket:
+        with self._lock:
+            if self._closed:
+                raise WorkerError("unavailable", "client is closed")
+            if self._pool:
+                return self._pool.pop()
+        sock = self._context.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.maxmsgsize = self.max_message_bytes
+        if self._curve is not None:
+            make_curve_client(sock, self._curve)
+        sock.connect(self.endpoint)
+        return sock
+
+    def _release(self, sock: zmq.Socket) -> None:
+        with self._lock:
+            if self._closed:
+                sock.close(linger=0)
+            else:
+                self._pool.append(sock)
+
+
+def load_curve_client_keys(server_key_file: str | Path, client_secret_file: str | Path | None = None) -> dict[str, bytes]:
+    """Keyword arguments of `WorkerClient` from key files written by `hgm keys`.
+
+    Args:
+        server_key_file: the server's public key file (e.g. `keys/server.key`).
+        client_secret_file: this client's secret key file (e.g. `keys/client.key_secret`), or None
+            for an ephemeral key pair.
+    """
+    if client_secret_file is None:
+        server_public, _ = zmq.auth.load_certificate(str(server_key_file))
+        return {"server_public_key": server_public}
+    keys = CurveClientKeys.load(server_key_file, client_secret_file)
+    return {"server_public_key": keys.server_public, "client_public_key": keys.public, "client_secret_key": keys.secret}
+
+
+def _check_image(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise WorkerError("bad_input", f"image must be a non-empty [H, W, 3] uint8 RGB array, got {image.shape} {image.dtype}")
+    return image
+
+
+def _check_K(K: np.ndarray) -> np.ndarray:
+    K = np.asarray(K, dtype=np.float64)
+    if K.shape != (3, 3) or not np.isfinite(K).all():
+        raise WorkerError("bad_input", f"K must be a finite [3, 3] matrix, got shape {K.shape}")
+    return K
+
+
+def _check_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    mask = np.asarray(mask)
+    if mask.shape != hw:
+        raise WorkerError("bad_input", f"mask shape {mask.shape} does not match the image's {hw}")
+    return mask.astype(np.uint8, copy=False)
+
+
+def _optional(arrays: dict[str, np.ndarray], name: str, dtype: type, width: int) -> np.ndarray | None:
+    a = arrays.get(name)
+    if a is None:
+        return None
+    if a.dtype != dtype or a.ndim != 2 or a.shape[1] != width:
+        raise WorkerError("protocol", f"reply array {name!r} is {a.shape} {a.dtype}, expected [*, {width}] {np.dtype(dtype)}")
+    return a
+
+
+def _job_result(reply: Message) -> JobResult:
+    arrays = reply.arrays
+    gaussians = _optional(arrays, "gaussians", np.float32, len(RAW_FIELDS))
+    if gaussians is None:
+        raise WorkerError("protocol", "result has no 'gaussians' array")
+    skeleton = reply.header.get("skeleton") or {}
+    joints = _optional(arrays, "joints", np.float32, 3)
+    try:
+        names = tuple(str(n) for n in skeleton.get("names", ()))
+        bones = tuple((int(a), int(b)) for a, b in skeleton.get("bones", ()))
+    except (TypeError, ValueError):
+        raise WorkerError("protocol", "malformed 'skeleton' in result header") from None
+    return JobResult(
+        gaussians=gaussians,
+        joints=joints,
+        joint_names=names,
+        bones=bones,
+        mesh_vertices=_optional(arrays, "mesh_vertices", np.float32, 3),
+        mesh_faces=_optional(arrays, "mesh_faces", np.uint32, 3),
+        mesh_colors=_optional(arrays, "mesh_colors", np.uint8, 3),
+        timings={str(k): float(v) for k, v in reply.header.get("timings", {}).items()},
+        info=dict(reply.header.get("info", {})),
+        body_vertices=_optional(arrays, "body_vertices", np.float32, 3),
+        body_faces=_optional(arrays, "body_faces", np.uint32, 3),
+    )

@@ -1,0 +1,247 @@
+"""The hgm worker wire protocol, version 1 (DESIGN §6). This docstring is the specification.
+
+Transport: ZeroMQ. Clients use a DEALER socket (a REQ socket works too) and talk to a worker's
+ROUTER socket (`hgm serve --bind`) or to a broker's client-facing ROUTER (`hgm serve --broker`),
+which spreads jobs over workers. Endpoints are `tcp://host:port` or `ipc:///path`. A server given a
+CURVE key pair requires CURVE security (the client needs the server's public key and, if the
+server keeps a list of allowed clients, a key pair on that list).
+
+Message: one ZeroMQ multipart message per request and per reply::
+
+    frame 0        UTF-8 JSON object (the header), at most 64 KiB
+    frame 1..n     raw array bytes, one frame per entry of header["arrays"], in that order
+
+Header keys:
+
+    protocol   1 (int; any other value gets an error reply of kind "protocol")
+    id         string chosen by the client (<= 128 chars), echoed in the reply
+    kind       "reconstruct" | "health"            requests
+               "result" | "error"                  replies
+               "ready" | "heartbeat"               worker <-> broker only
+    arrays     list of {"name": str, "dtype": str, "shape": [int, ...]}; dtype is one of
+               uint8 uint16 int32 uint32 int64 float32 float64, always little endian, C order;
+               the frame holds exactly prod(shape) * itemsize bytes
+    timings    (replies) {"stage": seconds, ...}
+    error      (kind "error") {"kind": str, "message": str}
+    deadline_ms (requests, optional) the client's patience; work still queued after it is dropped
+    stages     (reconstruct) "prior" | "coarse" | "refined" | "full"
+    info       (replies) JSON object: for health the server's state, for results the pipeline's extras
+    skeleton   (reconstruct result, optional) {"names": [str, ...], "bones": [[i, j], ...]}
+
+No pickle or other executable encoding is ever used; a reader needs only JSON and raw buffers.
+
+reconstruct request arrays:  image uint8 [H, W, 3] RGB (required); K float64 [3, 3] pixel
+    intrinsics (optional, default field of view when absent); mask uint8 [H, W] person mask,
+    nonzero = person (optional; replaces the segmenter).
+reconstruct result arrays (all in the input camera's optical frame, x right, y down, z forward,
+    metres): gaussians float32 [N, 14] raw rows `x y z f_dc_0 f_dc_1 f_dc_2 opacity scale_0 scale_1
+    scale_2 rot_0 rot_1 rot_2 rot_3` (opacity logit, log scales, quaternion w first — the 3DGS PLY
+    encoding); optional joints float32 [J, 3]; optional mesh_vertices float32 [V, 3], mesh_faces
+    uint32 [F, 3], mesh_colors uint8 [V, 3]; optional body_vertices float32 [B, 3] and body_faces
+    uint32 [G, 3] (the fitted body surface).
+health reply: kind "result" without arrays; `info` holds at least {"ok": bool, "protocol": 1,
+    "role": "worker" | "broker", "stages": [...], "busy": bool}.
+
+Error kinds: bad_request (malformed message), protocol (unsupported version), too_large (message
+bytes or image pixels over the server's limits), busy (queue full), bad_input, no_person,
+crop_too_small (the pipeline's documented failures), internal (a bug or crash on the server),
+timeout (the job outlived its deadline), unavailable (the server is shutting down).
+
+Envelopes: a ROUTER prepends the peer's routing id; servers reply with the same envelope (including
+the empty delimiter frame a REQ socket adds). Between broker and worker, every message carries one
+extra leading frame: a broker-chosen job key for jobs and their replies, empty for ready/heartbeat.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import zmq
+
+PROTOCOL_VERSION = 1
+
+REQUEST_KINDS = ("reconstruct", "health")
+REPLY_KINDS = ("result", "error")
+CONTROL_KINDS = ("ready", "heartbeat")
+KINDS = REQUEST_KINDS + REPLY_KINDS + CONTROL_KINDS
+
+DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(name).newbyteorder("<")
+    for name in ("uint8", "uint16", "int32", "uint32", "int64", "float32", "float64")
+}
+"""Array dtypes allowed on the wire, all little endian."""
+
+MAX_HEADER_BYTES = 64 << 10
+MAX_ARRAYS = 16
+MAX_NDIM = 4
+MAX_ID_CHARS = 128
+MAX_NAME_CHARS = 64
+
+Frame = bytes | memoryview | zmq.Frame
+
+
+class ProtocolError(ValueError):
+    """A message that breaks the protocol. `kind` is the error kind to reply with; `request_id`
+    the id of the offending message when its header could be read (else "")."""
+
+    def __init__(self, kind: str, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.request_id = request_id
+
+
+@dataclass(frozen=True)
+class Message:
+    """A decoded message: the validated JSON header and its arrays by name (zero-copy views of the
+    received frames)."""
+
+    header: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def kind(self) -> str:
+        return self.header["kind"]
+
+    @property
+    def id(self) -> str:
+        return self.header["id"]
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def encode(kind: str, request_id: str, arrays: Mapping[str, np.ndarray] | None = None, **fields: Any) -> list:
+    """Header fields + named arrays -> multipart frames `[header_bytes, array buffers...]`.
+
+    The array frames are the arrays themselves (C-contiguous, little endian) so that
+    `socket.send_multipart(frames, copy=False)` sends them without copying.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown message kind {kind!r}")
+    specs, buffers = [], []
+    for name, array in (arrays or {}).items():
+        array = np.asarray(array)
+        wire = DTYPES.get(array.dtype.name)
+        if wire is None:
+            raise ValueError(f"array {name!r}: dtype {array.dtype} is not allowed on the wire ({', '.join(DTYPES)})")
+        array = np.ascontiguousarray(array, dtype=wire)
+        specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
+        buffers.append(array)
+    header = {"protocol": PROTOCOL_VERSION, "id": request_id, "kind": kind, "arrays": specs, **fields}
+    return [json.dumps(header, separators=(",", ":"), default=_json_fallback).encode()] + buffers
+
+
+def encode_error(request_id: str, kind: str, message: str) -> list:
+    return encode("error", request_id, error={"kind": kind, "message": message[:2000]})
+
+
+def decode(frames: Sequence[Frame], *, max_message_bytes: int) -> Message:
+    """Validate multipart frames (without envelope) and view the arrays in place.
+
+    Raises:
+        ProtocolError: malformed header, unsupported version, unknown kind, disallowed dtype,
+            shape/byte-length mismatch, wrong frame count, or more than `max_message_bytes`.
+    """
+    if not frames:
+        raise ProtocolError("bad_request", "empty message")
+    views = [_view(f) for f in frames]
+    header = decode_header(views[0])
+    rid = header["id"]
+    total = sum(v.nbytes for v in views)
+    if total > max_message_bytes:
+        raise ProtocolError("too_large", f"message of {total} bytes exceeds the limit of {max_message_bytes}", rid)
+    specs = header["arrays"]
+    if len(views) - 1 != len(specs):
+        raise ProtocolError("bad_request", f"header lists {len(specs)} arrays but {len(views) - 1} array frames follow", rid)
+    arrays = {}
+    for spec, view in zip(specs, views[1:]):
+        dtype = DTYPES[spec["dtype"]]
+        expected = math.prod(spec["shape"]) * dtype.itemsize
+        if view.nbytes != expected:
+            raise ProtocolError(
+                "bad_request", f"array {spec['name']!r}: {spec['shape']} {spec['dtype']} needs {expected} bytes, frame has {view.nbytes}", rid
+            )
+        arrays[spec["name"]] = np.frombuffer(view, dtype=dtype).reshape(spec["shape"])
+    return Message(header, arrays)
+
+
+def decode_header(frame: Frame) -> dict[str, Any]:
+    """Parse and validate frame 0 (see the module docstring). Raises ProtocolError."""
+    view = _view(frame)
+    if view.nbytes > MAX_HEADER_BYTES:
+        raise ProtocolError("bad_request", f"header of {view.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(bytes(view))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError("bad_request", f"header is not UTF-8 JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise ProtocolError("bad_request", "header is not a JSON object")
+    rid = header.get("id")
+    if not isinstance(rid, str) or len(rid) > MAX_ID_CHARS:
+        raise ProtocolError("bad_request", f"header 'id' must be a string of at most {MAX_ID_CHARS} chars")
+    if header.get("protocol") != PROTOCOL_VERSION:
+        raise ProtocolError("protocol", f"unsupported protocol {header.get('protocol')!r}; this server speaks {PROTOCOL_VERSION}", rid)
+    if header.get("kind") not in KINDS:
+        raise ProtocolError("bad_request", f"unknown kind {header.get('kind')!r}", rid)
+    header.setdefault("arrays", [])
+    _check_array_specs(header["arrays"], rid)
+    for key in ("timings", "info", "error"):
+        if key in header and not isinstance(header[key], dict):
+            raise ProtocolError("bad_request", f"header {key!r} must be an object", rid)
+    if "deadline_ms" in header and not _is_number(header["deadline_ms"]):
+        raise ProtocolError("bad_request", "header 'deadline_ms' must be a number", rid)
+    return header
+
+
+def request_id_of(frame: Frame) -> str:
+    """Best-effort id of a message whose header may be invalid (for error replies)."""
+    try:
+        rid = json.loads(bytes(_view(frame))).get("id", "")
+        return rid if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS else ""
+    except Exception:  # an undecodable header has no id; the reply then carries ""
+        return ""
+
+
+def _check_array_specs(specs: Any, rid: str) -> None:
+    if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
+        raise ProtocolError("bad_request", f"header 'arrays' must be a list of at most {MAX_ARRAYS} entries", rid)
+    names = set()
+    for spec in specs:
+        if not isinstance(spec, dict) or set(spec) != {"name", "dtype", "shape"}:
+            raise ProtocolError("bad_request", "each array entry must be {name, dtype, shape}", rid)
+        name, dtype, shape = spec["name"], spec["dtype"], spec["shape"]
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS or name in names:
+            raise ProtocolError("bad_request", f"array name {name!r} is invalid or repeated", rid)
+        names.add(name)
+        if dtype not in DTYPES:
+            raise ProtocolError("bad_request", f"array {name!r}: dtype {dtype!r} not allowed ({', '.join(DTYPES)})", rid)
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_NDIM
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        ):
+            raise ProtocolError("bad_request", f"array {name!r}: shape must be a list of at most {MAX_NDIM} non-negative ints", rid)
+
+
+def _view(frame: Frame) -> memoryview:
+    view = frame.buffer if isinstance(frame, zmq.Frame) else memoryview(frame)
+    return view.cast("B") if view.ndim != 1 or view.format != "B" else view
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _json_fallback(obj: Any) -> Any:
+    # Pipeline `info` may hold numpy scalars/arrays; anything else is described, never pickled.
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray) and obj.size <= 64:
+        return obj.tolist()
+    return repr(obj)

@@ -1,0 +1,370 @@
+"""The hgm worker: keeps a reconstruction handler warm and answers jobs over ZeroMQ (DESIGN §6).
+
+Two modes, one code path:
+- `serve(bind=...)`: a ROUTER that clients talk to directly; up to `queue_depth` jobs wait behind
+  the running one, further jobs get a "busy" error.
+- `serve(connect=...)`: a DEALER connected to a broker's worker side (`hgm_core.serve.broker`); it
+  announces READY when idle, heartbeats both ways, and reconnects with backoff when the broker goes
+  silent (the Paranoid Pirate worker of the ZeroMQ guide).
+
+The socket is served by one thread and the handler runs in another, so health requests and
+heartbeats are answered while a job runs. Every request is validated before it is queued; a
+malformed or oversized request, or a handler exception, becomes an error reply — never a dead worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import socket as _socket
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import zmq
+
+from hgm_core.pipeline.types import STAGES, CameraInfo, PipelineError, Reconstruction, ReconstructionRequest
+from hgm_core.serve import curve
+from hgm_core.serve.protocol import Message, ProtocolError, decode, encode, encode_error, new_id
+
+log = logging.getLogger("hgm.serve.worker")
+
+Handler = Callable[[ReconstructionRequest], Reconstruction]
+"""Runs one job; raises a `PipelineError` subclass for documented failures (its `kind` is replied)."""
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """Limits and timing of a worker.
+
+    Attributes:
+        max_message_bytes: largest accepted request (all frames); also ZMQ_MAXMSGSIZE of the
+            socket, so a single larger frame drops that peer's connection without being buffered.
+        max_pixels: largest accepted image (H * W).
+        queue_depth: jobs that may wait behind the running one (direct mode).
+        stages: the `stages` values this worker accepts.
+        heartbeat_interval_s, heartbeat_liveness: broker mode; the broker is presumed dead after
+            `liveness` silent intervals and the worker reconnects.
+        reconnect_max_s: cap of the exponential reconnect backoff.
+    """
+
+    max_message_bytes: int = 256 << 20
+    max_pixels: int = 4096 * 4096
+    queue_depth: int = 4
+    stages: tuple[str, ...] = STAGES
+    heartbeat_interval_s: float = 1.0
+    heartbeat_liveness: int = 3
+    reconnect_max_s: float = 16.0
+
+
+@dataclass
+class _Job:
+    envelope: list
+    request_id: str
+    request: ReconstructionRequest
+    received: float
+    expires: float | None
+
+
+class Worker:
+    """Serves `handler` on one endpoint until `stop()`.
+
+    Args:
+        handler: the warm model, e.g. a `hgm_core.pipeline.Reconstructor` instance's `run`.
+        config: limits and timing.
+        curve_server: key pair (and allowed clients) to require CURVE on a bound endpoint.
+        curve_client: keys to reach a CURVE broker in connect mode.
+    """
+
+    def __init__(
+        self,
+        handler: Handler,
+        config: WorkerConfig | None = None,
+        *,
+        curve_server: curve.CurveServerKeys | None = None,
+        curve_client: curve.CurveClientKeys | None = None,
+    ) -> None:
+        self.handler = handler
+        self.config = config or WorkerConfig()
+        self.curve_server = curve_server
+        self.curve_client = curve_client
+        self.endpoint: str | None = None
+        """The bound endpoint (with the actual port when bound to `tcp://host:*`), once serving."""
+        self.ready = threading.Event()
+        self._stop = threading.Event()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._pending = 0  # jobs accepted and not yet replied; touched by the socket thread only
+        self._done = 0
+        self._failed = 0
+        self._started = time.monotonic()
+        self._broker_mode = False
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def serve(self, *, bind: str | None = None, connect: str | None = None) -> None:
+        """Block serving `bind` (direct mode) or the broker at `connect` until `stop()`."""
+        if (bind is None) == (connect is None):
+            raise ValueError("give exactly one of bind= or connect=")
+        self._broker_mode = connect is not None
+        ctx = zmq.Context()
+        auth = curve.start_authenticator(ctx, self.curve_server) if bind and self.curve_server else None
+        pipe_addr = f"inproc://hgm-worker-results-{id(self)}"
+        pipe = ctx.socket(zmq.PAIR)
+        pipe.bind(pipe_addr)
+        compute = threading.Thread(target=self._compute_loop, args=(ctx, pipe_addr), name="hgm-worker-compute", daemon=True)
+        compute.start()
+        try:
+            if bind is not None:
+                self._serve_direct(ctx, pipe, bind)
+            else:
+                self._serve_broker(ctx, pipe, connect)
+        finally:
+            self._jobs.put(None)
+            compute.join(timeout=2.0)
+            pipe.close(linger=0)
+            if auth is not None:
+                auth.stop()
+            if compute.is_alive():  # a handler call is still running; the process is exiting anyway
+                log.warning("worker stopped while a job was running")
+            else:
+                ctx.term()
+
+    def stop(self) -> None:
+        """Ask `serve` to return (thread- and signal-safe). Queued jobs get an "unavailable" reply."""
+        self._stop.set()
+
+    def health_info(self) -> dict:
+        return {
+            "ok": True,
+            "role": "worker",
+            "protocol": 1,
+            "stages": list(self.config.stages),
+            "busy": self._pending > 0,
+            "queued": max(0, self._pending - 1),
+            "queue_depth": self.config.queue_depth,
+            "jobs_done": self._done,
+            "jobs_failed": self._failed,
+            "max_pixels": self.config.max_pixels,
+            "max_message_bytes": self.config.max_message_bytes,
+            "uptime_s": round(time.monotonic() - self._started, 3),
+            "pid": os.getpid(),
+        }
+
+    # -- socket thread ----------------------------------------------------------------------------
+
+    def _socket(self, ctx: zmq.Context, kind: int) -> zmq.Socket:
+        sock = ctx.socket(kind)
+        sock.linger = 0
+        sock.maxmsgsize = self.config.max_message_bytes
+        return sock
+
+    def _serve_direct(self, ctx: zmq.Context, pipe: zmq.Socket, bind: str) -> None:
+        sock = self._socket(ctx, zmq.ROUTER)
+        if self.curve_server is not None:
+            curve.make_server(sock, self.curve_server)
+        try:
+            sock.bind(bind)
+            self.endpoint = sock.last_endpoint.decode()
+            log.info("worker serving on %s", self.endpoint)
+            self.ready.set()
+            poller = zmq.Poller()
+            poller.register(sock, zmq.POLLIN)
+            poller.register(pipe, zmq.POLLIN)
+            while not self._stop.is_set():
+                events = dict(poller.poll(100))
+                if sock in events:
+                    frames = sock.recv_multipart(copy=False)
+                    # [routing id, (empty delimiter of a REQ peer), header, arrays...]
+                    n = 2 if len(frames) > 2 and frames[1].bytes == b"" else 1
+                    self._on_request(sock, frames[:n], frames[n:])
+                if pipe in events:
+                    self._pending -= 1
+                    sock.send_multipart(pipe.recv_multipart(copy=False), copy=False)
+            self._refuse_queued(sock)
+        finally:
+            sock.close(linger=0)
+
+    def _serve_broker(self, ctx: zmq.Context, pipe: zmq.Socket, connect: str) -> None:
+        cfg = self.config
+        patience = cfg.heartbeat_interval_s * cfg.heartbeat_liveness
+        backoff = cfg.heartbeat_interval_s
+        sock = None
+        poller = zmq.Poller()
+        poller.register(pipe, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if sock is None:
+                    sock = self._socket(ctx, zmq.DEALER)
+                    if self.curve_client is not None:
+                        curve.make_client(sock, self.curve_client)
+                    sock.connect(connect)
+                    poller.register(sock, zmq.POLLIN)
+                    self.endpoint = connect
+                    heard = next_beat = time.monotonic()
+                    if self._pending == 0:
+                        self._send_control(sock, "ready")
+                    self.ready.set()
+                events = dict(poller.poll(100))
+                now = time.monotonic()
+                if sock in events:
+                    heard, backoff = now, cfg.heartbeat_interval_s
+                    frames = sock.recv_multipart(copy=False)
+                    # [job key (empty for control messages), header, arrays...]
+                    if len(frames) >= 2 and frames[0].bytes:
+                        self._on_request(sock, frames[:1], frames[1:])
+                if pipe in events:
+                    self._pending -= 1
+                    sock.send_multipart(pipe.recv_multipart(copy=False), copy=False)
+                    if self._pending == 0:
+                        self._send_control(sock, "ready")
+                if now >= next_beat:
+                    self._send_control(sock, "heartbeat")
+                    next_beat = now + cfg.heartbeat_interval_s
+                if now - heard > patience:
+                    log.warning("broker %s silent for %.1f s; reconnecting in %.1f s", connect, now - heard, backoff)
+                    poller.unregister(sock)
+                    sock.close(linger=0)
+                    sock = None
+                    self._stop.wait(backoff)
+                    backoff = min(2 * backoff, cfg.reconnect_max_s)
+            if sock is not None:
+                self._refuse_queued(sock)
+        finally:
+            if sock is not None:
+                sock.close(linger=0)
+
+    def _send_control(self, sock: zmq.Socket, kind: str) -> None:
+        info = {"stages": list(self.config.stages), "pid": os.getpid(), "busy": self._pending > 0}
+        sock.send_multipart([b""] + encode(kind, new_id(), info=info))
+
+    def _on_request(self, sock: zmq.Socket, envelope: list, frames: list) -> None:
+        try:
+            msg = decode(frames, max_message_bytes=self.config.max_message_bytes)
+            if msg.kind == "health":
+                self._reply(sock, envelope, encode("result", msg.id, info=self.health_info()))
+                return
+            if msg.kind != "reconstruct":
+                raise ProtocolError("bad_request", f"kind {msg.kind!r} is not a request", msg.id)
+            request = self._to_request(msg)
+        except ProtocolError as e:
+            log.info("rejected request %r: %s: %s", e.request_id, e.kind, e)
+            self._reply(sock, envelope, encode_error(e.request_id, e.kind, str(e)))
+            return
+        if self._pending > self.config.queue_depth:
+            self._reply(sock, envelope, encode_error(msg.id, "busy", f"queue full ({self.config.queue_depth} waiting)"))
+            return
+        now = time.monotonic()
+        deadline = msg.header.get("deadline_ms")
+        expires = now + deadline / 1000 if deadline is not None else None
+        self._pending += 1
+        self._jobs.put(_Job(envelope, msg.id, request, now, expires))
+
+    def _reply(self, sock: zmq.Socket, envelope: list, frames: list) -> None:
+        sock.send_multipart(envelope + frames, copy=False)
+        if self._broker_mode and self._pending == 0:
+            self._send_control(sock, "ready")
+
+    def _to_request(self, msg: Message) -> ReconstructionRequest:
+        """Check a reconstruct message against the schema and limits (ProtocolError otherwise)."""
+        arrays, rid = msg.arrays, msg.id
+        unknown = set(arrays) - {"image", "K", "mask"}
+        if unknown:
+            raise ProtocolError("bad_request", f"unknown arrays {sorted(unknown)}", rid)
+        image = arrays.get("image")
+        if image is None:
+            raise ProtocolError("bad_request", "reconstruct needs an 'image' array", rid)
+        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+            raise ProtocolError("bad_input", f"image must be non-empty [H, W, 3] uint8, got {list(image.shape)} {image.dtype}", rid)
+        h, w = image.shape[:2]
+        if h * w > self.config.max_pixels:
+            raise ProtocolError("too_large", f"image {w}x{h} exceeds max_pixels={self.config.max_pixels}", rid)
+        camera = None
+        if "K" in arrays:
+            K = arrays["K"]
+            if K.shape != (3, 3) or K.dtype.kind != "f" or not np.isfinite(K).all():
+                raise ProtocolError("bad_input", "K must be a finite float [3, 3] matrix", rid)
+            camera = CameraInfo(K=K.astype(np.float64), width=w, height=h)
+        mask = arrays.get("mask")
+        if mask is not None and (mask.dtype != np.uint8 or mask.shape != (h, w)):
+            raise ProtocolError("bad_input", f"mask must be uint8 [{h}, {w}], got {list(mask.shape)} {mask.dtype}", rid)
+        stages = msg.header.get("stages", "prior")
+        if stages not in self.config.stages:
+            raise ProtocolError("bad_request", f"stages {stages!r} not served here (this worker serves {list(self.config.stages)})", rid)
+        return ReconstructionRequest(image=image, camera=camera, mask=mask, stages=stages)
+
+    def _refuse_queued(self, sock: zmq.Socket) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if job is not None:
+                sock.send_multipart(job.envelope + encode_error(job.request_id, "unavailable", "worker is shutting down"))
+
+    # -- compute thread ---------------------------------------------------------------------------
+
+    def _compute_loop(self, ctx: zmq.Context, pipe_addr: str) -> None:
+        pipe = ctx.socket(zmq.PAIR)
+        pipe.connect(pipe_addr)
+        try:
+            while (job := self._jobs.get()) is not None:
+                pipe.send_multipart(job.envelope + self._run(job), copy=False)
+        finally:
+            pipe.close()
+
+    def _run(self, job: _Job) -> list:
+        started = time.monotonic()
+        if job.expires is not None and started > job.expires:
+            self._failed += 1
+            return encode_error(job.request_id, "timeout", f"job expired after {started - job.received:.2f} s in the queue")
+        t0 = time.perf_counter()
+        try:
+            recon = self.handler(job.request)
+            arrays, fields = result_payload(recon)
+        except PipelineError as e:
+            self._failed += 1
+            return encode_error(job.request_id, e.kind, str(e))
+        except Exception as e:  # a bug in the handler must not take the worker down
+            self._failed += 1
+            log.error("job %s failed:\n%s", job.request_id, traceback.format_exc())
+            return encode_error(job.request_id, "internal", f"{type(e).__name__}: {e}")
+        self._done += 1
+        fields["timings"].update(queue=started - job.received, worker_total=time.perf_counter() - t0)
+        fields["info"]["worker"] = {"pid": os.getpid(), "host": _socket.gethostname()}
+        return encode("result", job.request_id, arrays, **fields)
+
+
+def result_payload(recon: Reconstruction) -> tuple[dict[str, np.ndarray], dict]:
+    """A `Reconstruction` -> (wire arrays, header fields) per the protocol's result schema."""
+    arrays = {"gaussians": recon.gaussians.to_raw().detach().cpu().numpy().astype(np.float32, copy=False)}
+    fields: dict = {"timings": {str(k): float(v) for k, v in recon.timings.items()}, "info": dict(recon.info)}
+    if recon.skeleton is not None:
+        arrays["joints"] = np.asarray(recon.skeleton.joints, dtype=np.float32)
+        fields["skeleton"] = {"names": list(recon.skeleton.names), "bones": [list(map(int, b)) for b in recon.skeleton.bones]}
+    if recon.mesh is not None:
+        arrays["mesh_vertices"] = np.asarray(recon.mesh.vertices, dtype=np.float32)
+        arrays["mesh_faces"] = _faces_u32(recon.mesh.faces)
+        if recon.mesh.colors is not None:
+            arrays["mesh_colors"] = _colors_u8(recon.mesh.colors)
+    if recon.body_mesh is not None:
+        arrays["body_vertices"] = np.asarray(recon.body_mesh.vertices, dtype=np.float32)
+        arrays["body_faces"] = _faces_u32(recon.body_mesh.faces)
+    return arrays, fields
+
+
+def _faces_u32(faces: np.ndarray) -> np.ndarray:
+    faces = np.asarray(faces)
+    if faces.size and (faces.min() < 0 or faces.max() >= 2**32):
+        raise ValueError("mesh face indices out of uint32 range")
+    return faces.astype(np.uint32)
+
+
+def _colors_u8(colors: np.ndarray) -> np.ndarray:
+    colors = np.asarray(colors)
+    if colors.dtype == np.uint8:
+        return colors
+    return np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8)

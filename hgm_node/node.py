@@ -1,0 +1,263 @@
+"""`hgm_node`: camera frames in, a Gaussian avatar out (DESIGN §1-§3).
+
+Subscribes (remappable, best effort, depth 1): `image` (sensor_msgs/Image) or `image/compressed`
+(sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`. Publishes (reliable,
+TRANSIENT_LOCAL, depth 1): `human_gaussians` (PointCloud2), `human_body` (MarkerArray skeleton),
+`human_body/joints` (PoseArray), `human_mesh` (Marker TRIANGLE_LIST, when the stages make a
+mesh), all stamped with the source image's header; and `/diagnostics`.
+
+Threads: executor callbacks only validate headers and store the frame; one job thread converts
+pixels, calls the worker and publishes; the worker link's thread supervises the worker. So the
+executor never blocks, the latest frame always wins, and a dead worker leaves the node up.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray
+from geometry_msgs.msg import PoseArray
+from rclpy.node import Node
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from hgm_core.serve.client import JobResult, WorkerError, load_curve_client_keys
+from hgm_node.conversions import (
+    ImageConversionError,
+    camera_info_to_K,
+    check_compressed,
+    check_image,
+    compressed_to_rgb,
+    gaussians_to_pointcloud2,
+    image_to_rgb,
+    joints_to_pose_array,
+    mesh_to_marker,
+    skeleton_to_markers,
+)
+from hgm_node.diagnostics import ERROR, OK, WARN, PipelineStats, diagnostic_array
+from hgm_node.params import NodeParams, declare_parameters
+from hgm_node.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS
+from hgm_node.worker_link import WorkerLink
+
+SEVERE_WORKER_ERRORS = ("timeout", "internal", "unavailable", "protocol")
+"""Job failures that mean the worker (not the frame) is in trouble: diagnostics ERROR."""
+MASKS_KEPT = 8
+
+
+@dataclass(frozen=True)
+class _Frame:
+    msg: Image | CompressedImage
+    received: float  # time.monotonic() when the callback accepted it
+
+
+class HgmNode(Node):
+    """The hgm ROS 2 node; see the module docstring and `hgm_node.params.NodeParams`."""
+
+    def __init__(self, node_name: str = "hgm_node", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
+        self.params: NodeParams = declare_parameters(self)
+        p = self.params
+        self._cond = threading.Condition()
+        self._stats = PipelineStats()
+        self._latest: _Frame | None = None  # newest accepted frame (what ~/capture reconstructs)
+        self._pending: _Frame | None = None  # frame waiting for the job thread
+        self._camera_info: CameraInfo | None = None
+        self._masks: OrderedDict[tuple[int, int], Image] = OrderedDict()
+        self._stopping = False
+
+        client_kwargs = load_curve_client_keys(p.curve_server_key, p.curve_client_secret or None) if p.curve_server_key else {}
+        self._link = WorkerLink(
+            p.worker_endpoint,
+            local_command=WorkerLink.parse_command(p.local_worker_command),
+            timeout_s=p.timeout_s,
+            retries=p.retries,
+            health_period_s=p.health_period_s,
+            restart_backoff_max_s=p.restart_backoff_max_s,
+            client_kwargs=client_kwargs,
+        )
+
+        self._pub_gaussians = self.create_publisher(PointCloud2, "human_gaussians", LATCHED_QOS)
+        self._pub_body = self.create_publisher(MarkerArray, "human_body", LATCHED_QOS)
+        self._pub_joints = self.create_publisher(PoseArray, "human_body/joints", LATCHED_QOS)
+        self._pub_mesh = self.create_publisher(Marker, "human_mesh", LATCHED_QOS)
+        self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+
+        if p.image_transport == "raw":
+            self._image_sub = self.create_subscription(Image, "image", self._on_image, SENSOR_QOS)
+        else:
+            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, SENSOR_QOS)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, SENSOR_QOS)
+        if p.use_mask:
+            self.create_subscription(Image, "mask", self._on_mask, SENSOR_QOS)
+        if p.trigger == "service":
+            self.create_service(Trigger, "~/capture", self._on_capture)
+        self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
+
+        self._link.start()
+        self._job_thread = threading.Thread(target=self._job_loop, name="hgm-jobs", daemon=True)
+        self._job_thread.start()
+        self.get_logger().info(
+            f"subscribed to {self._image_sub.topic_name} ({p.image_transport}), trigger={p.trigger}, "
+            f"stages={p.stages}, worker {'local on ' if not p.worker_endpoint else ''}{self._link.endpoint}"
+        )
+
+    def destroy_node(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._job_thread.join(timeout=5.0)
+        self._link.close()
+        super().destroy_node()
+
+    def stats(self) -> PipelineStats:
+        """A copy of the pipeline counters and the last job's timings."""
+        with self._cond:
+            return replace(self._stats, timings=dict(self._stats.timings))
+
+    # -- executor callbacks (cheap, never block) ------------------------------------------------
+
+    def _on_image(self, msg: Image | CompressedImage) -> None:
+        try:
+            if isinstance(msg, Image):
+                check_image(msg, self.params.max_image_pixels)
+            else:
+                check_compressed(msg, self.params.max_image_pixels)
+        except ImageConversionError as e:
+            self._reject(e)
+            return
+        frame = _Frame(msg, time.monotonic())
+        with self._cond:
+            self._stats.received += 1
+            self._latest = frame
+            if self.params.trigger == "continuous":
+                self._offer(frame)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        with self._cond:
+            self._camera_info = msg
+
+    def _on_mask(self, msg: Image) -> None:
+        with self._cond:
+            self._masks[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+            while len(self._masks) > MASKS_KEPT:
+                self._masks.popitem(last=False)
+
+    def _on_capture(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
+        with self._cond:
+            frame = self._latest
+        status = self._link.status()
+        if frame is None:
+            response.success, response.message = False, f"no frame received yet on {self._image_sub.topic_name}"
+        elif status.state != "ok":
+            response.success, response.message = False, f"worker not ready ({status.state}): {status.message}"
+        else:
+            with self._cond:
+                self._offer(frame)
+            stamp = frame.msg.header.stamp
+            response.success, response.message = True, f"reconstructing the frame stamped {stamp.sec}.{stamp.nanosec:09d}"
+        return response
+
+    def publish_diagnostics(self) -> None:
+        stats = self.stats()
+        self._pub_diagnostics.publish(diagnostic_array(self.get_clock().now().to_msg(), self.get_name(), self._link.status(), stats))
+
+    def _offer(self, frame: _Frame) -> None:
+        """Make `frame` the next job (caller holds the lock); a frame it supersedes is a drop."""
+        if self._pending is not None:
+            self._stats.dropped += 1
+        self._pending = frame
+        self._cond.notify_all()
+
+    def _reject(self, error: Exception) -> None:
+        with self._cond:
+            self._stats.rejected += 1
+            self._stats.level, self._stats.message = WARN, f"input frame rejected: {error}"
+        self.get_logger().warning(f"input frame rejected: {error}", throttle_duration_sec=5.0)
+
+    # -- job thread ---------------------------------------------------------------------------
+
+    def _job_loop(self) -> None:
+        last_start = -float("inf")
+        while True:
+            # Wait for the worker first: frames arriving meanwhile supersede each other.
+            while not self._link.wait_ready(0.25):
+                if self._stopping:
+                    return
+            with self._cond:
+                while self._pending is None and not self._stopping:
+                    self._cond.wait(0.5)
+                if self._stopping:
+                    return
+                if self.params.trigger == "continuous":
+                    wait = last_start + self.params.min_interval_s - time.monotonic()
+                    if wait > 0:
+                        self._cond.wait(wait)  # a newer frame may replace the pending one meanwhile
+                        continue
+                frame, self._pending = self._pending, None
+                info, masks = self._camera_info, dict(self._masks)
+            last_start = time.monotonic()
+            try:
+                self._run_job(frame, info, masks)
+            except Exception as e:  # a bug here must not end the job thread: report it and go on
+                self.get_logger().error(f"job failed unexpectedly: {type(e).__name__}: {e}")
+                with self._cond:
+                    self._stats.failed += 1
+                    self._stats.level, self._stats.message = ERROR, f"node error: {type(e).__name__}: {e}"
+
+    def _run_job(self, frame: _Frame, info: CameraInfo | None, masks: dict) -> None:
+        limit = self.params.max_image_pixels
+        try:
+            image = image_to_rgb(frame.msg, limit) if isinstance(frame.msg, Image) else compressed_to_rgb(frame.msg, limit)
+            mask = _mask_for(frame.msg.header, masks, image.shape[:2], limit)
+        except ImageConversionError as e:
+            self._reject(e)
+            return
+        h, w = image.shape[:2]
+        K = camera_info_to_K(info, w, h) if info is not None else None
+        try:
+            result = self._link.reconstruct(image, K=K, mask=mask, stages=self.params.stages)
+        except WorkerError as e:
+            level = ERROR if e.kind in SEVERE_WORKER_ERRORS else WARN
+            with self._cond:
+                self._stats.failed += 1
+                self._stats.level, self._stats.message = level, f"job failed: {e}"
+            self.get_logger().warning(f"job failed: {e}", throttle_duration_sec=5.0)
+            return
+        cloud_bytes = self._publish(result, frame.msg.header)
+        total = time.monotonic() - frame.received
+        with self._cond:
+            self._stats.processed += 1
+            self._stats.level, self._stats.message = OK, f"published {len(result.gaussians)} Gaussians"
+            self._stats.timings = {**result.timings, "total": total}
+            self._stats.gaussians, self._stats.cloud_bytes = len(result.gaussians), cloud_bytes
+
+    def _publish(self, result: JobResult, source: Header) -> int:
+        header = Header(stamp=source.stamp, frame_id=source.frame_id)
+        cloud = gaussians_to_pointcloud2(result.gaussians, header)
+        self._pub_gaussians.publish(cloud)
+        if result.joints is not None and len(result.joints):
+            self._pub_body.publish(skeleton_to_markers(result.joints, result.bones, header))
+            self._pub_joints.publish(joints_to_pose_array(result.joints, header))
+        if result.mesh_vertices is not None and result.mesh_faces is not None:
+            self._pub_mesh.publish(mesh_to_marker(result.mesh_vertices, result.mesh_faces, result.mesh_colors, header))
+        return len(cloud.data)
+
+
+def _mask_for(header: Header, masks: dict, hw: tuple[int, int], max_pixels: int) -> np.ndarray | None:
+    """The `[H, W]` uint8 mask stamped exactly like the image, or None.
+
+    Raises:
+        ImageConversionError: the mask is not a mono image of the image's size.
+    """
+    msg = masks.get((header.stamp.sec, header.stamp.nanosec))
+    if msg is None:
+        return None
+    if not msg.encoding.startswith("mono") or (msg.height, msg.width) != hw:
+        raise ImageConversionError(f"mask must be mono8/mono16 of {hw[1]} x {hw[0]}, got {msg.encoding} {msg.width} x {msg.height}")
+    return image_to_rgb(msg, max_pixels)[:, :, 0]

@@ -1,0 +1,71 @@
+"""Parameters of `hgm_node`: one dataclass holds the names, defaults and descriptions.
+
+`launch/params.yaml` lists exactly these keys (a test keeps the two equal). Topic names are not
+parameters: remap `image`, `image/compressed`, `camera_info`, `mask` and the outputs the ROS way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.node import Node
+
+TRIGGERS = ("continuous", "service")
+IMAGE_TRANSPORTS = ("raw", "compressed")
+
+
+def _param(default, description: str, *, choices: tuple[str, ...] = (), min_value: float | None = None):
+    return field(default=default, metadata={"description": description, "choices": choices, "min": min_value})
+
+
+@dataclass(frozen=True)
+class NodeParams:
+    trigger: str = _param("continuous", "'continuous': reconstruct the latest frame whenever the worker is free "
+                          "(latest frame wins); 'service': only on a ~/capture call (std_srvs/Trigger)", choices=TRIGGERS)
+    min_interval_s: float = _param(0.0, "continuous mode: least time between two job starts", min_value=0.0)
+    image_transport: str = _param("raw", "subscribe to 'image' (sensor_msgs/Image) or 'image/compressed' "
+                                  "(sensor_msgs/CompressedImage, jpeg/png)", choices=IMAGE_TRANSPORTS)
+    use_mask: bool = _param(False, "also subscribe to 'mask' (mono8 Image, nonzero = person); a mask with the "
+                            "image's exact stamp replaces the worker's segmenter")
+    stages: str = _param("prior", "pipeline stages the worker runs: prior | coarse | refined | full")
+    worker_endpoint: str = _param("", "worker or broker endpoint (tcp://host:port, ipc:///path); empty: start "
+                                  "and supervise a local worker on ipc:// in a private temp dir")
+    local_worker_command: str = _param("", "command of the local worker, '--bind ENDPOINT' is appended; "
+                                       "empty: '<this python> -m hgm_core.cli serve'")
+    timeout_s: float = _param(120.0, "deadline of one reconstruction job", min_value=0.001)
+    retries: int = _param(0, "re-sends of a timed-out job (0: the next frame is the retry)", min_value=0)
+    max_image_pixels: int = _param(4096 * 4096, "larger input images are rejected (diagnostics WARN)", min_value=1)
+    health_period_s: float = _param(2.0, "worker health check period", min_value=0.05)
+    restart_backoff_max_s: float = _param(30.0, "cap of the exponential backoff between local worker restarts",
+                                          min_value=0.1)
+    diagnostics_period_s: float = _param(1.0, "/diagnostics publishing period", min_value=0.05)
+    curve_server_key: str = _param("", "remote worker's CURVE public key file (from `hgm keys`); empty: no CURVE")
+    curve_client_secret: str = _param("", "this client's CURVE secret key file; empty: an ephemeral key pair")
+
+
+PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NodeParams))
+
+
+def declare_parameters(node: Node) -> NodeParams:
+    """Declare every `NodeParams` field on `node` (read-only, with descriptors) and return the values.
+
+    Raises:
+        ValueError: a value outside its documented choices or range.
+    """
+    values = {}
+    for f in dataclasses.fields(NodeParams):
+        meta = f.metadata
+        descriptor = ParameterDescriptor(description=meta["description"], read_only=True)
+        if meta["choices"]:
+            descriptor.additional_constraints = "one of: " + ", ".join(meta["choices"])
+        if meta["min"] is not None and isinstance(f.default, float):
+            descriptor.floating_point_range = [FloatingPointRange(from_value=meta["min"], to_value=1e9)]
+        elif meta["min"] is not None:
+            descriptor.integer_range = [IntegerRange(from_value=int(meta["min"]), to_value=2**62)]
+        value = node.declare_parameter(f.name, f.default, descriptor).value
+        if meta["choices"] and value not in meta["choices"]:
+            raise ValueError(f"parameter {f.name}={value!r}: must be one of {', '.join(meta['choices'])}")
+        values[f.name] = value
+    return NodeParams(**values)
