@@ -43,7 +43,7 @@ from hgm_node.conversions import (
 from hgm_node.diagnostics import ERROR, OK, WARN, PipelineStats, diagnostic_array
 from hgm_node.params import NodeParams, declare_parameters
 from hgm_node.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS
-from hgm_node.worker_link import WorkerLink
+from hgm_node.worker_link import WorkerLink, WorkerStatus
 
 SEVERE_WORKER_ERRORS = ("timeout", "internal", "unavailable", "protocol")
 """Job failures that mean the worker (not the frame) is in trouble: diagnostics ERROR."""
@@ -61,15 +61,18 @@ class HgmNode(Node):
 
     def __init__(self, node_name: str = "hgm_node", **kwargs) -> None:
         super().__init__(node_name, **kwargs)
+        # Set before anything can raise: rclpy's shutdown calls destroy_node() on a half-built node.
+        self._cond = threading.Condition()
+        self._stopping = False
+        self._link: WorkerLink | None = None
+        self._job_thread: threading.Thread | None = None
         self.params: NodeParams = declare_parameters(self)
         p = self.params
-        self._cond = threading.Condition()
         self._stats = PipelineStats()
         self._latest: _Frame | None = None  # newest accepted frame (what ~/capture reconstructs)
         self._pending: _Frame | None = None  # frame waiting for the job thread
         self._camera_info: CameraInfo | None = None
         self._masks: OrderedDict[tuple[int, int], Image] = OrderedDict()
-        self._stopping = False
 
         client_kwargs = load_curve_client_keys(p.curve_server_key, p.curve_client_secret or None) if p.curve_server_key else {}
         self._link = WorkerLink(
@@ -111,9 +114,14 @@ class HgmNode(Node):
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._job_thread.join(timeout=5.0)
-        self._link.close()
+        if self._link is not None:
+            self._link.close()  # also ends a job in flight, so the job thread can be joined
+        if self._job_thread is not None:
+            self._job_thread.join(timeout=5.0)
         super().destroy_node()
+
+    def worker_status(self) -> WorkerStatus:
+        return self._link.status()
 
     def stats(self) -> PipelineStats:
         """A copy of the pipeline counters and the last job's timings."""
@@ -223,6 +231,8 @@ class HgmNode(Node):
         try:
             result = self._link.reconstruct(image, K=K, mask=mask, stages=self.params.stages)
         except WorkerError as e:
+            if self._stopping:
+                return
             level = ERROR if e.kind in SEVERE_WORKER_ERRORS else WARN
             with self._cond:
                 self._stats.failed += 1

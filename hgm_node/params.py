@@ -10,6 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 
 TRIGGERS = ("continuous", "service")
@@ -64,7 +65,10 @@ def declare_parameters(node: Node) -> NodeParams:
             descriptor.floating_point_range = [FloatingPointRange(from_value=meta["min"], to_value=1e9)]
         elif meta["min"] is not None:
             descriptor.integer_range = [IntegerRange(from_value=int(meta["min"]), to_value=2**62)]
-        value = node.declare_parameter(f.name, f.default, descriptor).value
+        try:
+            value = node.declare_parameter(f.name, f.default, descriptor).value
+        except (InvalidParameterValueException, InvalidParameterTypeException) as e:
+            raise ValueError(str(e)) from None
         if meta["choices"] and value not in meta["choices"]:
             raise ValueError(f"parameter {f.name}={value!r}: must be one of {', '.join(meta['choices'])}")
         values[f.name] = value

@@ -141,6 +141,8 @@ class WorkerLink:
 
         threading.Thread(target=call, name="hgm-worker-call", daemon=True).start()
         while not done.wait(0.1):
+            if self._stop.is_set():
+                raise WorkerError("unavailable", "the worker link is closing")
             if self._epoch != epoch:
                 raise WorkerError("unavailable", f"worker lost during the job: {self.status().message}")
         error = outcome.get("error")

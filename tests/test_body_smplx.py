@@ -127,3 +127,45 @@ def write_synthetic_smplx(path: Path, num_betas: int = 10) -> Path:
         lmk_bary_coords=np.full((51, 3), 1 / 3, np.float32),
     )
     return path
+
+
+@pytest.fixture(scope="module")
+def smplx_body(tmp_path_factory):
+    from hgm_core.body import SmplxBody
+
+    return SmplxBody(write_synthetic_smplx(tmp_path_factory.mktemp("smplx") / "SMPLX_NEUTRAL.npz"))
+
+
+def test_forward_shapes(smplx_body) -> None:
+    from hgm_core.body import COCO_KEYPOINT_NAMES
+
+    out = smplx_body(smplx_body.rest_params(batch_size=3))
+    assert smplx_body.name == "smplx" and smplx_body.num_vertices == NUM_VERTICES
+    assert out.vertices.shape == (3, NUM_VERTICES, 3) and out.vertices.dtype == torch.float32
+    assert out.joints.shape == (3, 22, 3) and out.keypoints.shape == (3, len(COCO_KEYPOINT_NAMES), 3)
+    assert smplx_body.pose_dim == 63 and smplx_body.shape_dim == 10
+    np.testing.assert_allclose(out.joints[0, 0].numpy(), 0.0, atol=1e-6)  # pelvis at the origin
+
+
+def test_keypoints_follow_the_model(smplx_body) -> None:
+    """Keypoints are SMPL-X joints / landmark vertices by name; the pose moves the right one."""
+    rest = smplx_body.rest_params()
+    base = smplx_body(rest)
+    kp = dict(zip(smplx_body.keypoint_names, base.keypoints[0]))
+    joints = dict(zip(smplx_body.joint_names, base.joints[0]))
+    torch.testing.assert_close(kp["left_elbow"], joints["left_elbow"])
+    assert kp["nose"][1] > kp["left_hip"][1] > kp["left_heel"][1] and kp["nose"][2] > 0.05  # y up, facing +z
+    pose = rest.pose.clone().reshape(-1, 3)
+    pose[smplx_body.pose_joint_names.index("left_elbow")] = smplx_body.joint_limits.frames[17][:, 0] * 1.2
+    moved = smplx_body(type(rest)(rest.global_orient, rest.transl, pose.reshape(1, -1), rest.shape))
+    d = dict(zip(smplx_body.keypoint_names, moved.keypoints[0] - base.keypoints[0]))
+    assert d["left_wrist"][2] > 0.1  # elbow flexion brings the forearm forward
+    assert float(d["right_wrist"].norm()) < 1e-6
+    assert float(smplx_body.joint_limits(pose.reshape(1, -1))) == 0.0
+
+
+def test_missing_model_file(tmp_path) -> None:
+    from hgm_core.body import SmplxBody
+
+    with pytest.raises(FileNotFoundError):
+        SmplxBody(tmp_path / "nope.npz")

@@ -9,7 +9,7 @@ Frames and parameter layout: see `hgm_core.body.base`.
 
 from hgm_core.body.anny_body import AnnyBody
 from hgm_core.body.base import COCO_KEYPOINT_NAMES, BodyModel, BodyOutput, BodyParams, JointLimits
-from hgm_core.body.fit import BodyFit, FitConfig, fit_body, mesh_mask, silhouette_distances, skeleton
+from hgm_core.body.fit import BodyFit, FitConfig, fit_body, mesh_mask, skeleton
 from hgm_core.body.metrics import mpjpe, pa_mpjpe
 from hgm_core.body.smplx_body import SmplxBody
 
@@ -27,6 +27,5 @@ __all__ = [
     "mesh_mask",
     "mpjpe",
     "pa_mpjpe",
-    "silhouette_distances",
     "skeleton",
 ]

@@ -1,0 +1,1 @@
+"""Synthetic multi-view humans (`synth`, `render`, `hgm datagen`) and the render-layout reader (`reader`)."""

@@ -36,6 +36,10 @@ class ReconstructorConfig:
         checkpoint: folder of an HGM checkpoint (`hgm_core.model`), needed by the network stages.
         fit_iterations: stage-2 iterations of the body fit (see `hgm_core.body.FitConfig`).
         prior: settings of the prior avatar.
+        num_threads: torch intra-op threads for this process (set on construction). The body fit
+            runs many small ops on ~14k vertices where extra threads only add synchronisation:
+            on the 2-core reference machine under load the sample frame fits in 8.5 s with 1
+            thread and 77 s with 2. 0 leaves torch's setting alone.
     """
 
     body_model: str = "anny"
@@ -43,6 +47,7 @@ class ReconstructorConfig:
     checkpoint: str | None = None
     fit_iterations: int = 160
     prior: PriorConfig = field(default_factory=PriorConfig)
+    num_threads: int = 1
 
 
 class _Timer:
@@ -72,6 +77,10 @@ class Reconstructor:
         from hgm_core.perception import PoseEstimator
 
         self.config = config or ReconstructorConfig()
+        if self.config.num_threads > 0:
+            import torch
+
+            torch.set_num_threads(self.config.num_threads)
         self._estimator = PoseEstimator()
         self._body = self._load_body_model()
         self._fit_config = FitConfig(iterations=self.config.fit_iterations)

@@ -1,11 +1,15 @@
 """`hgm serve`: a warm reconstruction worker, or a broker in front of several workers.
 
     hgm serve                                        # worker on tcp://127.0.0.1:5555
+    hgm keys -o keys --clients node,worker           # CURVE key pairs for the examples below
     hgm serve --bind ipc:///tmp/hgm.sock             # local worker for the ROS node
     hgm serve --broker --bind tcp://0.0.0.0:5555 --backend tcp://0.0.0.0:5556 \\
               --curve-secret-key keys/server.key_secret --curve-clients keys/authorized_clients
     hgm serve --connect tcp://broker:5556 --curve-server-key keys/server.key \\
               --curve-secret-key keys/worker.key_secret   # one of the broker's workers
+
+Behind a CURVE broker, workers are CURVE clients like any other: their public keys must be in the
+broker's --curve-clients directory.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", action="store_true", help="run a load-balancing broker instead of a worker")
     parser.add_argument("--backend", default=DEFAULT_BACKEND, help=f"(broker) endpoint workers connect to (default {DEFAULT_BACKEND})")
     parser.add_argument("--connect", default=None, help="(worker) serve jobs of the broker at this backend endpoint instead of binding")
-    parser.add_argument("--config", default=None, help="(worker) reconstructor config file (default: the embedded default)")
+    parser.add_argument("--checkpoint", default=None, help="(worker) HGM checkpoint folder for the network stages (as `hgm reconstruct`)")
+    parser.add_argument("--fit-iterations", type=int, default=None, help="(worker) body-fit iterations (default: the pipeline's)")
     parser.add_argument("--stages", default=None, help="(worker) comma-separated stages to accept (default: all)")
     parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted image, H*W (default 4096^2)")
     parser.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message in MiB (default 256)")
@@ -78,16 +83,9 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
     from hgm_core.serve import curve
     from hgm_core.serve.worker import Worker, WorkerConfig
 
-    stages = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
-    if not set(stages) <= set(STAGES):
-        raise CliError(f"unknown stages {sorted(set(stages) - set(STAGES))}; choose from {', '.join(STAGES)}")
-    config = WorkerConfig(
-        max_message_bytes=max_bytes,
-        max_pixels=args.max_pixels,
-        queue_depth=4 if args.queue_depth is None else args.queue_depth,
-        stages=stages,
-        heartbeat_interval_s=args.heartbeat_s,
-    )
+    wanted = tuple(s.strip() for s in args.stages.split(",")) if args.stages else None
+    if wanted is not None and not set(wanted) <= set(STAGES):
+        raise CliError(f"unknown stages {sorted(set(wanted) - set(STAGES))}; choose from {', '.join(STAGES)}")
     client_keys = None
     if args.connect and args.curve_server_key:
         if not args.curve_secret_key:
@@ -97,20 +95,31 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
         except (OSError, ValueError) as e:
             raise CliError(f"cannot load CURVE keys: {e}") from None
     server_keys = None if args.connect else _server_keys(args)
-    return Worker(_load_reconstructor(args.config), config, curve_server=server_keys, curve_client=client_keys)
+    reconstructor = _load_reconstructor(args)
+    available = tuple(reconstructor.available_stages)
+    if wanted is not None and not set(wanted) <= set(available):
+        raise CliError(f"stages {sorted(set(wanted) - set(available))} are not available here (only {', '.join(available)}); see --checkpoint")
+    config = WorkerConfig(
+        max_message_bytes=max_bytes,
+        max_pixels=args.max_pixels,
+        queue_depth=4 if args.queue_depth is None else args.queue_depth,
+        stages=wanted or available,
+        heartbeat_interval_s=args.heartbeat_s,
+    )
+    return Worker(reconstructor.run, config, curve_server=server_keys, curve_client=client_keys)
 
 
-def _load_reconstructor(config: str | None):
+def _load_reconstructor(args: argparse.Namespace):
     """The warm model: built once here, before the worker accepts jobs."""
     try:
-        from hgm_core.pipeline import Reconstructor
+        from hgm_core.pipeline import Reconstructor, ReconstructorConfig
     except ImportError as e:
         raise CliError(f"the reconstruction pipeline is not available ({e})") from None
+    overrides = {} if args.fit_iterations is None else {"fit_iterations": args.fit_iterations}
     try:
-        reconstructor = Reconstructor.from_config(config) if config else Reconstructor()
+        return Reconstructor(ReconstructorConfig(checkpoint=args.checkpoint, **overrides))
     except Exception as e:  # a broken config or missing asset: one line, not a traceback
         raise CliError(f"cannot load the reconstructor: {type(e).__name__}: {e}") from None
-    return reconstructor.run
 
 
 def _server_keys(args: argparse.Namespace):

@@ -29,7 +29,7 @@ from hgm_core.serve.protocol import Message, ProtocolError, decode, encode, new_
 
 class WorkerError(RuntimeError):
     """A job failed. `kind` is one of bad_request, protocol, too_large, busy, bad_input, no_person,
-    crop_too_small, internal, unavailable, timeout (see `hgm_core.serve.protocol`)."""
+    crop_too_small, stage_unavailable, internal, unavailable, timeout (see `hgm_core.serve.protocol`)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}")

@@ -18,9 +18,10 @@ Header keys:
     kind       "reconstruct" | "health"            requests
                "result" | "error"                  replies
                "ready" | "heartbeat"               worker <-> broker only
-    arrays     list of {"name": str, "dtype": str, "shape": [int, ...]}; dtype is one of
-               uint8 uint16 int32 uint32 int64 float32 float64, always little endian, C order;
-               the frame holds exactly prod(shape) * itemsize bytes
+    arrays     list of at most 16 {"name": str, "dtype": str, "shape": [int, ...]} (unique names
+               of at most 64 chars, at most 4 dimensions); dtype is one of uint8 uint16 int32
+               uint32 int64 float32 float64, always little endian, C order; the frame holds
+               exactly prod(shape) * itemsize bytes
     timings    (replies) {"stage": seconds, ...}
     error      (kind "error") {"kind": str, "message": str}
     deadline_ms (requests, optional) the client's patience; work still queued after it is dropped
@@ -42,10 +43,15 @@ reconstruct result arrays (all in the input camera's optical frame, x right, y d
 health reply: kind "result" without arrays; `info` holds at least {"ok": bool, "protocol": 1,
     "role": "worker" | "broker", "stages": [...], "busy": bool}.
 
+Size limits: a message whose frames add up to more than the server's maximum gets a too_large
+reply; a single frame over that maximum is refused by ZeroMQ itself (ZMQ_MAXMSGSIZE), which closes
+that connection without a reply, so such a client sees a timeout.
+
 Error kinds: bad_request (malformed message), protocol (unsupported version), too_large (message
 bytes or image pixels over the server's limits), busy (queue full), bad_input, no_person,
-crop_too_small (the pipeline's documented failures), internal (a bug or crash on the server),
-timeout (the job outlived its deadline), unavailable (the server is shutting down).
+crop_too_small, stage_unavailable (the pipeline's documented failures: `PipelineError.kind`),
+internal (a bug or crash on the server), timeout (the job outlived its deadline), unavailable (the
+server is shutting down).
 
 Envelopes: a ROUTER prepends the peer's routing id; servers reply with the same envelope (including
 the empty delimiter frame a REQ socket adds). Between broker and worker, every message carries one

@@ -1,0 +1,1 @@
+"""Training-side pieces: evaluation metrics (`metrics`), LPIPS-VGG (`lpips`) and `hgm eval` (`eval_cli`)."""

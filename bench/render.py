@@ -1,0 +1,115 @@
+"""Rasterizer speed: the tiled `torch` backend on a 65,536-Gaussian person, and the dense reference.
+
+Prints JSON and writes bench/results/render.json. Figures are medians over several runs after a
+warm-up; each run renders one camera of the 8-view turntable (cycling through them). The dense
+reference cannot render the full scene in reasonable time, so both backends are also timed on one
+small scene (`small`), and `ratio` compares them there (same scene, same image, same machine, same
+run). The CPU is shared with other processes; `load_average` records how busy it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numba
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hgm_core.render import project_gaussians, rasterize  # noqa: E402
+from hgm_core.render.scenes import person_scene, turntable_cameras  # noqa: E402
+
+PARAMS = ("means", "quats", "scales", "opacities", "colors")
+
+
+def median_ms(fn, cameras, runs: int, warmup: int = 2) -> float:
+    """Median wall time of `fn(camera)` in milliseconds, cycling through the cameras."""
+    for i in range(warmup):
+        fn(cameras[i % len(cameras)])
+    times = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        fn(cameras[i % len(cameras)])
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def forward(g, backend):
+    def run(cam):
+        with torch.no_grad():
+            rasterize(g, cam, background=(1.0, 1.0, 1.0), backend=backend)
+    return run
+
+
+def forward_backward(g, backend):
+    def run(cam):
+        params = {k: getattr(g, k).detach().requires_grad_() for k in PARAMS}
+        out = rasterize(replace(g, **params), cam, background=(1.0, 1.0, 1.0), backend=backend)
+        (out.rgb.sum() + out.alpha.sum() + 0.1 * out.depth.sum()).backward()
+    return run
+
+
+def time_backend(g, cams, backend, runs):
+    fwd = median_ms(forward(g, backend), cams, runs)
+    fwd_bwd = median_ms(forward_backward(g, backend), cams, max(3, runs // 2))
+    return {"forward_ms": round(fwd, 2), "forward_fps": round(1000 / fwd, 1),
+            "forward_backward_ms": round(fwd_bwd, 2), "forward_backward_it_s": round(1000 / fwd_bwd, 2)}
+
+
+def main() -> int:
+    numba_cache = os.environ.get("NUMBA_CACHE_DIR")
+    g = person_scene(65536)
+    result = {
+        "scene": "person_scene(65536): 1.7 m person, one camera of an 8-view turntable per run, white background",
+        "torch_threads": torch.get_num_threads(),
+        "numba_threads": min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS),
+        "numba_threading_layer": None,
+        "cpu": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "load_average_before": [round(x, 2) for x in os.getloadavg()],
+        "tiled": {},
+    }
+    for size, runs in ((256, 30), (512, 16)):
+        cams = [turntable_cameras(size)[i] for i in range(8)]
+        entry = time_backend(g, cams, "torch", runs)
+        entry["projection_ms"] = round(median_ms(lambda c: project_gaussians(g, c), cams, runs), 2)
+        result["tiled"][f"{size}x{size}"] = entry
+    result["numba_threading_layer"] = numba.threading_layer()
+
+    # Same small scene for both: the dense reference is O(N * H * W) in time and memory.
+    small_n, small_size = 2048, 64
+    small = person_scene(small_n)
+    cams = [turntable_cameras(small_size)[i] for i in range(8)]
+    dense = time_backend(small, cams, "reference", 5)
+    tiled = time_backend(small, cams, "torch", 20)
+    result["small"] = {"scene": f"person_scene({small_n}) at {small_size}x{small_size}", "reference": dense, "torch": tiled}
+    result["ratio"] = {
+        "what": f"dense reference time / tiled time, both on person_scene({small_n}) at {small_size}x{small_size}",
+        "forward": round(dense["forward_ms"] / tiled["forward_ms"], 1),
+        "forward_backward": round(dense["forward_backward_ms"] / tiled["forward_backward_ms"], 1),
+    }
+    pairs_per_s = lambda n, size, ms: n * size * size / (ms / 1000)  # noqa: E731
+    result["gaussian_pixels_per_s"] = {
+        "what": "N * H * W / forward time (how fast each backend covers the Gaussian x pixel space)",
+        "reference_small": f"{pairs_per_s(small_n, small_size, dense['forward_ms']):.3g}",
+        "torch_256": f"{pairs_per_s(65536, 256, result['tiled']['256x256']['forward_ms']):.3g}",
+    }
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    result["numba_cache_dir"] = numba_cache or numba.config.CACHE_DIR
+    text = json.dumps(result, indent=2)
+    print(text)
+    out = Path(__file__).resolve().parent / "results" / "render.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
