@@ -80,7 +80,7 @@ class WorkerLink:
         self._local = not endpoint
         self._tmpdir = tempfile.mkdtemp(prefix="hgm-worker-") if self._local else None
         self.endpoint = f"ipc://{self._tmpdir}/worker.sock" if self._local else endpoint
-        self._command = (local_command or [sys.executable, "-m", "hgm_core.cli", "serve"]) + ["--bind", self.endpoint]
+        self._command = (local_command or [sys.executable, "-m", "hgm_core", "serve"]) + ["--bind", self.endpoint]
         self._timeout_s, self._retries = timeout_s, retries
         self._health_period_s = health_period_s
         self._backoff_max_s = restart_backoff_max_s

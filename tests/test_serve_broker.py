@@ -209,7 +209,7 @@ def test_curve_requires_the_right_keys(tmp_path, capsys):
 
 def test_hgm_serve_broker_command_serves_and_stops_on_sigterm(tmp_path):
     front, back = f"ipc://{tmp_path}/f.sock", f"ipc://{tmp_path}/b.sock"
-    cmd = [sys.executable, "-m", "hgm_core.cli", "serve", "--broker", "--bind", front, "--backend", back, "--heartbeat-s", "0.2"]
+    cmd = [sys.executable, "-m", "hgm_core", "serve", "--broker", "--bind", front, "--backend", back, "--heartbeat-s", "0.2"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         with (
@@ -248,7 +248,7 @@ def test_hgm_serve_with_the_real_reconstructor(tmp_path):
     except ImportError:
         pytest.skip("hgm_core.pipeline.Reconstructor does not exist yet (built by the pipeline issue)")
     endpoint = f"ipc://{tmp_path}/hgm.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "hgm_core.cli", "serve", "--bind", endpoint], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "hgm_core", "serve", "--bind", endpoint], cwd=REPO, stderr=subprocess.PIPE, text=True)
     image = _sample_person_image()
     try:
         with WorkerClient(endpoint, timeout_s=240, retries=0) as client:

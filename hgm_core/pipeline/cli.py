@@ -52,8 +52,10 @@ def load_camera_info(path: str):
 
     try:
         data = yaml.safe_load(Path(path).read_text())
-    except (OSError, yaml.YAMLError) as e:
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
         raise CliError(f"cannot read camera info {path}: {e}") from None
+    if not isinstance(data, dict):
+        raise CliError(f"cannot read camera info {path}: not a YAML mapping")
     try:
         k = data.get("camera_matrix", {}).get("data") if isinstance(data.get("camera_matrix"), dict) else None
         k = k or data.get("K") or data.get("k")
