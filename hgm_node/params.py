@@ -34,7 +34,7 @@ class NodeParams:
     worker_endpoint: str = _param("", "worker or broker endpoint (tcp://host:port, ipc:///path); empty: start "
                                   "and supervise a local worker on ipc:// in a private temp dir")
     local_worker_command: str = _param("", "command of the local worker, '--bind ENDPOINT' is appended; "
-                                       "empty: '<this python> -m hgm_core.cli serve'")
+                                       "empty: '<this python> -m hgm_core serve'")
     timeout_s: float = _param(120.0, "deadline of one reconstruction job", min_value=0.001)
     retries: int = _param(0, "re-sends of a timed-out job (0: the next frame is the retry)", min_value=0)
     max_image_pixels: int = _param(4096 * 4096, "larger input images are rejected (diagnostics WARN)", min_value=1)

@@ -59,7 +59,7 @@ class WorkerLink:
     Args:
         endpoint: a worker or broker endpoint; "" starts a local worker on `ipc://` in a private
             temporary directory and supervises it.
-        local_command: argv of the local worker without `--bind` (default `python -m hgm_core.cli serve`).
+        local_command: argv of the local worker without `--bind` (default `python -m hgm_core serve`).
         timeout_s, retries: per-job deadline and re-sends (see `WorkerClient`).
         health_period_s: how often the worker is asked for its health.
         restart_backoff_max_s: cap of the doubling delay between local worker restarts.

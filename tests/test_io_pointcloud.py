@@ -1,3 +1,4 @@
+import array
 import subprocess
 import sys
 
@@ -29,7 +30,7 @@ def test_layout_is_ply_named_float32_plus_rgb():
 def test_pack_unpack_round_trip_is_exact():
     raw = _raw(1000)
     fields, step, data = pack_gaussians(raw)
-    assert isinstance(data, bytes) and len(data) == 1000 * step
+    assert isinstance(data, array.array) and data.typecode == "B" and len(data) == 1000 * step
     back, rgb = unpack_gaussians(list(fields), step, data)
     np.testing.assert_array_equal(back, raw)
     # Field k of point i sits at byte i*step + offset, little endian — what any PointCloud2 reader assumes.

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_demo_writes_the_avatar_it_received(tmp_path):
     plyfile = pytest.importorskip("plyfile")
     env = dict(os.environ, ROS_DOMAIN_ID=str(random.SystemRandom().randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
-    run = subprocess.run([sys.executable, "-m", "hgm_core.cli", "demo", "--out", str(tmp_path), "--timeout", "400"],
+    run = subprocess.run([sys.executable, "-m", "hgm_core", "demo", "--out", str(tmp_path), "--timeout", "400"],
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=500)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     summary = run.stdout[run.stdout.index("hgm demo: avatar received"):]

@@ -8,6 +8,7 @@ PointCloud2 display colours by without a plugin. Little endian, `is_dense`, `hei
 
 from __future__ import annotations
 
+import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,32 +42,48 @@ class PointCloudLayoutError(ValueError):
     """Raised when a PointCloud2 buffer does not carry the Gaussian layout."""
 
 
+def _rgb_bytes(f_dc: np.ndarray) -> np.ndarray:
+    """`[N, 3]` SH DC coefficients -> `[N, 3]` uint8 colours."""
+    c = np.asarray(f_dc, np.float32) * np.float32(SH_C0 * 255.0) + np.float32(127.5)
+    np.clip(c, 0.0, 255.0, out=c)
+    return np.rint(c, out=c).astype(np.uint8)
+
+
+def _write_packed(rgb8: np.ndarray, out: np.ndarray) -> None:
+    """Write `[N, 3]` uint8 colours into `out` (`[N]` little-endian float32 slots) as `0x00RRGGBB`."""
+    lanes = out.reshape(-1, 1).view(np.uint8)  # [N, 4]: little endian, so lane 0 holds blue
+    lanes[:, 0], lanes[:, 1], lanes[:, 2], lanes[:, 3] = rgb8[:, 2], rgb8[:, 1], rgb8[:, 0], 0
+
+
 def pack_rgb(f_dc: np.ndarray) -> np.ndarray:
     """`[N, 3]` SH DC coefficients -> `[N]` float32 whose bits are `0x00RRGGBB`."""
-    rgb = np.clip(np.asarray(f_dc, np.float32) * SH_C0 + 0.5, 0.0, 1.0)
-    u8 = np.rint(rgb * 255.0).astype(np.uint32)
-    return ((u8[:, 0] << 16) | (u8[:, 1] << 8) | u8[:, 2]).view(np.float32)
+    out = np.empty(len(f_dc), "<f4")
+    _write_packed(_rgb_bytes(f_dc), out)
+    return out
 
 
 def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
     """`[N]` packed float32 -> `[N, 3]` uint8."""
-    u = np.ascontiguousarray(rgb, np.float32).view(np.uint32)
-    return np.stack(((u >> 16) & 255, (u >> 8) & 255, u & 255), -1).astype(np.uint8)
+    lanes = np.ascontiguousarray(rgb, "<f4").reshape(-1, 1).view(np.uint8)
+    return np.stack((lanes[:, 2], lanes[:, 1], lanes[:, 0]), -1)
 
 
-def pack_gaussians(raw: np.ndarray) -> tuple[tuple[PointField, ...], int, bytes]:
+def pack_gaussians(raw: np.ndarray) -> tuple[tuple[PointField, ...], int, array.array]:
     """Pack `[N, 14]` raw Gaussian rows (RAW_FIELDS order, float32) into the PointCloud2 layout.
 
     Returns:
-        (fields, point_step, data) — `data` holds `N * point_step` bytes, little endian.
+        (fields, point_step, data): `data` is an `array.array('B')` of `N * point_step` bytes, little
+        endian — the type rclpy keeps `uint8[]` fields in, so assigning it to `PointCloud2.data`
+        stores it without another copy or per-byte checks.
     """
     raw = np.asarray(raw)
     if raw.ndim != 2 or raw.shape[1] != len(RAW_FIELDS):
         raise PointCloudLayoutError(f"raw Gaussians must be [N, {len(RAW_FIELDS)}], got {list(raw.shape)}")
-    buf = np.empty((raw.shape[0], len(FIELD_NAMES)), "<f4")
+    data = array.array("B", bytes(raw.shape[0] * POINT_STEP))
+    buf = np.frombuffer(data, "<f4").reshape(raw.shape[0], len(FIELD_NAMES))
     buf[:, : len(RAW_FIELDS)] = raw
-    buf[:, -1] = pack_rgb(raw[:, 3:6])
-    return FIELDS, POINT_STEP, buf.tobytes()
+    _write_packed(_rgb_bytes(raw[:, 3:6]), buf[:, -1])
+    return FIELDS, POINT_STEP, data
 
 
 def unpack_gaussians(fields: list, point_step: int, data: bytes | memoryview | np.ndarray, *,
@@ -85,14 +102,25 @@ def unpack_gaussians(fields: list, point_step: int, data: bytes | memoryview | n
     bad = [n for n in FIELD_NAMES if n in by_name and (by_name[n].datatype != FLOAT32 or by_name[n].count != 1)]
     if bad:
         raise PointCloudLayoutError(f"fields {bad} must be single FLOAT32")
-    names = [n for n in FIELD_NAMES if n in by_name]
-    end = ">" if is_bigendian else "<"
-    dt = np.dtype({"names": names, "formats": [end + "f4"] * len(names),
-                   "offsets": [by_name[n].offset for n in names], "itemsize": point_step})
     buf = np.frombuffer(data, np.uint8)
     if buf.size % point_step:
         raise PointCloudLayoutError(f"{buf.size} data bytes is not a multiple of point_step {point_step}")
-    arr = buf.view(dt)
-    raw = np.stack([arr[n].astype(np.float32) for n in RAW_FIELDS], -1)
-    rgb = unpack_rgb(arr["rgb"].astype(np.float32)) if "rgb" in by_name else np.zeros((len(arr), 3), np.uint8)
-    return raw, rgb
+    n = buf.size // point_step
+    offsets = [by_name[name].offset for name in FIELD_NAMES if name in by_name]
+    if not is_bigendian and point_step % 4 == 0 and all(o % 4 == 0 for o in offsets):
+        # Fast path (every cloud we publish): view the rows as float32 words and gather columns once.
+        words = buf.view("<f4").reshape(n, point_step // 4)
+        cols = [by_name[name].offset // 4 for name in RAW_FIELDS]
+        contiguous = cols == list(range(cols[0], cols[0] + len(cols)))
+        raw = words[:, cols[0]: cols[0] + len(cols)] if contiguous else words[:, cols]
+        rgb_col = words[:, by_name["rgb"].offset // 4] if "rgb" in by_name else None
+    else:
+        names = [name for name in FIELD_NAMES if name in by_name]
+        end = ">" if is_bigendian else "<"
+        dt = np.dtype({"names": names, "formats": [end + "f4"] * len(names),
+                       "offsets": [by_name[name].offset for name in names], "itemsize": point_step})
+        arr = buf.view(dt)
+        raw = np.stack([arr[name].astype(np.float32) for name in RAW_FIELDS], -1)
+        rgb_col = arr["rgb"].astype(np.float32) if "rgb" in by_name else None
+    rgb = unpack_rgb(rgb_col) if rgb_col is not None else np.zeros((n, 3), np.uint8)
+    return np.ascontiguousarray(raw, np.float32), rgb

@@ -38,6 +38,11 @@ from numba import prange  # noqa: E402
 
 if not numba.config.CACHE_DIR:  # numba was imported before us without a cache directory
     numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    # numba's OpenMP layer and torch's OpenMP runtime slow each other down badly here (torch ops on
+    # [N] tensors went from ~15 ms to ~1 s after a numba parallel region); the workqueue layer does not.
+    # It must not be entered from several Python threads at once (numba raises if it is).
+    numba.config.THREADING_LAYER = "workqueue"
 
 from hgm_core.render.api import ALPHA_MAX, ALPHA_MIN, T_MIN  # noqa: E402
 
@@ -67,16 +72,55 @@ def _tile_range(lo: float, hi: float, size: int, n_pixels: int) -> tuple[int, in
 
 
 @numba.njit(**_jit)
-def prepare(means2d, conics, opacities, depths, colors, radii, order, width, height):
+def depth_order(depths, radii):
+    """`[C, N]` indices sorting each camera's visible splats front to back (culled ones last).
+
+    A stable LSD radix sort on the IEEE bits of the depths as float64: for positive numbers the bit
+    patterns sort like the values, and only splats in front of the near plane are visible.
+    """
+    C, N = depths.shape
+    order = np.empty((C, N), np.int64)
+    keys = np.empty(N, np.uint64)
+    tmp_keys = np.empty(N, np.uint64)
+    idx = np.empty(N, np.int64)
+    tmp_idx = np.empty(N, np.int64)
+    bits = np.empty(1, np.float64)
+    for c in range(C):
+        for n in range(N):
+            bits[0] = depths[c, n]
+            visible = radii[c, n, 0] > 0 and radii[c, n, 1] > 0 and depths[c, n] > 0
+            keys[n] = bits.view(np.uint64)[0] if visible else np.uint64(0xFFFFFFFFFFFFFFFF)
+            idx[n] = n
+        for shift in range(0, 64, 16):
+            counts = np.zeros(65537, np.int64)
+            for n in range(N):
+                counts[1 + ((keys[n] >> np.uint64(shift)) & np.uint64(0xFFFF))] += 1
+            if counts.max() == N:  # every key has the same digit here: the pass would not move anything
+                continue
+            counts = np.cumsum(counts)
+            for n in range(N):
+                d = (keys[n] >> np.uint64(shift)) & np.uint64(0xFFFF)
+                tmp_keys[counts[d]], tmp_idx[counts[d]] = keys[n], idx[n]
+                counts[d] += 1
+            keys, tmp_keys = tmp_keys, keys
+            idx, tmp_idx = tmp_idx, idx
+        order[c] = idx
+    return order
+
+
+@numba.njit(**_jit)
+def prepare(means2d, conics, opacities, depths, colors, radii, width, height):
     """Pack splats in depth order and build the per-tile lists (gsplat's `isect_tiles`).
 
     Args:
         means2d `[C, N, 2]`, conics `[C, N, 3]`, opacities `[C, N]`, depths `[C, N]`, colors `[N, 3]`,
-        radii `[C, N, 2]` int (0 = culled), order `[C, N]` sorting each camera's splats by depth.
+        radii `[C, N, 2]` int (0 = culled).
     Returns:
         packed `[C * N, P_WIDTH]` (row `c * N + i` is camera c's i-th nearest splat), offsets
-        `[C * TH * TW + 1]` into ids `[M]` (packed row indices, front to back within each tile).
+        `[C * TH * TW + 1]` into ids `[M]` (packed row indices, front to back within each tile),
+        order `[C, N]` (packed row `c * N + i` holds splat `order[c, i]`).
     """
+    order = depth_order(depths, radii)
     C, N = order.shape
     dt = means2d.dtype
     alpha_min = dt.type(ALPHA_MIN)
@@ -115,7 +159,7 @@ def prepare(means2d, conics, opacities, depths, colors, radii, order, width, hei
                     t = (c * th + ty) * tw + tx
                     ids[fill[t]] = row
                     fill[t] += 1
-    return packed, offsets, ids
+    return packed, offsets, ids, order
 
 
 @numba.njit(**_jit)
@@ -318,3 +362,65 @@ def rasterize_bwd(packed, offsets, ids, width, height, n_cameras, t_final, last,
             grads[k, 0], grads[k, 1], grads[k, 2], grads[k, 3], grads[k, 4] = g_mx, g_my, g_a, g_b, g_c
             grads[k, 5], grads[k, 6], grads[k, 7], grads[k, 8], grads[k, 9] = g_o, g_r, g_g, g_bl, g_z
     return grads
+
+
+@numba.njit(parallel=True, **_jit)
+def project(means, quats, scales, viewmats, Ks, width, height, near, far, eps2d):
+    """Fused EWA projection, the same arithmetic as `projection.project_gaussians` (forward only).
+
+    The tiled backend uses it when no gradient is needed; with gradients it uses the torch version.
+    Args:
+        means `[N, 3]`, quats `[N, 4]` (w first, any norm), scales `[N, 3]`, viewmats `[C, 4, 4]`, Ks `[C, 3, 3]`.
+    Returns:
+        means2d `[C, N, 2]`, conics `[C, N, 3]`, depths `[C, N]`, radii `[C, N, 2]` int32 (0 = culled).
+    """
+    dt = means.dtype
+    N, C = means.shape[0], viewmats.shape[0]
+    means2d = np.zeros((C, N, 2), dt)
+    conics = np.zeros((C, N, 3), dt)
+    depths = np.zeros((C, N), dt)
+    radii = np.zeros((C, N, 2), np.int32)
+    for n in prange(N):
+        qn = np.sqrt(quats[n, 0] ** 2 + quats[n, 1] ** 2 + quats[n, 2] ** 2 + quats[n, 3] ** 2)
+        qn = max(qn, dt.type(1e-12))  # as torch.nn.functional.normalize
+        w, x, y, z = quats[n, 0] / qn, quats[n, 1] / qn, quats[n, 2] / qn, quats[n, 3] / qn
+        R = np.empty((3, 3), dt)
+        R[0, 0], R[0, 1], R[0, 2] = 1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)
+        R[1, 0], R[1, 1], R[1, 2] = 2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)
+        R[2, 0], R[2, 1], R[2, 2] = 2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)
+        M = np.empty((3, 3), dt)  # covariance = M M^T
+        for i in range(3):
+            for j in range(3):
+                M[i, j] = R[i, j] * scales[n, j]
+        for c in range(C):
+            V = viewmats[c]
+            mc0 = V[0, 0] * means[n, 0] + V[0, 1] * means[n, 1] + V[0, 2] * means[n, 2] + V[0, 3]
+            mc1 = V[1, 0] * means[n, 0] + V[1, 1] * means[n, 1] + V[1, 2] * means[n, 2] + V[1, 3]
+            mc2 = V[2, 0] * means[n, 0] + V[2, 1] * means[n, 1] + V[2, 2] * means[n, 2] + V[2, 3]
+            fx, fy, cx, cy = Ks[c, 0, 0], Ks[c, 1, 1], Ks[c, 0, 2], Ks[c, 1, 2]
+            zs = mc2 if abs(mc2) >= 1e-6 else dt.type(1e-6)
+            tan_x, tan_y = 0.5 * width / fx, 0.5 * height / fy
+            tx = zs * min(max(mc0 / zs, -(cx / fx + 0.3 * tan_x)), (width - cx) / fx + 0.3 * tan_x)
+            ty = zs * min(max(mc1 / zs, -(cy / fy + 0.3 * tan_y)), (height - cy) / fy + 0.3 * tan_y)
+            jx0, jx2 = fx / zs, fx * tx / zs**2
+            jy1, jy2 = fy / zs, fy * ty / zs**2
+            a0 = b = c0 = dt.type(0)
+            for k in range(3):  # u = (J R_cam M)[:, k]
+                ux = (jx0 * V[0, 0] - jx2 * V[2, 0]) * M[0, k] + (jx0 * V[0, 1] - jx2 * V[2, 1]) * M[1, k] \
+                    + (jx0 * V[0, 2] - jx2 * V[2, 2]) * M[2, k]
+                uy = (jy1 * V[1, 0] - jy2 * V[2, 0]) * M[0, k] + (jy1 * V[1, 1] - jy2 * V[2, 1]) * M[1, k] \
+                    + (jy1 * V[1, 2] - jy2 * V[2, 2]) * M[2, k]
+                a0 += ux * ux
+                b += ux * uy
+                c0 += uy * uy
+            a, cc = a0 + eps2d, c0 + eps2d
+            det = a * cc - b * b
+            det_safe = max(det, dt.type(1e-12))
+            u, v = fx * mc0 / zs + cx, fy * mc1 / zs + cy
+            means2d[c, n, 0], means2d[c, n, 1] = u, v
+            conics[c, n, 0], conics[c, n, 1], conics[c, n, 2] = cc / det_safe, -b / det_safe, a / det_safe
+            depths[c, n] = mc2
+            rx, ry = np.ceil(3.33 * np.sqrt(max(a, 0))), np.ceil(3.33 * np.sqrt(max(cc, 0)))
+            if (near < mc2 < far and det > 0 and u + rx > 0 and u - rx < width and v + ry > 0 and v - ry < height):
+                radii[c, n, 0], radii[c, n, 1] = int(rx), int(ry)
+    return means2d, conics, depths, radii
