@@ -33,18 +33,23 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_srvs.srv import Trigger
 
 from hgm_core.cli import CliError
+from hgm_core.paths import ASSETS_DIR
 from hgm_node.node import HgmNode
 from hgm_node.qos import LATCHED_QOS, SENSOR_QOS
 
 HELP = "run the ROS graph (player -> hgm_node + worker -> AR client) on a sample frame and save what the client got"
 
-DEFAULT_IMAGE = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")
-"""A full-body photo from Debian's opencv-doc (installed by `make`); any photo of one person works."""
+SAMPLE_DIR = ASSETS_DIR / "sample"
+DEFAULT_IMAGE = SAMPLE_DIR / "person.jpg"
+"""The bundled sample frame: a synthetic person rendered by this project (clear licence, see its README)."""
+DEFAULT_CAMERA_INFO = SAMPLE_DIR / "camera_info.yaml"
 FRAME_ID = "hgm_demo_camera_optical"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help=f"photo of one person (default {DEFAULT_IMAGE})")
+    parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="photo of one person (default: the bundled sample frame)")
+    parser.add_argument("--camera-info", type=Path, default=None,
+                        help="camera_info YAML of --image (default: the sample's for the sample frame, else a 55° field of view)")
     parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
     parser.add_argument("--stages", default="prior", help="pipeline stages for the worker (default prior)")
     parser.add_argument("--worker-endpoint", default="", help="use this worker instead of starting a local one")
@@ -57,12 +62,14 @@ def run(args: argparse.Namespace) -> int:
 
     from hgm_core.perception import default_intrinsics
 
+    from hgm_core.pipeline.cli import load_camera_info
+
     bgr = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
     if bgr is None:
-        raise CliError(f"cannot read an image from {args.image}" + (" (install Debian's opencv-doc or pass --image)"
-                                                                     if args.image == DEFAULT_IMAGE else ""))
+        raise CliError(f"cannot read an image from {args.image}")
     rgb = np.ascontiguousarray(bgr[:, :, ::-1])
-    K = default_intrinsics(rgb.shape[1], rgb.shape[0])
+    camera_info = args.camera_info or (DEFAULT_CAMERA_INFO if args.image == DEFAULT_IMAGE else None)
+    K = load_camera_info(str(camera_info)).K if camera_info else default_intrinsics(rgb.shape[1], rgb.shape[0])
 
     rclpy.init(args=[])
     executor = MultiThreadedExecutor(num_threads=4)

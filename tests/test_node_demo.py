@@ -17,7 +17,6 @@ from hgm_node.demo import DEFAULT_IMAGE
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.skipif(not DEFAULT_IMAGE.exists(), reason=f"{DEFAULT_IMAGE} missing (Debian package opencv-doc)")
 def test_demo_writes_the_avatar_it_received(tmp_path):
     plyfile = pytest.importorskip("plyfile")
     env = dict(os.environ, ROS_DOMAIN_ID=str(random.SystemRandom().randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")

@@ -1,8 +1,10 @@
 """The `torch` backend: tiled CPU rasterizer, differentiable w.r.t. every Gaussian parameter.
 
-Projection (and its gradient) is plain torch autograd (`project_gaussians`); binning, compositing
-and the compositing backward are numba kernels (`_tile_kernels`) wrapped in one
-`torch.autograd.Function`. The kernels run on as many threads as torch is allowed to use.
+When a gradient is needed, projection (and its gradient) is plain torch autograd
+(`project_gaussians`); otherwise a fused numba kernel does the same arithmetic in one pass.
+Depth sorting, tile binning, compositing and the compositing backward are numba kernels
+(`_tile_kernels`) wrapped in one `torch.autograd.Function`. The kernels run on as many threads as
+torch is allowed to use (`torch.set_num_threads`), so one knob controls both.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def rasterize_tiled(
         raise RenderError(f"the torch backend runs on CPU; got Gaussians on {g.device}")
     if g.dtype not in (torch.float32, torch.float64):
         raise RenderError(f"the torch backend renders float32 or float64, got {g.dtype}")
+    # One knob for both runtimes: the kernels use as many threads as torch may.
     numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     needs_grad = torch.is_grad_enabled() and any(getattr(g, k).requires_grad for k in _PARAMS)
     if needs_grad or cameras.K.requires_grad or cameras.viewmats.requires_grad:
