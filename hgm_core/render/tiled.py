@@ -82,3 +82,29 @@ def rasterize_tiled(
     rgb = color_sum + t_final[..., None] * background
     depth = torch.where(alpha > 0, depth_sum / alpha.clamp_min(1e-10), torch.zeros_like(alpha))
     return RenderOutput(rgb, alpha[..., None], depth[..., None], median[..., None])
+
+
+def compile_kernels(force: bool = False) -> str:
+    """Compile (or load from the on-disk cache) the float32 kernels: forward, backward, fused projection.
+
+    `hgm setup` runs this once so the first render of a session does not pay numba's compile time.
+    `force` is accepted for the setup-step interface; numba recompiles by itself when the source changes.
+    """
+    from dataclasses import replace
+
+    from hgm_core.camera import orbit_cameras
+
+    gen = torch.Generator().manual_seed(0)
+    g = Gaussians(
+        means=torch.randn(64, 3, generator=gen) * 0.2,
+        quats=torch.nn.functional.normalize(torch.randn(64, 4, generator=gen), dim=-1),
+        scales=torch.full((64, 3), 0.03),
+        opacities=torch.full((64,), 0.8),
+        colors=torch.rand(64, 3, generator=gen),
+    )
+    cams = orbit_cameras(32, 32, n_views=1)
+    with torch.no_grad():
+        rasterize_tiled(g, cams, torch.ones(3), near=0.01, far=1e10, eps2d=0.3)
+    means = g.means.clone().requires_grad_()
+    rasterize_tiled(replace(g, means=means), cams, torch.ones(3), near=0.01, far=1e10, eps2d=0.3).rgb.sum().backward()
+    return f"ready (cache: {numba.config.CACHE_DIR})"
