@@ -42,24 +42,16 @@ class PointCloudLayoutError(ValueError):
     """Raised when a PointCloud2 buffer does not carry the Gaussian layout."""
 
 
-def _rgb_bytes(f_dc: np.ndarray) -> np.ndarray:
-    """`[N, 3]` SH DC coefficients -> `[N, 3]` uint8 colours."""
-    c = np.asarray(f_dc, np.float32) * np.float32(SH_C0 * 255.0) + np.float32(127.5)
-    np.clip(c, 0.0, 255.0, out=c)
-    return np.rint(c, out=c).astype(np.uint8)
-
-
-def _write_packed(rgb8: np.ndarray, out: np.ndarray) -> None:
-    """Write `[N, 3]` uint8 colours into `out` (`[N]` little-endian float32 slots) as `0x00RRGGBB`."""
-    lanes = out.reshape(-1, 1).view(np.uint8)  # [N, 4]: little endian, so lane 0 holds blue
-    lanes[:, 0], lanes[:, 1], lanes[:, 2], lanes[:, 3] = rgb8[:, 2], rgb8[:, 1], rgb8[:, 0], 0
+_RGB_WEIGHTS = np.array([65536.0, 256.0, 1.0], np.float32)
+"""Packs rounded 0..255 channels into 0x00RRGGBB; every partial sum stays below 2^24, so it is exact in float32."""
 
 
 def pack_rgb(f_dc: np.ndarray) -> np.ndarray:
     """`[N, 3]` SH DC coefficients -> `[N]` float32 whose bits are `0x00RRGGBB`."""
-    out = np.empty(len(f_dc), "<f4")
-    _write_packed(_rgb_bytes(f_dc), out)
-    return out
+    c = np.asarray(f_dc, np.float32) * np.float32(SH_C0 * 255.0) + np.float32(127.5)
+    np.clip(c, 0.0, 255.0, out=c)
+    np.rint(c, out=c)
+    return (c @ _RGB_WEIGHTS).astype(np.uint32).view(np.float32)
 
 
 def unpack_rgb(rgb: np.ndarray) -> np.ndarray:
@@ -82,7 +74,7 @@ def pack_gaussians(raw: np.ndarray) -> tuple[tuple[PointField, ...], int, array.
     data = array.array("B", bytes(raw.shape[0] * POINT_STEP))
     buf = np.frombuffer(data, "<f4").reshape(raw.shape[0], len(FIELD_NAMES))
     buf[:, : len(RAW_FIELDS)] = raw
-    _write_packed(_rgb_bytes(raw[:, 3:6]), buf[:, -1])
+    buf[:, -1] = pack_rgb(raw[:, 3:6])
     return FIELDS, POINT_STEP, data
 
 
