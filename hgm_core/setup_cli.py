@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import shutil
 import time
 
 HELP = "prepare offline caches (anny body model, ported LPIPS weights); safe to re-run"
@@ -25,7 +27,9 @@ def build_anny_cache(force: bool = False) -> str:
     from hgm_core.paths import configure_third_party_caches
 
     configure_third_party_caches()
-    import anny  # noqa: E402  (after the cache variables are set)
+    if force:
+        shutil.rmtree(os.environ["ANNY_CACHE_DIR"], ignore_errors=True)
+    import anny  # only after the cache variables are set: anny reads them at import
 
     for topology in ("anny", "anny-full"):
         anny.Anny(topology=topology)

@@ -77,6 +77,26 @@ def image_to_rgb(msg: Image, max_pixels: int) -> np.ndarray:
     return np.ascontiguousarray(pixels[:, :, list(rgb)])
 
 
+def image_to_mask(msg: Image, max_pixels: int) -> np.ndarray:
+    """mono8/mono16 sensor_msgs/Image -> `[H, W]` uint8 person mask, 255 where the pixel is nonzero.
+
+    Nonzero is person at either depth, so a 16-bit label image keeps small labels (`image_to_rgb`
+    would keep only the high byte and lose them).
+
+    Raises:
+        ImageConversionError: not mono8/mono16, or the header checks of `check_image` fail.
+    """
+    if msg.encoding not in ("mono8", "mono16"):
+        raise ImageConversionError(f"a mask must be mono8 or mono16, got {msg.encoding!r}")
+    check_image(msg, max_pixels)
+    h, w = msg.height, msg.width
+    depth = IMAGE_ENCODINGS[msg.encoding][1]
+    rows = np.frombuffer(msg.data, np.uint8, count=msg.step * h).reshape(h, msg.step)[:, : w * depth]
+    if depth == 2:
+        rows = rows.view(">u2" if msg.is_bigendian else "<u2")
+    return np.where(rows != 0, 255, 0).astype(np.uint8)
+
+
 def check_compressed(msg: CompressedImage, max_pixels: int) -> None:
     """Validate a CompressedImage's format and, from the PNG/JPEG header, its size (no decoding)."""
     if _compressed_kind(msg.format) is None:

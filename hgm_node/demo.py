@@ -7,10 +7,10 @@ Three nodes on one MultiThreadedExecutor (the worker is still its own process, s
                                                <--~/capture (std_srvs/Trigger)--
 
 hgm_node runs with `trigger: service`: once the worker is warm, the AR client asks for exactly one
-capture of the live stream, as an app would ("scan me now"). The AR client decodes the first `/human_gaussians` it receives into out/avatar_from_topic.ply (a
-standard 3DGS PLY) and renders it from the input camera and from the side
-(out/avatar_from_topic.png); then the demo prints what happened: worker stage timings, frame ->
-avatar latency, message size.
+capture of the live stream, as an app would ("scan me now"). The AR client decodes the first
+`/human_gaussians` it receives into out/avatar_from_topic.ply (a standard 3DGS PLY) and renders it
+from the input camera and from the side (out/avatar_from_topic.png); then the demo prints what
+happened: worker stage timings, frame -> avatar latency, message size.
 
 This module is the demo process, which may use all of hgm_core (torch included); the node's own
 modules stay torch-free.
@@ -34,6 +34,7 @@ from std_srvs.srv import Trigger
 
 from hgm_core.cli import CliError
 from hgm_core.paths import ASSETS_DIR
+from hgm_node.diagnostics import PipelineStats
 from hgm_node.node import HgmNode
 from hgm_node.qos import LATCHED_QOS, SENSOR_QOS
 
@@ -50,18 +51,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image", type=Path, default=DEFAULT_IMAGE, help="photo of one person (default: the bundled sample frame)")
     parser.add_argument("--camera-info", type=Path, default=None,
                         help="camera_info YAML of --image (default: the sample's for the sample frame, else a 55° field of view)")
-    parser.add_argument("--out", type=Path, default=Path("out"), help="output folder (default out/)")
-    parser.add_argument("--stages", default="prior", help="pipeline stages for the worker (default prior)")
+    parser.add_argument("-o", "--output", "--out", type=Path, default=Path("out"), help="output directory (default: out/)")
+    parser.add_argument("--stages", default="prior", help="pipeline stages for the worker (default: prior)")
     parser.add_argument("--worker-endpoint", default="", help="use this worker instead of starting a local one")
-    parser.add_argument("--rate", type=float, default=2.0, help="frames per second the player publishes (default 2)")
-    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default 600)")
+    parser.add_argument("--rate", type=float, default=2.0, help="frames per second the player publishes (default: 2)")
+    parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default: 600)")
 
 
 def run(args: argparse.Namespace) -> int:
     import cv2
 
     from hgm_core.perception import default_intrinsics
-
     from hgm_core.pipeline.cli import load_camera_info
 
     bgr = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
@@ -109,7 +109,7 @@ def _wait_for_avatar(node: HgmNode, client: "ArClient", timeout_s: float) -> tup
     deadline = time.monotonic() + timeout_s
     last = None
     while not client.done.wait(0.5):
-        status, stats = node.worker_status(), node.stats()
+        status = node.worker_status()
         line = f"  worker {status.state}: {status.message}" + (f" | capture: {client.capture_reply}" if client.capture_reply else "")
         if line != last:
             print(line, flush=True)
@@ -119,7 +119,8 @@ def _wait_for_avatar(node: HgmNode, client: "ArClient", timeout_s: float) -> tup
     return client.cloud, client.received_at
 
 
-def _report(args: argparse.Namespace, rgb: np.ndarray, K: np.ndarray, cloud: PointCloud2, latency_s: float | None, stats) -> int:
+def _report(args: argparse.Namespace, rgb: np.ndarray, K: np.ndarray, cloud: PointCloud2, latency_s: float | None,
+            stats: PipelineStats) -> int:
     import torch
 
     from hgm_core.gaussians import Gaussians
@@ -127,8 +128,8 @@ def _report(args: argparse.Namespace, rgb: np.ndarray, K: np.ndarray, cloud: Poi
     from hgm_core.io.pointcloud import unpack_gaussians
 
     raw, _ = unpack_gaussians(cloud.fields, cloud.point_step, cloud.data)
-    ply = write_ply_raw(args.out / "avatar_from_topic.ply", raw)
-    png = _render(Gaussians.from_raw(torch.from_numpy(raw)), rgb, K, args.out / "avatar_from_topic.png")
+    ply = write_ply_raw(args.output / "avatar_from_topic.ply", raw)
+    png = _render(Gaussians.from_raw(torch.from_numpy(raw)), rgb, K, args.output / "avatar_from_topic.png")
     timings = stats.timings
     stages = [k for k in timings if k not in ("queue", "worker_total", "roundtrip", "total")]
     print("\nhgm demo: avatar received on /human_gaussians")

@@ -35,6 +35,7 @@ from hgm_node.conversions import (
     check_image,
     compressed_to_rgb,
     gaussians_to_pointcloud2,
+    image_to_mask,
     image_to_rgb,
     joints_to_pose_array,
     mesh_to_marker,
@@ -270,4 +271,4 @@ def _mask_for(header: Header, masks: dict, hw: tuple[int, int], max_pixels: int)
         return None
     if not msg.encoding.startswith("mono") or (msg.height, msg.width) != hw:
         raise ImageConversionError(f"mask must be mono8/mono16 of {hw[1]} x {hw[0]}, got {msg.encoding} {msg.width} x {msg.height}")
-    return image_to_rgb(msg, max_pixels)[:, :, 0]
+    return image_to_mask(msg, max_pixels)

@@ -28,7 +28,7 @@ class NodeParams:
     min_interval_s: float = _param(0.0, "continuous mode: least time between two job starts", min_value=0.0)
     image_transport: str = _param("raw", "subscribe to 'image' (sensor_msgs/Image) or 'image/compressed' "
                                   "(sensor_msgs/CompressedImage, jpeg/png)", choices=IMAGE_TRANSPORTS)
-    use_mask: bool = _param(False, "also subscribe to 'mask' (mono8 Image, nonzero = person); a mask with the "
+    use_mask: bool = _param(False, "also subscribe to 'mask' (mono8/mono16 Image, nonzero = person); a mask with the "
                             "image's exact stamp replaces the worker's segmenter")
     stages: str = _param("prior", "pipeline stages the worker runs: prior | coarse | refined | full")
     worker_endpoint: str = _param("", "worker or broker endpoint (tcp://host:port, ipc:///path); empty: start "

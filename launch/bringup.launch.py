@@ -26,7 +26,7 @@ ARGUMENTS = (
     ("image", "image", "input sensor_msgs/Image topic"),
     ("image_compressed", "image/compressed", "input sensor_msgs/CompressedImage topic (params image_transport: compressed)"),
     ("camera_info", "camera_info", "input sensor_msgs/CameraInfo topic"),
-    ("mask", "mask", "optional person mask topic (mono8 Image; params use_mask: true)"),
+    ("mask", "mask", "optional person mask topic (mono8/mono16 Image, nonzero = person; params use_mask: true)"),
     ("namespace", "", "namespace of the node and its output topics"),
     ("params_file", os.path.join(HERE, "params.yaml"), "hgm_node parameter file"),
     ("worker_endpoint", "", "worker/broker endpoint; empty: the node starts and supervises a local worker"),

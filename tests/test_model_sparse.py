@@ -105,7 +105,7 @@ def test_volume_sampling_is_exact_at_every_level() -> None:
     """A level whose features equal the x/y/z index is sampled back as the point's index (trilinear exact)."""
     vs, origin = 0.1, torch.tensor([[-0.4, -0.8, -0.2]])
     levels = []
-    for lvl, shape in ((1, (4, 8, 6)), (2, (2, 4, 3))):
+    for shape in ((4, 8, 6), (2, 4, 3)):  # levels 1 and 2 of an (8, 16, 12) grid
         coords = torch.ones(1, *shape, dtype=torch.bool).nonzero()
         feats = coords[:, [3, 2, 1]].double()  # (x, y, z) voxel index
         levels.append(SparseVolume(feats, coords, shape, 1))

@@ -27,6 +27,7 @@ from hgm_node.conversions import (  # noqa: E402
     check_compressed,
     compressed_to_rgb,
     gaussians_to_pointcloud2,
+    image_to_mask,
     image_to_rgb,
     joints_to_pose_array,
     mesh_to_marker,
@@ -71,6 +72,22 @@ def test_mono_becomes_grey_rgb(encoding):
     rgb = _rgb()
     grey = rgb[:, :, :1].repeat(3, 2)
     np.testing.assert_array_equal(image_to_rgb(_image_msg(grey, encoding), BIG), grey)
+
+
+@pytest.mark.parametrize("bigendian", [False, True])
+def test_mono16_label_mask_keeps_small_labels(bigendian):
+    """A 16-bit mask labelled 1 (high byte 0) is still a person; mono8 nonzero too; padding ignored."""
+    labels = np.zeros((5, 7), np.uint16)
+    labels[1:4, 2:5] = 1
+    labels[0, 0] = 300
+    data = np.concatenate([labels.astype(">u2" if bigendian else "<u2").view(np.uint8), np.full((5, 3), 0xAB, np.uint8)], 1)
+    msg = Image(height=5, width=7, encoding="mono16", is_bigendian=bigendian, step=data.shape[1], data=data.tobytes())
+    np.testing.assert_array_equal(image_to_mask(msg, BIG), np.where(labels > 0, 255, 0))
+    grey = _rgb()
+    grey[0, :, 0] = 0
+    np.testing.assert_array_equal(image_to_mask(_image_msg(grey, "mono8"), BIG), np.where(grey[:, :, 0] > 0, 255, 0))
+    with pytest.raises(ImageConversionError, match="mono8 or mono16"):
+        image_to_mask(_image_msg(_rgb(), "rgb8"), BIG)
 
 
 @pytest.mark.parametrize(

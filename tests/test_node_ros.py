@@ -34,7 +34,7 @@ from std_srvs.srv import Trigger  # noqa: E402
 from hgm_core.io.pointcloud import FIELDS, POINT_STEP, unpack_gaussians  # noqa: E402
 from hgm_core.serve.client import WorkerClient  # noqa: E402
 from hgm_node.qos import LATCHED_QOS, SENSOR_QOS  # noqa: E402
-from tests.test_node_worker_link import WORKER_COMMAND, _alive  # noqa: E402
+from tests.handlers import WORKER_COMMAND, process_alive  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 K = np.array([[60.0, 0, 32], [0, 60, 24], [0, 0, 1]])
@@ -289,7 +289,7 @@ def test_worker_killed_mid_job_then_replaced(tmp_path):
         np.testing.assert_array_equal(colors, _rgb(402).reshape(-1, 3))  # PNG is lossless
     finally:
         g.close()
-    assert not _alive(g.worker.pid)
+    assert not process_alive(g.worker.pid)
 
 
 # -- subscriber process -------------------------------------------------------------------------

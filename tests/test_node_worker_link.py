@@ -1,13 +1,11 @@
 """The node's worker supervision (`hgm_node.worker_link`) with real worker processes, no ROS.
 
-The workers run `PixelSplatHandler` from tests/test_serve.py (a real, small handler) behind the real
-`hgm_core.serve.worker.Worker`, in their own process: `python -m tests.test_node_worker_link
---bind ENDPOINT [--sleep S]` (also used by tests/test_node_ros.py).
+The workers run `PixelSplatHandler` (tests/handlers.py, a real, small handler) behind the real
+`hgm_core.serve.worker.Worker`, in their own process (`tests.handlers.WORKER_COMMAND`).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import subprocess
@@ -21,33 +19,9 @@ import pytest
 
 from hgm_core.serve.client import WorkerError
 from hgm_node.worker_link import WorkerLink
+from tests.handlers import WORKER_COMMAND, process_alive
 
 REPO = Path(__file__).resolve().parents[1]
-WORKER_COMMAND = [sys.executable, "-m", "tests.test_node_worker_link"]
-
-
-def serve_test_worker(argv: list[str] | None = None) -> None:
-    """Entry point of a test worker process (see the module docstring)."""
-    from hgm_core.serve.worker import Worker
-    from tests.test_serve import PixelSplatHandler
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bind", required=True)
-    parser.add_argument("--sleep", type=float, default=0.0)
-    args = parser.parse_args(argv)
-    worker = Worker(PixelSplatHandler(sleep_s=args.sleep))
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: worker.stop())
-    worker.serve(bind=args.bind)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie still answers kill(0); it is dead for our purposes.
-    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
 
 
 def _wait(predicate, timeout_s: float, what: str) -> None:
@@ -90,7 +64,7 @@ def test_local_worker_killed_mid_job_is_restarted(in_repo):
         assert result.gaussians.shape == (48, 14) and result.info["worker"]["pid"] == second.local_pid
     finally:
         link.close()
-    assert not _alive(second.local_pid)
+    assert not process_alive(second.local_pid)
     assert not Path(link.endpoint.removeprefix("ipc://")).parent.exists()
 
 
@@ -111,9 +85,9 @@ def test_local_worker_dies_with_a_killed_node(in_repo):
     node = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         pid = int(node.stdout.readline())
-        assert _alive(pid)
+        assert process_alive(pid)
         node.kill()
-        _wait(lambda: not _alive(pid), 10.0, f"worker {pid} to exit after its parent was killed")
+        _wait(lambda: not process_alive(pid), 10.0, f"worker {pid} to exit after its parent was killed")
     finally:
         node.kill()
         node.wait()
@@ -129,6 +103,3 @@ def test_unreachable_remote_worker_is_an_error():
     finally:
         link.close()
 
-
-if __name__ == "__main__":
-    serve_test_worker(sys.argv[1:])

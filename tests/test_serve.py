@@ -1,101 +1,30 @@
 """Worker protocol, worker and client over real ZeroMQ sockets (tcp loopback and ipc://).
 
-The jobs run `PixelSplatHandler`, a small real handler defined here (one Gaussian per pixel), not
-the HGM pipeline: these tests are about the transport. `python -m tests.test_serve ...` runs a
-worker with it in a separate process (used where a worker must die).
+The jobs run `PixelSplatHandler` (tests/handlers.py), a small real handler (one Gaussian per pixel),
+not the HGM pipeline: these tests are about the transport.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 import zmq
 
-from hgm_core.gaussians import Gaussians
-from hgm_core.pipeline.types import (
-    Mesh,
-    NoPersonError,
-    Reconstruction,
-    ReconstructionRequest,
-    Skeleton,
-)
+from hgm_core.pipeline.types import NoPersonError, ReconstructionRequest
 from hgm_core.serve.client import WorkerClient, WorkerError, WorkerTimeout
 from hgm_core.serve.protocol import DTYPES, ProtocolError, decode, encode
-from hgm_core.serve.worker import Worker, WorkerConfig
+from hgm_core.serve.worker import WorkerConfig
+from tests.handlers import PixelSplatHandler, running_worker, test_image
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-class PixelSplatHandler:
-    """A real but trivial handler: one Gaussian per (masked) pixel, back-projected to 2 m depth
-    with the request's intrinsics, coloured by the pixel; a two-joint skeleton and a one-quad mesh.
-    It can be told to sleep (a long job) or to raise (a failing pipeline)."""
-
-    def __init__(self, sleep_s: float = 0.0, error: Exception | None = None) -> None:
-        self.sleep_s, self.error = sleep_s, error
-        self.calls = 0
-
-    def __call__(self, request: ReconstructionRequest) -> Reconstruction:
-        self.calls += 1
-        t0 = time.perf_counter()
-        time.sleep(self.sleep_s)
-        if self.error is not None:
-            raise self.error
-        h, w = request.image.shape[:2]
-        K = request.camera.K if request.camera is not None else np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1.0]])
-        v, u = np.mgrid[0:h, 0:w]
-        keep = (request.mask > 0) if request.mask is not None else np.ones((h, w), bool)
-        z = 2.0
-        xyz = np.stack([(u + 0.5 - K[0, 2]) / K[0, 0] * z, (v + 0.5 - K[1, 2]) / K[1, 1] * z, np.full((h, w), z)], -1)[keep]
-        n = len(xyz)
-        gaussians = Gaussians(
-            means=torch.from_numpy(xyz).float(),
-            quats=torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4).clone(),
-            scales=torch.full((n, 3), 0.01),
-            opacities=torch.full((n,), 0.9),
-            colors=torch.from_numpy(request.image[keep].astype(np.float32) / 255.0),
-        )
-        skeleton = Skeleton(joints=np.array([[0, 0, 2], [0, -0.5, 2]], np.float32), names=("pelvis", "head"), bones=((0, 1),))
-        quad = Mesh(
-            vertices=np.array([[0, 0, 2], [1, 0, 2], [1, 1, 2], [0, 1, 2]], np.float32),
-            faces=np.array([[0, 1, 2], [0, 2, 3]], np.int64),
-            colors=np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], np.float32),
-        )
-        return Reconstruction(gaussians, skeleton=skeleton, mesh=quad, timings={"splat": time.perf_counter() - t0}, info={"pixels": n})
-
-
-def test_image(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-test_image.__test__ = False  # a helper, not a test
-
-
-@contextmanager
-def running_worker(handler, config: WorkerConfig | None = None, *, bind: str = "tcp://127.0.0.1:*", connect: str | None = None, **kw):
-    """A Worker serving in a background thread of this process."""
-    worker = Worker(handler, config, **kw)
-    target = {"connect": connect} if connect else {"bind": bind}
-    thread = threading.Thread(target=worker.serve, kwargs=target, daemon=True)
-    thread.start()
-    assert worker.ready.wait(10), "worker did not start"
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(10)
-        assert not thread.is_alive()
 
 
 def raw_request(endpoint: str, frames: list, timeout_s: float = 5.0) -> list[bytes] | None:
@@ -367,19 +296,3 @@ def test_client_module_imports_no_torch():
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
-
-
-def main() -> None:
-    """`python -m tests.test_serve --connect ENDPOINT | --bind ENDPOINT [--sleep S]`: a worker process."""
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--bind")
-    parser.add_argument("--connect")
-    parser.add_argument("--sleep", type=float, default=0.0)
-    parser.add_argument("--heartbeat", type=float, default=0.2)
-    args = parser.parse_args()
-    worker = Worker(PixelSplatHandler(sleep_s=args.sleep), WorkerConfig(heartbeat_interval_s=args.heartbeat, heartbeat_liveness=5))
-    worker.serve(bind=args.bind, connect=args.connect)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,7 +1,7 @@
 """Broker failover, CURVE, and the `hgm serve` / `hgm keys` commands, over real sockets and processes.
 
-Workers that must die run in their own processes (`python -m tests.test_serve`) and are SIGKILLed;
-the rest run in threads. Jobs use `PixelSplatHandler` (see tests/test_serve.py), not the HGM model,
+Workers that must die run in their own processes (`tests.handlers.WORKER_COMMAND`) and are SIGKILLed;
+the rest run in threads. Jobs use `PixelSplatHandler` (tests/handlers.py), not the HGM model,
 except `test_hgm_serve_with_the_real_reconstructor`.
 """
 
@@ -24,7 +24,7 @@ from hgm_core.serve.broker import Broker, BrokerConfig
 from hgm_core.serve.client import WorkerClient, WorkerError, WorkerTimeout, load_curve_client_keys
 from hgm_core.serve.curve import CurveClientKeys, CurveServerKeys
 from hgm_core.serve.worker import WorkerConfig
-from tests.test_serve import PixelSplatHandler, running_worker, test_image
+from tests.handlers import WORKER_COMMAND, PixelSplatHandler, running_worker, test_image
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = dict(heartbeat_interval_s=0.2, heartbeat_liveness=5)
@@ -45,7 +45,7 @@ def running_broker(config: BrokerConfig | None = None, *, tmp_path: Path, **kw):
 
 
 def worker_process(connect: str, sleep_s: float = 0.0) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "tests.test_serve", "--connect", connect, "--sleep", str(sleep_s), "--heartbeat", "0.2"]
+    cmd = WORKER_COMMAND + ["--connect", connect, "--sleep", str(sleep_s), "--heartbeat", "0.2"]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

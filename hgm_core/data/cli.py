@@ -11,12 +11,12 @@ HELP = "generate synthetic multi-view humans (anny bodies, proxy clothes, HDRI l
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--subjects", type=int, default=10, help="number of subjects (default 10)")
+    p.add_argument("--subjects", type=int, default=10, help="number of subjects (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="dataset seed; subject i uses subject_seed(seed, i)")
-    p.add_argument("-o", "--out", type=Path, required=True, help="output directory")
-    p.add_argument("--size", type=int, default=512, help="image width = height in pixels (default 512)")
-    p.add_argument("--views", type=int, default=12, help="views on the ring (default 12, 30° apart)")
-    p.add_argument("--ssaa", type=int, default=2, help="supersampling per axis for colour and mask (default 2)")
+    p.add_argument("-o", "--output", "--out", type=Path, required=True, help="output directory")
+    p.add_argument("--size", type=int, default=512, help="image width = height in pixels (default: 512)")
+    p.add_argument("--views", type=int, default=12, help="views on the ring, 360/N degrees apart (default: 12)")
+    p.add_argument("--ssaa", type=int, default=2, help="supersampling per axis for colour and mask (default: 2)")
     p.add_argument("--start", type=int, default=0, help="index of the first subject (to extend a dataset)")
 
 
@@ -30,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
     if args.subjects < 1 or args.size < 16 or args.views < 1 or args.ssaa < 1:
         raise CliError("need --subjects >= 1, --size >= 16, --views >= 1, --ssaa >= 1")
     config = RenderConfig(size=args.size, n_views=args.views, ssaa=args.ssaa)
-    out: Path = args.out
+    out: Path = args.output
     out.mkdir(parents=True, exist_ok=True)
     meta = {"generator": "hgm synth", "version": GENERATOR_VERSION, "seed": args.seed, "size": args.size,
             "n_views": args.views, "ssaa": args.ssaa, "layout": "GPS-Gaussian / THuman2.0 render_data"}

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from hgm_core.data.synth import MeshPart, SubjectGeometry, sample_texture
+from hgm_core.io.mesh import write_mesh_ply
 
 # OpenCV reads this once, at its first EXR decode; the HDRIs need it (reference/offline_assets.md §4.1).
 os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
@@ -315,27 +316,6 @@ def decode_depth(png: np.ndarray) -> np.ndarray:
     return np.where(png > 0, DEPTH_SCALE / np.maximum(png, 1), 0.0)
 
 
-def write_ply_mesh(path: Path, vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray | None = None) -> None:
-    """Binary little-endian PLY (float32 xyz, uint8 rgb, int32 faces); byte-stable for equal inputs."""
-    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(vertices)}",
-              "property float x", "property float y", "property float z"]
-    fields = [("xyz", "<f4", (3,))]
-    if colors is not None:
-        header += ["property uchar red", "property uchar green", "property uchar blue"]
-        fields.append(("rgb", "u1", (3,)))
-    header += [f"element face {len(faces)}", "property list uchar int vertex_indices", "end_header"]
-    vert = np.empty(len(vertices), dtype=fields)
-    vert["xyz"] = vertices
-    if colors is not None:
-        vert["rgb"] = np.round(np.clip(colors, 0, 1) * 255)
-    face = np.empty(len(faces), dtype=[("n", "u1"), ("idx", "<i4", (3,))])
-    face["n"], face["idx"] = 3, faces
-    with open(path, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode("ascii"))
-        f.write(vert.tobytes())
-        f.write(face.tobytes())
-
-
 def merged_mesh(geom: SubjectGeometry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The GT surface as one mesh: vertices `[V, 3]`, faces `[F, 3]`, colours `[V, 3]`."""
     verts, faces, cols, base = [], [], [], 0
@@ -366,7 +346,7 @@ def write_subject(root: Path, subject_id: str, geom: SubjectGeometry, config: Re
 
     for sub in ("mesh", "body", "keypoints", "sheet"):
         (root / sub).mkdir(parents=True, exist_ok=True)
-    write_ply_mesh(root / "mesh" / f"{subject_id}.ply", *merged_mesh(geom))
+    write_mesh_ply(root / "mesh" / f"{subject_id}.ply", *merged_mesh(geom))
     body = {"id": subject_id, "spec": geom.spec.to_json(), "body_model": "anny 0.6.2, topology anny (13,718 vertices)",
             "anny_to_world": geom.anny_to_world.tolist(), "height_m": geom.height_m, "look_at_height": look_at_height(geom),
             "render": {"size": config.size, "n_views": config.n_views, "distance": config.distance,
@@ -392,14 +372,14 @@ def contact_sheet(images: list[np.ndarray], cols: int = 6, tile: int = 256) -> n
     """All views in a grid (`cols` per row), each resized to `tile` px and labelled with its view index."""
     import cv2
 
-    rows = math.ceil(len(images) / cols)
-    sheet = np.full((rows * tile, cols * tile, 3), 255, np.uint8)
+    from hgm_core.render.cli import image_grid
+
+    tiles = []
     for i, img in enumerate(images):
         t = cv2.resize(img, (tile, tile), interpolation=cv2.INTER_AREA)
         cv2.putText(t, f"{i:03d} {i * 360 // len(images)}deg", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (40, 40, 40), 1, cv2.LINE_AA)
-        r, c = divmod(i, cols)
-        sheet[r * tile:(r + 1) * tile, c * tile:(c + 1) * tile] = t
-    return sheet
+        tiles.append(t)
+    return image_grid(np.stack(tiles), cols)
 
 
 def _imwrite(path: Path, img: np.ndarray, params: list[int] | None = None) -> None:

@@ -17,16 +17,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", "--num-gaussians", type=int, default=65536, help="number of Gaussians (default: 65536)")
     p.add_argument("--size", type=int, default=384, help="side of each turntable view in pixels (default: 384)")
     p.add_argument("--views", type=int, default=8, help="turntable views around the person (default: 8)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "reference", "gsplat"])
+    p.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "reference", "gsplat"], help="rasterizer backend (default: auto)")
 
 
-def image_grid(images: torch.Tensor, columns: int) -> np.ndarray:
-    """`[C, H, W, 3]` floats in [0, 1] -> one `[rows * H, columns * W, 3]` uint8 image (white padding)."""
-    C, H, W, _ = images.shape
+def image_grid(images: torch.Tensor | np.ndarray, columns: int) -> np.ndarray:
+    """`[C, H, W, 3]` floats in [0, 1] (tensor) or uint8 (array) -> one `[rows * H, columns * W, 3]`
+    uint8 image, row-major, white where the last row is short."""
+    if isinstance(images, torch.Tensor):
+        images = (images.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
+    pixels = np.asarray(images, np.uint8)
+    C, H, W, _ = pixels.shape
     rows = -(-C // columns)
     grid = np.full((rows * H, columns * W, 3), 255, np.uint8)
-    pixels = (images.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
     for i in range(C):
         r, c = divmod(i, columns)
         grid[r * H:(r + 1) * H, c * W:(c + 1) * W] = pixels[i]

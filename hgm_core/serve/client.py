@@ -182,7 +182,7 @@ class WorkerClient:
         size = sum(memoryview(f).nbytes for f in frames)
         if size > self.max_message_bytes:
             raise WorkerError("too_large", f"request of {size} bytes exceeds max_message_bytes={self.max_message_bytes}")
-        for attempt in range(retries + 1):
+        for _ in range(retries + 1):
             sock = self._acquire()
             try:
                 sock.send_multipart(frames, copy=False)

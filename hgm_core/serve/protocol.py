@@ -205,15 +205,6 @@ def decode_header(frame: Frame) -> dict[str, Any]:
     return header
 
 
-def request_id_of(frame: Frame) -> str:
-    """Best-effort id of a message whose header may be invalid (for error replies)."""
-    try:
-        rid = json.loads(bytes(_view(frame))).get("id", "")
-        return rid if isinstance(rid, str) and len(rid) <= MAX_ID_CHARS else ""
-    except Exception:  # an undecodable header has no id; the reply then carries ""
-        return ""
-
-
 def _check_array_specs(specs: Any, rid: str) -> None:
     if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
         raise ProtocolError("bad_request", f"header 'arrays' must be a list of at most {MAX_ARRAYS} entries", rid)

@@ -27,11 +27,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="render layout (hgm datagen output or THuman2.0 renders)")
     p.add_argument("--method", default="prior", help="'prior' (no network) or a checkpoint directory")
     p.add_argument("--stages", default=None, help="pipeline stages (default: prior, or coarse with a checkpoint)")
-    p.add_argument("-o", "--out", type=Path, default=None, help="output directory (default DATA/eval_<method>)")
+    p.add_argument("-o", "--output", "--out", type=Path, default=None, help="output directory (default: DATA/eval_<method>)")
     p.add_argument("--size", type=int, default=None, help="evaluation image size (default: the dataset's)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N subjects")
-    p.add_argument("--worst", type=int, default=3, help="subjects shown side by side (default 3)")
-    p.add_argument("--backend", default="auto", help="rasterizer backend (default auto)")
+    p.add_argument("--worst", type=int, default=3, help="subjects shown side by side (default: 3)")
+    p.add_argument("--backend", default="auto", help="rasterizer backend (default: auto)")
 
 
 def _load_view_image(root: Path, sid: str, v: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         if not Path(args.method).is_dir():
             raise CliError(f"--method must be 'prior' or a checkpoint directory; {args.method} is neither")
         config, stages = ReconstructorConfig(checkpoint=str(args.method)), args.stages or "coarse"
-    out: Path = args.out or args.data / f"eval_{Path(args.method).name}"
+    out: Path = args.output or args.data / f"eval_{Path(args.method).name}"
     out.mkdir(parents=True, exist_ok=True)
     reconstructor = Reconstructor(config)
 

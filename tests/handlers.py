@@ -1,0 +1,119 @@
+"""A small real job handler for transport tests, and ways to run it behind a real `Worker`.
+
+`PixelSplatHandler` stands in for the HGM pipeline where the tests are about the transport (worker,
+broker, client, the node's worker supervision). `running_worker` serves it in a thread of the test
+process; `WORKER_COMMAND` (`python -m tests.handlers --bind ENDPOINT | --connect ENDPOINT [--sleep S]`)
+serves it in a process of its own, for tests where a worker must die. Run from the repository root.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hgm_core.gaussians import Gaussians
+from hgm_core.pipeline.types import Mesh, Reconstruction, ReconstructionRequest, Skeleton
+from hgm_core.serve.worker import Worker, WorkerConfig
+
+WORKER_COMMAND = [sys.executable, "-m", "tests.handlers"]
+"""A test worker process serving `PixelSplatHandler`; add `--bind`/`--connect` and optional flags."""
+
+
+class PixelSplatHandler:
+    """A real but trivial handler: one Gaussian per (masked) pixel, back-projected to 2 m depth
+    with the request's intrinsics, coloured by the pixel; a two-joint skeleton and a one-quad mesh.
+    It can be told to sleep (a long job) or to raise (a failing pipeline)."""
+
+    def __init__(self, sleep_s: float = 0.0, error: Exception | None = None) -> None:
+        self.sleep_s, self.error = sleep_s, error
+        self.calls = 0
+
+    def __call__(self, request: ReconstructionRequest) -> Reconstruction:
+        self.calls += 1
+        t0 = time.perf_counter()
+        time.sleep(self.sleep_s)
+        if self.error is not None:
+            raise self.error
+        h, w = request.image.shape[:2]
+        K = request.camera.K if request.camera is not None else np.array([[w, 0, w / 2], [0, w, h / 2], [0, 0, 1.0]])
+        v, u = np.mgrid[0:h, 0:w]
+        keep = (request.mask > 0) if request.mask is not None else np.ones((h, w), bool)
+        z = 2.0
+        xyz = np.stack([(u + 0.5 - K[0, 2]) / K[0, 0] * z, (v + 0.5 - K[1, 2]) / K[1, 1] * z, np.full((h, w), z)], -1)[keep]
+        n = len(xyz)
+        gaussians = Gaussians(
+            means=torch.from_numpy(xyz).float(),
+            quats=torch.tensor([[1.0, 0, 0, 0]]).expand(n, 4).clone(),
+            scales=torch.full((n, 3), 0.01),
+            opacities=torch.full((n,), 0.9),
+            colors=torch.from_numpy(request.image[keep].astype(np.float32) / 255.0),
+        )
+        skeleton = Skeleton(joints=np.array([[0, 0, 2], [0, -0.5, 2]], np.float32), names=("pelvis", "head"), bones=((0, 1),))
+        quad = Mesh(
+            vertices=np.array([[0, 0, 2], [1, 0, 2], [1, 1, 2], [0, 1, 2]], np.float32),
+            faces=np.array([[0, 1, 2], [0, 2, 3]], np.int64),
+            colors=np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 1]], np.float32),
+        )
+        return Reconstruction(gaussians, skeleton=skeleton, mesh=quad, timings={"splat": time.perf_counter() - t0}, info={"pixels": n})
+
+
+def test_image(h: int = 24, w: int = 32, seed: int = 0) -> np.ndarray:
+    """A random `[h, w, 3]` uint8 image."""
+    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+
+
+test_image.__test__ = False  # a helper, not a test
+
+
+@contextmanager
+def running_worker(handler, config: WorkerConfig | None = None, *, bind: str = "tcp://127.0.0.1:*", connect: str | None = None, **kw):
+    """A Worker serving `handler` in a background thread of this process."""
+    worker = Worker(handler, config, **kw)
+    target = {"connect": connect} if connect else {"bind": bind}
+    thread = threading.Thread(target=worker.serve, kwargs=target, daemon=True)
+    thread.start()
+    assert worker.ready.wait(10), "worker did not start"
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs (a zombie still answers kill(0); it is dead for our purposes)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `WORKER_COMMAND` process: serve `PixelSplatHandler` until SIGINT/SIGTERM (or SIGKILL)."""
+    parser = argparse.ArgumentParser(prog="python -m tests.handlers")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--bind", help="serve clients directly on this endpoint")
+    where.add_argument("--connect", help="connect to a broker's backend endpoint")
+    parser.add_argument("--sleep", type=float, default=0.0, help="seconds each job sleeps (a long job)")
+    parser.add_argument("--heartbeat", type=float, default=None, help="heartbeat interval in seconds (default: WorkerConfig's)")
+    args = parser.parse_args(argv)
+    config = WorkerConfig(heartbeat_interval_s=args.heartbeat, heartbeat_liveness=5) if args.heartbeat else None
+    worker = Worker(PixelSplatHandler(sleep_s=args.sleep), config)
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: worker.stop())
+    worker.serve(bind=args.bind, connect=args.connect)
+
+
+if __name__ == "__main__":
+    main()
