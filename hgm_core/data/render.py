@@ -372,7 +372,7 @@ def contact_sheet(images: list[np.ndarray], cols: int = 6, tile: int = 256) -> n
     """All views in a grid (`cols` per row), each resized to `tile` px and labelled with its view index."""
     import cv2
 
-    from hgm_core.render.cli import image_grid
+    from hgm_core.render.images import image_grid
 
     tiles = []
     for i, img in enumerate(images):

@@ -109,7 +109,7 @@ class Reconstruction:
         gaussians: the avatar.
         skeleton: the fitted body's joints, or None if no body was fitted.
         body_mesh: the fitted body surface, or None.
-        mesh: the extracted avatar mesh (stage `full`), or None.
+        mesh: the avatar's surface from TSDF fusion (`ReconstructorConfig.mesh`), or None.
         timings: seconds per stage, in run order.
         info: JSON-serialisable extras (stage names, warnings, person count, crop box, residuals).
         body_fit, perception: the in-process `hgm_core.body.BodyFit` and

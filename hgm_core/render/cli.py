@@ -6,8 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
+
+from hgm_core.render.images import image_grid
 
 HELP = "build a person-shaped Gaussian scene; write scene.ply and an 8-view turntable.png"
 
@@ -19,21 +20,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--views", type=int, default=8, help="turntable views around the person (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "reference", "gsplat"], help="rasterizer backend (default: auto)")
-
-
-def image_grid(images: torch.Tensor | np.ndarray, columns: int) -> np.ndarray:
-    """`[C, H, W, 3]` floats in [0, 1] (tensor) or uint8 (array) -> one `[rows * H, columns * W, 3]`
-    uint8 image, row-major, white where the last row is short."""
-    if isinstance(images, torch.Tensor):
-        images = (images.detach().clamp(0, 1) * 255 + 0.5).to(torch.uint8).numpy()
-    pixels = np.asarray(images, np.uint8)
-    C, H, W, _ = pixels.shape
-    rows = -(-C // columns)
-    grid = np.full((rows * H, columns * W, 3), 255, np.uint8)
-    for i in range(C):
-        r, c = divmod(i, columns)
-        grid[r * H:(r + 1) * H, c * W:(c + 1) * W] = pixels[i]
-    return grid
 
 
 def run(args: argparse.Namespace) -> int:

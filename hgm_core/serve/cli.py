@@ -33,17 +33,18 @@ log = logging.getLogger("hgm.serve")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", default=None, help=f"endpoint clients connect to (default {DEFAULT_BIND}; tcp:// or ipc://)")
+    parser.add_argument("--bind", default=None, help=f"endpoint clients connect to, tcp:// or ipc:// (default: {DEFAULT_BIND})")
     parser.add_argument("--broker", action="store_true", help="run a load-balancing broker instead of a worker")
-    parser.add_argument("--backend", default=DEFAULT_BACKEND, help=f"(broker) endpoint workers connect to (default {DEFAULT_BACKEND})")
+    parser.add_argument("--backend", default=DEFAULT_BACKEND, help=f"(broker) endpoint workers connect to (default: {DEFAULT_BACKEND})")
     parser.add_argument("--connect", default=None, help="(worker) serve jobs of the broker at this backend endpoint instead of binding")
     parser.add_argument("--checkpoint", default=None, help="(worker) HGM checkpoint folder for the network stages (as `hgm reconstruct`)")
     parser.add_argument("--fit-iterations", type=int, default=None, help="(worker) body-fit iterations (default: the pipeline's)")
+    parser.add_argument("--mesh", action="store_true", help="(worker) also send the avatar's surface mesh (~1.5 s per job)")
     parser.add_argument("--stages", default=None, help="(worker) comma-separated stages to accept (default: all)")
-    parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted image, H*W (default 4096^2)")
-    parser.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message in MiB (default 256)")
-    parser.add_argument("--queue-depth", type=int, default=None, help="jobs waiting behind the running one (worker default 4, broker 64)")
-    parser.add_argument("--heartbeat-s", type=float, default=1.0, help="broker<->worker heartbeat interval (default 1 s; dead after 3 missed)")
+    parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted image, H*W (default: 4096^2)")
+    parser.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message in MiB (default: 256)")
+    parser.add_argument("--queue-depth", type=int, default=None, help="jobs waiting behind the running one (default: 4 for a worker, 64 for a broker)")
+    parser.add_argument("--heartbeat-s", type=float, default=1.0, help="broker<->worker heartbeat interval in seconds; dead after 3 missed (default: 1)")
     parser.add_argument("--curve-secret-key", default=None, help="this server's key pair file (NAME.key_secret from `hgm keys`): require CURVE")
     parser.add_argument("--curve-clients", default=None, help="directory of allowed client public keys (default: any client knowing the server key)")
     parser.add_argument("--curve-server-key", default=None, help="(worker with --connect) the broker's public key file")
@@ -54,6 +55,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.broker and args.connect:
         raise CliError("--broker binds; --connect is for workers joining a broker")
+    if args.curve_server_key and not args.connect:
+        raise CliError("--curve-server-key is for a worker joining a broker with --connect")
     bind = args.bind or (None if args.connect else DEFAULT_BIND)
     max_bytes = int(args.max_message_mb * (1 << 20))
     server = _make_broker(args, max_bytes) if args.broker else _make_worker(args, max_bytes)
@@ -117,7 +120,7 @@ def _load_reconstructor(args: argparse.Namespace):
         raise CliError(f"the reconstruction pipeline is not available ({e})") from None
     overrides = {} if args.fit_iterations is None else {"fit_iterations": args.fit_iterations}
     try:
-        return Reconstructor(ReconstructorConfig(checkpoint=args.checkpoint, **overrides))
+        return Reconstructor(ReconstructorConfig(checkpoint=args.checkpoint, mesh=args.mesh, **overrides))
     except Exception as e:  # a broken config or missing asset: one line, not a traceback
         raise CliError(f"cannot load the reconstructor: {type(e).__name__}: {e}") from None
 

@@ -3,7 +3,7 @@
 For each subject the `Reconstructor` gets view 0 with its intrinsics and GT mask; its Gaussians
 (in view 0's optical frame) are rendered from the other views, whose cameras are the layout's
 extrinsics relative to view 0 (`E_v E_0^-1`). Novel-view PSNR / SSIM / LPIPS (Table 1) are averaged
-over views 1..V-1; the avatar mesh (or, for stages without one, the fitted body) is compared with
+over views 1..V-1; the avatar mesh (TSDF-fused from its Gaussians, `ReconstructorConfig.mesh`) is compared with
 the GT mesh in view 0's frame (Chamfer / P2S / NC, Table 3); the body fit's COCO keypoints with
 the GT keypoints (MPJPE / PA-MPJPE). Writes `eval.json`, `eval.md` and side-by-side images
 (input | ours | ground truth) of the worst subjects.
@@ -161,11 +161,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise CliError(f"the reconstruction pipeline is not available here ({e})") from e
     if args.method == "prior":
-        config, stages = ReconstructorConfig(), args.stages or "prior"
+        config, stages = ReconstructorConfig(mesh=True), args.stages or "prior"
     else:
         if not Path(args.method).is_dir():
             raise CliError(f"--method must be 'prior' or a checkpoint directory; {args.method} is neither")
-        config, stages = ReconstructorConfig(checkpoint=str(args.method)), args.stages or "coarse"
+        config, stages = ReconstructorConfig(checkpoint=str(args.method), mesh=True), args.stages or "coarse"
     out: Path = args.output or args.data / f"eval_{Path(args.method).name}"
     out.mkdir(parents=True, exist_ok=True)
     reconstructor = Reconstructor(config)
