@@ -3,7 +3,7 @@
 Subscribes (remappable, best effort, depth 1): `image` (sensor_msgs/Image) or `image/compressed`
 (sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`. Publishes (reliable,
 TRANSIENT_LOCAL, depth 1): `human_gaussians` (PointCloud2), `human_body` (MarkerArray skeleton),
-`human_body/joints` (PoseArray), `human_mesh` (Marker TRIANGLE_LIST, when the stages make a
+`human_body/joints` (PoseArray), `human_mesh` (Marker TRIANGLE_LIST, with parameter `mesh`, when the worker makes a
 mesh), all stamped with the source image's header; and `/diagnostics`.
 
 Threads: executor callbacks only validate headers and store the frame; one job thread converts
@@ -230,7 +230,7 @@ class HgmNode(Node):
         h, w = image.shape[:2]
         K = camera_info_to_K(info, w, h) if info is not None else None
         try:
-            result = self._link.reconstruct(image, K=K, mask=mask, stages=self.params.stages)
+            result = self._link.reconstruct(image, K=K, mask=mask, stages=self.params.stages, mesh=self.params.mesh)
         except WorkerError as e:
             if self._stopping:
                 return

@@ -31,6 +31,8 @@ class NodeParams:
     use_mask: bool = _param(False, "also subscribe to 'mask' (mono8/mono16 Image, nonzero = person); a mask with the "
                             "image's exact stamp replaces the worker's segmenter")
     stages: str = _param("prior", "pipeline stages the worker runs: prior | coarse | refined | full")
+    mesh: bool = _param(False, "also ask the worker for the avatar mesh (TSDF fusion, ~1.5 s on a CPU) and publish "
+                        "it on 'human_mesh'")
     worker_endpoint: str = _param("", "worker or broker endpoint (tcp://host:port, ipc:///path); empty: start "
                                   "and supervise a local worker on ipc:// in a private temp dir")
     local_worker_command: str = _param("", "command of the local worker, '--bind ENDPOINT' is appended; "

@@ -120,7 +120,8 @@ class WorkerLink:
         """Block until the last health check succeeded (True) or `timeout_s` passed (False)."""
         return self._ready.wait(timeout_s)
 
-    def reconstruct(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stages: str) -> JobResult:
+    def reconstruct(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stages: str,
+                    mesh: bool = False) -> JobResult:
         """Run one job (blocking; call it off the executor). Raises `WorkerError`/`WorkerTimeout`.
 
         ZeroMQ hides a dead peer, so a job on a worker that dies would only end at its deadline;
@@ -133,7 +134,7 @@ class WorkerLink:
 
         def call() -> None:
             try:
-                outcome["result"] = self._client.reconstruct(image, K=K, mask=mask, stages=stages)
+                outcome["result"] = self._client.reconstruct(image, K=K, mask=mask, stages=stages, mesh=mesh)
             except BaseException as e:  # handed to the waiting job thread below
                 outcome["error"] = e
             finally:

@@ -243,10 +243,6 @@ def test_hgm_serve_reports_user_errors_in_one_line(args, message, capsys):
 
 
 def test_hgm_serve_with_the_real_reconstructor(tmp_path):
-    try:
-        from hgm_core.pipeline import Reconstructor  # noqa: F401
-    except ImportError:
-        pytest.skip("hgm_core.pipeline.Reconstructor does not exist yet (built by the pipeline issue)")
     endpoint = f"ipc://{tmp_path}/hgm.sock"
     proc = subprocess.Popen([sys.executable, "-m", "hgm_core", "serve", "--bind", endpoint], cwd=REPO, stderr=subprocess.PIPE, text=True)
     image = _sample_person_image()
@@ -254,7 +250,9 @@ def test_hgm_serve_with_the_real_reconstructor(tmp_path):
         with WorkerClient(endpoint, timeout_s=240, retries=0) as client:
             health = wait_health(client, lambda h: h["ok"], timeout_s=240, process=proc)
             assert health["role"] == "worker" and "prior" in health["stages"]
-            result = client.reconstruct(image, stages="prior")
+            result = client.reconstruct(image, stages="prior", mesh=True)
+        assert result.mesh_vertices.shape[1] == 3 and result.mesh_faces.max() < len(result.mesh_vertices)
+        assert result.timings["mesh"] > 0
         assert result.gaussians.dtype == np.float32 and result.gaussians.shape[1] == 14 and len(result.gaussians) > 0
         assert np.isfinite(result.gaussians).all()
         assert np.median(result.gaussians[:, 2]) > 0  # in front of the camera (optical frame, z forward)
@@ -270,7 +268,6 @@ def test_hgm_serve_with_the_real_reconstructor(tmp_path):
 def _sample_person_image() -> np.ndarray:
     from PIL import Image
 
-    path = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")
-    if not path.exists():
-        pytest.skip(f"{path} (Debian opencv-doc) is not installed")
-    return np.asarray(Image.open(path).convert("RGB"))
+    from hgm_core.paths import ASSETS_DIR
+
+    return np.asarray(Image.open(ASSETS_DIR / "sample" / "person.jpg").convert("RGB"))

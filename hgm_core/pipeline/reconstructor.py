@@ -134,7 +134,7 @@ class Reconstructor:
         with timer("prior"):
             gaussians = prior_gaussians(request.image, per.mask, per.K, fit.vertices, fit.faces, self.config.prior)
         mesh = None
-        if self.config.mesh:
+        if self.config.mesh if request.mesh is None else request.mesh:
             with timer("mesh"):
                 mesh = gaussians_to_mesh(gaussians, config=self.config.mesh_config)
         timer.timings["total"] = time.perf_counter() - t_all

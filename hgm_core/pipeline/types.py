@@ -66,12 +66,14 @@ class ReconstructionRequest:
         camera: intrinsics; None means the documented default field of view.
         mask: optional `[H, W]` uint8 person mask (nonzero = person); overrides the segmenter.
         stages: one of `STAGES`.
+        mesh: also extract the avatar's mesh; None leaves it to `ReconstructorConfig.mesh`.
     """
 
     image: np.ndarray
     camera: CameraInfo | None = None
     mask: np.ndarray | None = None
     stages: str = "prior"
+    mesh: bool | None = None
 
 
 @dataclass(frozen=True)

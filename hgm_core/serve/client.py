@@ -126,6 +126,7 @@ class WorkerClient:
         K: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         stages: str = "prior",
+        mesh: bool | None = None,
         timeout_s: float | None = None,
     ) -> JobResult:
         """Reconstruct the person in `image` (`[H, W, 3]` uint8 RGB).
@@ -134,6 +135,7 @@ class WorkerClient:
             K: `[3, 3]` pixel intrinsics of `image`; None means the worker's default field of view.
             mask: `[H, W]` uint8/bool person mask (nonzero = person), overriding the segmenter.
             stages: "prior" | "coarse" | "refined" | "full".
+            mesh: ask for the avatar mesh (`JobResult.mesh_*`); None: the worker's default (`hgm serve --mesh`).
             timeout_s: deadline of one attempt (default: the client's).
 
         Raises:
@@ -147,7 +149,8 @@ class WorkerClient:
         if mask is not None:
             arrays["mask"] = _check_mask(mask, image.shape[:2])
         t0 = time.perf_counter()
-        reply = self._call("reconstruct", arrays, timeout_s or self.timeout_s, self.retries, stages=stages)
+        options = {"stages": stages} | ({} if mesh is None else {"mesh": bool(mesh)})
+        reply = self._call("reconstruct", arrays, timeout_s or self.timeout_s, self.retries, **options)
         result = _job_result(reply)
         result.timings["roundtrip"] = time.perf_counter() - t0
         return result

@@ -26,6 +26,7 @@ Header keys:
     error      (kind "error") {"kind": str, "message": str}
     deadline_ms (requests, optional) the client's patience; work still queued after it is dropped
     stages     (reconstruct) "prior" | "coarse" | "refined" | "full"
+    mesh       (reconstruct, optional) true/false: extract the avatar mesh; absent: the worker's default
     info       (replies) JSON object: for health the server's state, for results the pipeline's extras
     skeleton   (reconstruct result, optional) {"names": [str, ...], "bones": [[i, j], ...]}
 

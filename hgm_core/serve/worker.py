@@ -294,7 +294,10 @@ class Worker:
         stages = msg.header.get("stages", "prior")
         if stages not in self.config.stages:
             raise ProtocolError("bad_request", f"stages {stages!r} not served here (this worker serves {list(self.config.stages)})", rid)
-        return ReconstructionRequest(image=image, camera=camera, mask=mask, stages=stages)
+        mesh = msg.header.get("mesh")
+        if mesh is not None and not isinstance(mesh, bool):
+            raise ProtocolError("bad_request", f"mesh must be true, false or absent, got {mesh!r}", rid)
+        return ReconstructionRequest(image=image, camera=camera, mask=mask, stages=stages, mesh=mesh)
 
     def _refuse_queued(self, sock: zmq.Socket) -> None:
         while True:
