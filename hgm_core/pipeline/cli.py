@@ -109,54 +109,57 @@ def render_turntable(gaussians, K: np.ndarray, up: np.ndarray, views: int, size:
 
 
 def run(args: argparse.Namespace) -> int:
-    from PIL import Image
     from tqdm import tqdm
 
-    from hgm_core.io.mesh import write_mesh_ply
-    from hgm_core.io.ply import write_ply
     from hgm_core.pipeline import PipelineError, ReconstructionRequest, Reconstructor, ReconstructorConfig
 
     image = load_image(args.image)
     mask = load_mask(args.mask) if args.mask else None
     camera = load_camera_info(args.camera_info) if args.camera_info else None
-    out_dir = Path(args.output)
-    steps = ["load models", "reconstruct", "score front view", "turntable", "write files"]
-    bar = tqdm(total=len(steps), desc="hgm reconstruct", unit="step")
     t0 = time.perf_counter()
+    with tqdm(total=4, desc="hgm reconstruct", unit="step") as bar:
+        bar.set_postfix_str("load models")
+        overrides = {} if args.fit_iterations is None else {"fit_iterations": args.fit_iterations}
+        rec = Reconstructor(ReconstructorConfig(checkpoint=args.checkpoint, mesh=args.mesh, **overrides))
+        _advance(bar, "reconstruct")
+        try:
+            result = rec.run(ReconstructionRequest(image=image, camera=camera, mask=mask, stages=args.stages))
+        except PipelineError as e:
+            raise CliError(f"{e.kind}: {e}") from None
+        _advance(bar, "score + turntable")
+        scores = front_view_scores(result.gaussians, result.perception.K, image, result.perception.mask)
+        sheet = render_turntable(result.gaussians, result.perception.K, _body_up(result), args.views)
+        _advance(bar, "write files")
+        written = _write_outputs(Path(args.output), args, result, scores, sheet, time.perf_counter() - t0)
+        bar.update()
+    fit = result.body_fit
+    print(f"avatar: {len(result.gaussians)} Gaussians -> {written[0]}")
+    print(f"front view: IoU {scores['front_iou']:.3f}, masked PSNR {scores['front_psnr_masked']:.1f} dB; "
+          f"fit keypoint error {fit.keypoint_error_px:.1f} px")
+    print(f"wrote {', '.join(map(str, written))}")
+    return 0
 
-    def step(name: str) -> None:
-        bar.set_postfix_str(name)
 
-    step(steps[0])
-    overrides = {} if args.fit_iterations is None else {"fit_iterations": args.fit_iterations}
-    rec = Reconstructor(ReconstructorConfig(checkpoint=args.checkpoint, mesh=args.mesh, **overrides))
+def _advance(bar, next_step: str) -> None:
     bar.update()
-    step(steps[1])
-    try:
-        result = rec.run(ReconstructionRequest(image=image, camera=camera, mask=mask, stages=args.stages))
-    except PipelineError as e:
-        bar.close()
-        raise CliError(f"{e.kind}: {e}") from None
-    bar.update()
-    step(steps[2])
-    per, fit = result.perception, result.body_fit
-    scores = front_view_scores(result.gaussians, per.K, image, per.mask)
-    bar.update()
-    step(steps[3])
-    # The body's up direction in the camera frame: pelvis -> neck of the fitted skeleton.
-    up = _body_up(result)
-    sheet = render_turntable(result.gaussians, per.K, up, args.views)
-    bar.update()
-    step(steps[4])
+    bar.set_postfix_str(next_step)
+
+
+def _write_outputs(out_dir: Path, args: argparse.Namespace, result, scores: dict, sheet: np.ndarray,
+                   wall_s: float) -> list[Path]:
+    from PIL import Image
+
+    from hgm_core.io.mesh import write_mesh_ply
+    from hgm_core.io.ply import write_ply
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_ply(out_dir / "avatar.ply", result.gaussians)
-    write_mesh_ply(out_dir / "body.ply", result.body_mesh.vertices, result.body_mesh.faces)
-    Image.fromarray(sheet).save(out_dir / "turntable.png")
-    written = ["avatar.ply", "body.json", "body.ply", "turntable.png", "report.json"]
+    fit, per = result.body_fit, result.perception
+    written = [write_ply(out_dir / "avatar.ply", result.gaussians),
+               write_mesh_ply(out_dir / "body.ply", result.body_mesh.vertices, result.body_mesh.faces)]
     if result.mesh is not None:
-        write_mesh_ply(out_dir / "mesh.ply", result.mesh.vertices, result.mesh.faces, result.mesh.colors)
-        written.append("mesh.ply")
-    (out_dir / "body.json").write_text(json.dumps({
+        written.append(write_mesh_ply(out_dir / "mesh.ply", result.mesh.vertices, result.mesh.faces, result.mesh.colors))
+    Image.fromarray(sheet).save(out_dir / "turntable.png")
+    body = {
         "body_model": fit.body_model,
         "frame": "camera optical (x right, y down, z forward), metres",
         "params": fit.params.to_dict(),
@@ -166,23 +169,18 @@ def run(args: argparse.Namespace) -> int:
         "keypoints_2d": fit.keypoints_2d.tolist(),
         "K": fit.K.tolist(),
         "residuals": fit.residuals(),
-    }, indent=1))
+    }
     report = {
         "image": str(args.image),
         "image_size": list(per.image_size),
-        "timings_s": result.timings | {"wall": time.perf_counter() - t0},
+        "timings_s": result.timings | {"wall": wall_s},
         "fit_residuals": fit.residuals(),
         **scores,
         **result.info,
     }
-    (out_dir / "report.json").write_text(json.dumps(report, indent=1))
-    bar.update()
-    bar.close()
-    print(f"avatar: {len(result.gaussians)} Gaussians -> {out_dir / 'avatar.ply'}")
-    print(f"front view: IoU {scores['front_iou']:.3f}, masked PSNR {scores['front_psnr_masked']:.1f} dB; "
-          f"fit keypoint error {fit.keypoint_error_px:.1f} px")
-    print(f"wrote {', '.join(str(out_dir / n) for n in written)}")
-    return 0
+    for name, data in (("body.json", body), ("report.json", report)):
+        (out_dir / name).write_text(json.dumps(data, indent=1))
+    return written + [out_dir / n for n in ("turntable.png", "body.json", "report.json")]
 
 
 def _body_up(result) -> np.ndarray:
