@@ -15,7 +15,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 APT_PACKAGES := libusb-1.0-0 opencv-doc blender-data
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-all bench setup apt clean-venv
+.PHONY: demo test test-all bench lint setup apt clean-venv
 
 setup: apt $(VENV)/.installed $(HGM_CACHE_DIR)/.assets
 
@@ -57,6 +57,10 @@ test-all: setup
 bench: setup
 	@mkdir -p bench/results
 	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done
+
+# Pyflakes-level checks (unused/undefined names, syntax): the ones that catch real bugs.
+lint: setup
+	$(BIN)/python -m ruff check --select F,E9 hgm_core hgm_node bench tests launch
 
 clean-venv:
 	rm -rf $(VENV) $(HGM_CACHE_DIR)/.assets
