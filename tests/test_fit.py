@@ -47,6 +47,12 @@ def synthetic_case(body: BodyModel, i: int, shape: torch.Tensor, K: np.ndarray, 
     yaw = roma.rotvec_to_rotmat(torch.tensor([0.0, math.radians(ORIENT_YAW_DEG[i]), 0.0]))
     R = torch.diag(torch.tensor([1.0, -1.0, -1.0])) @ yaw  # upright, facing the camera, turned
     params = BodyParams(roma.rotmat_to_rotvec(R)[None], torch.tensor([TRANSL[i]]), pose_vector(body, POSES[i]), shape)
+    gt, perception = render_case(body, params, K, noise_3d, seed)
+    return params, gt, perception
+
+
+def render_case(body: BodyModel, params: BodyParams, K: np.ndarray, noise_3d: float = 0.0, seed: int = 0):
+    """GT output of `params` and a `Perception` with its keypoints projected and its mask."""
     with torch.no_grad():
         gt = body(params)
     kp = gt.keypoints[0].numpy()
@@ -68,7 +74,7 @@ def synthetic_case(body: BodyModel, i: int, shape: torch.Tensor, K: np.ndarray, 
         bbox=(int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1), num_people=1, K=K,
         intrinsics_source="default_fov",
     )  # fmt: skip
-    return params, gt, perception
+    return gt, perception
 
 
 @pytest.fixture(scope="module")

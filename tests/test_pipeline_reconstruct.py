@@ -43,6 +43,23 @@ def test_sample_frame_gives_a_metric_avatar_in_the_camera_frame(reconstructor):
     json.dumps(out.info)  # wire-safe
 
 
+def test_a_stream_warm_starts_the_body_fit():
+    image = load_image(str(SAMPLE))
+    cam = load_camera_info(str(SAMPLE_CAMERA))
+    shifted = np.roll(image, (3, -4), axis=(0, 1))  # the next frame: the person moved a few pixels
+    tracking = Reconstructor(ReconstructorConfig(fit_iterations=60, track_refresh=3))
+    first = tracking.run(ReconstructionRequest(image, camera=cam)).body_fit
+    second = tracking.run(ReconstructionRequest(shifted, camera=cam)).body_fit
+    third = tracking.run(ReconstructionRequest(image, camera=cam)).body_fit
+    fourth = tracking.run(ReconstructionRequest(shifted, camera=cam)).body_fit
+    assert not first.warm_started and second.warm_started and second.iterations < first.iterations
+    assert second.keypoint_error_px < 8.0
+    assert third.warm_started and not fourth.warm_started  # track_refresh=3: cold again 3 fits after a cold one
+    cold = Reconstructor(ReconstructorConfig(fit_iterations=60, track=False))
+    cold.run(ReconstructionRequest(image, camera=cam))
+    assert not cold.run(ReconstructionRequest(shifted, camera=cam)).body_fit.warm_started
+
+
 def test_given_mask_wins_and_bad_inputs_have_clear_errors(reconstructor):
     image = load_image(str(SAMPLE))
     with pytest.raises(NoPersonError):

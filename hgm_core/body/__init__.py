@@ -9,7 +9,7 @@ Frames and parameter layout: see `hgm_core.body.base`.
 
 from hgm_core.body.anny_body import AnnyBody
 from hgm_core.body.base import COCO_KEYPOINT_NAMES, BodyModel, BodyOutput, BodyParams, JointLimits
-from hgm_core.body.fit import BodyFit, FitConfig, fit_body, mesh_mask, skeleton
+from hgm_core.body.fit import BodyFit, FitConfig, fit_body, mesh_mask, skeleton, warm_start_params
 from hgm_core.body.metrics import mpjpe, pa_mpjpe
 from hgm_core.body.smplx_body import SmplxBody
 
@@ -28,4 +28,5 @@ __all__ = [
     "mpjpe",
     "pa_mpjpe",
     "skeleton",
+    "warm_start_params",
 ]

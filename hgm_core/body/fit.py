@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import cv2
 import numpy as np
@@ -65,6 +65,20 @@ class FitConfig:
             `pose_prior_weight * 10` to `pose_prior_weight` over stage 2, as in SMPLify.
         silhouette_points: surface vertices projected for the silhouette terms.
         contour_points: at most this many mask contour pixels are matched to them.
+        warm_iterations / warm_lr: steps and Adam rate of the warm-started fit (`fit_body(init=...)`),
+            which skips the camera stage; a lower rate because Adam's first steps move every
+            parameter by ~lr whatever its gradient, which would shake an already good pose.
+        warm_pose_prior_scale: the pose prior's multiplier while warm (constant; the cold fit anneals
+            from 10 to 1 because it starts from the rest pose, a warm start is already plausible).
+        warm_shape: also optimise shape while warm (off: a person's shape does not change between frames).
+        warm_max_keypoint_error / warm_min_iou: a warm result whose mean reprojection error exceeds
+            this fraction of the person's box height, or whose silhouette IoU is below this, is
+            discarded and the cold fit runs instead. The defaults are the bounds any usable fit meets
+            (a cold fit of messi5.jpg: 1.3 % and IoU 0.70, mask noise keeps real IoUs near 0.7), so
+            they catch a diverged warm start, not a slightly worse one.
+        warm_max_displacement / warm_min_box_iou: `warm_start_params` rejects a previous fit whose
+            projected keypoints lie on average further than this fraction of the new box height
+            from the new landmarks, or whose keypoint box overlaps the new one less than this.
     """
 
     camera_iterations: int = 40
@@ -79,6 +93,14 @@ class FitConfig:
     landmarks_3d_weight: float = 0.02
     silhouette_points: int = 2000
     contour_points: int = 1000
+    warm_iterations: int = 40
+    warm_lr: float = 0.02
+    warm_pose_prior_scale: float = 1.0
+    warm_shape: bool = False
+    warm_max_keypoint_error: float = 0.05
+    warm_min_iou: float = 0.5
+    warm_max_displacement: float = 0.1
+    warm_min_box_iou: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -95,7 +117,9 @@ class BodyFit:
         keypoint_errors_px: `[K]` reprojection error per keypoint (NaN where no 2D target was used).
         keypoint_error_px: visibility-weighted mean of `keypoint_errors_px`.
         silhouette_iou: IoU of the rasterised body mesh with the person mask.
-        iterations, seconds: optimisation steps taken and wall time.
+        iterations, seconds: optimisation steps taken and wall time (a discarded warm attempt included).
+        warm_started: the result is a warm-started refinement of `fit_body(init=...)`; False for a
+            cold fit, including the automatic fallback when the warm result failed its check.
     """
 
     body_model: str
@@ -114,14 +138,16 @@ class BodyFit:
     silhouette_iou: float
     iterations: int
     seconds: float
+    warm_started: bool = False
 
     def residuals(self) -> dict[str, float | int]:
-        """JSON-ready summary: mean keypoint error (px), IoU, iterations, seconds."""
+        """JSON-ready summary: mean keypoint error (px), IoU, iterations, seconds, warm_started."""
         return {
             "keypoint_error_px": self.keypoint_error_px,
             "silhouette_iou": self.silhouette_iou,
             "iterations": self.iterations,
             "seconds": self.seconds,
+            "warm_started": self.warm_started,
         }
 
 
@@ -317,6 +343,7 @@ def fit_body(
     body_model: BodyModel,
     *,
     config: FitConfig | None = None,
+    init: BodyParams | None = None,
 ) -> BodyFit:
     """Fit `body_model` to the person of `perception` (single view, metric, camera frame).
 
@@ -325,8 +352,14 @@ def fit_body(
         K: `[3, 3]` intrinsics of the image the landmarks are in; None uses `perception.K`.
         body_model: any `BodyModel` (`AnnyBody()` by default in the pipeline).
         config: `FitConfig()` by default.
+        init: batch-1 `BodyParams` of `body_model` in this camera's frame, typically the previous
+            frame's `BodyFit.params` (see `warm_start_params`). The fit then starts from it and runs
+            `config.warm_iterations` steps instead of the cold schedule; if that result fails the
+            `warm_max_keypoint_error` / `warm_min_iou` check, the cold fit runs instead
+            (`BodyFit.warm_started` tells which result was returned).
     Raises:
         NoPersonError: the shoulders are not visible (nothing to anchor the body to).
+        ValueError: `init` is not a batch-1 parameter set of `body_model` (e.g. another model's).
     """
     cfg = config or FitConfig()
     start = time.perf_counter()
@@ -335,73 +368,152 @@ def fit_body(
     names = body_model.keypoint_names
     tg = _targets(perception, names, cfg)
 
+    cached = _SAMPLES.setdefault(body_model, {})
+    if cfg.silhouette_points not in cached:
+        cached[cfg.silhouette_points] = _surface_samples(body_model, cfg.silhouette_points)
+    problem = _Problem(body_model, Kt, tg, _silhouette_target(perception.mask, cfg.contour_points), cached[cfg.silhouette_points], cfg)
+
+    steps = 0
+    if init is not None:
+        _check_init(init, body_model)
+        R0 = roma.rotvec_to_rotmat(init.global_orient[0].detach())
+        params, out = problem.optimise(R0, init.detach(), [(2, cfg.warm_iterations, cfg.warm_pose_prior_scale)], cfg.warm_lr, cfg.warm_shape)
+        steps = cfg.warm_iterations
+        fit = _make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start)
+        if fit.keypoint_error_px <= cfg.warm_max_keypoint_error * tg.scale and fit.silhouette_iou >= cfg.warm_min_iou:
+            return replace(fit, warm_started=True)
+
     R0 = None
     if cfg.landmarks_3d_weight > 0:
         R0 = _rotation_from_landmarks(tg.xyz, names)
     if R0 is None:
         R0 = _rotation_from_2d(tg, names)
-    init = _initial_params(body_model, tg, Kt, R0)
-
-    cached = _SAMPLES.setdefault(body_model, {})
-    if cfg.silhouette_points not in cached:
-        cached[cfg.silhouette_points] = _surface_samples(body_model, cfg.silhouette_points)
-    samples = cached[cfg.silhouette_points]
-    sil_target = _silhouette_target(perception.mask, cfg.contour_points)
-
-    hip_sel = torch.tensor([names.index("left_hip"), names.index("right_hip")])
-    w3d = tg.weight * (tg.weight[hip_sel] > 0).all().float()  # 3D offsets need both hips as origin
-    torso = _select(names, TORSO)
-
-    delta = torch.zeros(3, requires_grad=True)  # orientation update, left-multiplied onto R0
-    transl = init.transl.clone().requires_grad_(True)
-    pose = init.pose.clone().requires_grad_(True)
-    shape = init.shape.clone().requires_grad_(True)
-
-    def energy(stage: int, frac: float) -> tuple[torch.Tensor, BodyOutput]:
-        R = roma.rotvec_to_rotmat(delta) @ R0
-        params = BodyParams(roma.rotmat_to_rotvec(R)[None], transl, pose, shape)
-        out = body_model(params)
-        r2 = (_project(out.keypoints[0], Kt) - tg.uv).square().sum(-1) / tg.scale**2
-        w = tg.weight * (torso if stage == 1 else 1.0)
-        loss = (w * _gmof(r2, cfg.robust_sigma)).sum() / w.sum().clamp(min=1e-6) / cfg.robust_sigma**2
-        if stage == 2:
-            d_out, d_cover = silhouette_distances(_project(out.vertices[0, samples], Kt), sil_target)
-            sil = _gmof((d_out / tg.scale).square(), cfg.robust_sigma).mean()
-            if len(d_cover):
-                sil = sil + _gmof((d_cover / tg.scale).square(), cfg.robust_sigma).mean()
-            prior_scale = 10 ** (1 - frac)  # SMPLify-style annealing of the pose prior
-            loss = loss + cfg.silhouette_weight * sil / cfg.robust_sigma**2
-            loss = loss + cfg.pose_prior_weight * prior_scale * body_model.pose_prior(pose).sum()
-            loss = loss + cfg.shape_prior_weight * body_model.shape_prior(shape).sum()
-            if cfg.landmarks_3d_weight > 0 and w3d.sum() > 0:
-                kp = out.keypoints[0] - out.keypoints[0, hip_sel].mean(0)
-                ref = tg.xyz - tg.xyz[hip_sel].mean(0)
-                d2 = (kp - ref).square().sum(-1) / 0.1**2
-                loss = loss + cfg.landmarks_3d_weight * (w3d * d2).sum() / w3d.sum()
-        return loss, out
-
-    lr = cfg.lr
-    stages = (
-        (1, cfg.camera_iterations, [{"params": [delta], "lr": lr}, {"params": [transl], "lr": lr / 3}]),
-        (2, cfg.iterations, [{"params": [delta, pose, shape], "lr": lr}, {"params": [transl], "lr": lr / 3}]),
-    )
-    steps = 0
-    for stage, n, groups in stages:
-        opt = torch.optim.Adam(groups)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n, 1), eta_min=lr * 0.1)
-        for i in range(n):
-            opt.zero_grad(set_to_none=True)
-            loss, _ = energy(stage, i / max(n - 1, 1))
-            loss.backward()
-            opt.step()
-            sched.step()
-            steps += 1
-
-    with torch.no_grad():
-        R = roma.rotvec_to_rotmat(delta) @ R0
-        params = BodyParams(roma.rotmat_to_rotvec(R)[None], transl, pose, shape).detach()
-        out = body_model(params)
+    stages = [(1, cfg.camera_iterations, 1.0), (2, cfg.iterations, 10.0)]
+    params, out = problem.optimise(R0, _initial_params(body_model, tg, Kt, R0), stages, cfg.lr, True)
+    steps += cfg.camera_iterations + cfg.iterations
     return _make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start)
+
+
+def _check_init(init: BodyParams, model: BodyModel) -> None:
+    sizes = (init.global_orient.shape, init.transl.shape, init.pose.shape, init.shape.shape)
+    if sizes != ((1, 3), (1, 3), (1, model.pose_dim), (1, model.shape_dim)):
+        raise ValueError(
+            f"init must be batch-1 {model.name} parameters (pose [1, {model.pose_dim}], shape "
+            f"[1, {model.shape_dim}]), got shapes {[list(s) for s in sizes]}"
+        )
+
+
+@dataclass(frozen=True)
+class _Problem:
+    """The fitting energy of one frame and its Adam loop."""
+
+    model: BodyModel
+    K: torch.Tensor  # [3, 3]
+    tg: _Targets
+    silhouette: _Silhouette
+    samples: torch.Tensor  # [N] vertex indices projected for the silhouette terms
+    cfg: FitConfig
+
+    def optimise(
+        self, R0: torch.Tensor, init: BodyParams, stages: list[tuple[int, int, float]], lr: float, fit_shape: bool
+    ) -> tuple[BodyParams, BodyOutput]:
+        """Run `stages` of `(stage, steps, pose-prior start multiplier)` from `init` (orientation `R0`).
+
+        Stage 1 fits orientation + translation to the torso keypoints; stage 2 fits everything
+        (shape only if `fit_shape`) to keypoints, silhouette and priors, the pose prior decaying
+        from `multiplier x pose_prior_weight` to `pose_prior_weight`, as in SMPLify.
+        """
+        model, Kt, tg, cfg = self.model, self.K, self.tg, self.cfg
+        names = model.keypoint_names
+        hip_sel = torch.tensor([names.index("left_hip"), names.index("right_hip")])
+        w3d = tg.weight * (tg.weight[hip_sel] > 0).all().float()  # 3D offsets need both hips as origin
+        torso = _select(names, TORSO)
+
+        delta = torch.zeros(3, requires_grad=True)  # orientation update, left-multiplied onto R0
+        transl = init.transl.clone().requires_grad_(True)
+        pose = init.pose.clone().requires_grad_(True)
+        shape = init.shape.clone().requires_grad_(fit_shape)
+
+        def energy(stage: int, prior_scale: float) -> torch.Tensor:
+            R = roma.rotvec_to_rotmat(delta) @ R0
+            out = model(BodyParams(roma.rotmat_to_rotvec(R)[None], transl, pose, shape))
+            r2 = (_project(out.keypoints[0], Kt) - tg.uv).square().sum(-1) / tg.scale**2
+            w = tg.weight * (torso if stage == 1 else 1.0)
+            loss = (w * _gmof(r2, cfg.robust_sigma)).sum() / w.sum().clamp(min=1e-6) / cfg.robust_sigma**2
+            if stage == 2:
+                d_out, d_cover = silhouette_distances(_project(out.vertices[0, self.samples], Kt), self.silhouette)
+                sil = _gmof((d_out / tg.scale).square(), cfg.robust_sigma).mean()
+                if len(d_cover):
+                    sil = sil + _gmof((d_cover / tg.scale).square(), cfg.robust_sigma).mean()
+                loss = loss + cfg.silhouette_weight * sil / cfg.robust_sigma**2
+                loss = loss + cfg.pose_prior_weight * prior_scale * model.pose_prior(pose).sum()
+                loss = loss + cfg.shape_prior_weight * model.shape_prior(shape).sum()
+                if cfg.landmarks_3d_weight > 0 and w3d.sum() > 0:
+                    kp = out.keypoints[0] - out.keypoints[0, hip_sel].mean(0)
+                    ref = tg.xyz - tg.xyz[hip_sel].mean(0)
+                    d2 = (kp - ref).square().sum(-1) / 0.1**2
+                    loss = loss + cfg.landmarks_3d_weight * (w3d * d2).sum() / w3d.sum()
+            return loss
+
+        for stage, n, prior_start in stages:
+            free = [delta] if stage == 1 else [delta, pose] + ([shape] if fit_shape else [])
+            opt = torch.optim.Adam([{"params": free, "lr": lr}, {"params": [transl], "lr": lr / 3}])
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n, 1), eta_min=lr * 0.1)
+            for i in range(n):
+                opt.zero_grad(set_to_none=True)
+                energy(stage, prior_start ** (1 - i / max(n - 1, 1))).backward()
+                opt.step()
+                sched.step()
+
+        with torch.no_grad():
+            R = roma.rotvec_to_rotmat(delta) @ R0
+            params = BodyParams(roma.rotmat_to_rotvec(R)[None], transl, pose, shape).detach()
+            return params, model(params)
+
+
+def warm_start_params(
+    previous: BodyFit | None, perception: Perception, body_model: BodyModel, *, config: FitConfig | None = None
+) -> BodyParams | None:
+    """The previous frame's fit as `fit_body(init=...)` for `perception`, or None to fit cold.
+
+    None when there is no previous fit, it was made with another body model (`previous.body_model
+    != body_model.name` or other parameter sizes), the new frame has no usable shoulders, or the
+    person moved too much: the previous keypoints, projected with `perception.K`, lie on average
+    further than `config.warm_max_displacement` (default 0.1) new-box heights from the new
+    landmarks, or their bounding box overlaps the new landmarks' box with IoU below
+    `config.warm_min_box_iou` (default 0.5). Both compare the keypoints that have a visible
+    landmark. (A good fit reprojects within ~1-3 % of the box height, so 10 % leaves room for the
+    motion of one frame while still catching a person who walked, turned or was swapped.)
+    """
+    if previous is None or previous.body_model != body_model.name:
+        return None
+    p = previous.params
+    if p.pose.shape != (1, body_model.pose_dim) or p.shape.shape != (1, body_model.shape_dim):
+        return None
+    cfg = config or FitConfig()
+    try:
+        tg = _targets(perception, previous.keypoint_names, cfg)
+    except NoPersonError:
+        return None
+    used = tg.weight.numpy() > 0
+    xyz = previous.keypoints[used].astype(np.float64)
+    if (xyz[:, 2] <= 1e-3).any():
+        return None
+    uvw = xyz @ np.asarray(perception.K, np.float64).T
+    old, new = uvw[:, :2] / uvw[:, 2:], tg.uv.numpy()[used].astype(np.float64)
+    displacement = float(np.linalg.norm(old - new, axis=-1).mean()) / tg.scale
+    if displacement > cfg.warm_max_displacement or _box_iou(old, new) < cfg.warm_min_box_iou:
+        return None
+    return p.detach()
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """IoU of the axis-aligned boxes of two `[N, 2]` point sets."""
+    lo, hi = np.maximum(a.min(0), b.min(0)), np.minimum(a.max(0), b.max(0))
+    inter = float(np.prod(np.clip(hi - lo, 0, None)))
+    area = lambda x: float(np.prod(x.max(0) - x.min(0)))  # noqa: E731
+    union = area(a) + area(b) - inter
+    return inter / union if union > 0 else 0.0
 
 
 def _make_fit(

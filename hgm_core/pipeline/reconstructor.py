@@ -45,6 +45,11 @@ class ReconstructorConfig:
             Costs 26 renders plus TSDF fusion, ~1.4 s for a 15k-Gaussian avatar on one core, so
             it is off by default for the live path.
         mesh_config: settings of the mesh extraction (`hgm_core.pipeline.mesh.MeshConfig`).
+        track: warm-start the body fit from the previous request's fit when the person has barely
+            moved (`hgm_core.body.fit.warm_start_params`): 40 instead of 200 iterations, ~5x faster
+            on a stream at the same accuracy; a warm fit that goes wrong falls back to a cold one.
+        track_refresh: after a cold fit, at most `track_refresh - 1` warm ones follow, so
+            warm-start errors cannot accumulate along a stream.
     """
 
     body_model: str = "anny"
@@ -55,6 +60,8 @@ class ReconstructorConfig:
     num_threads: int = 1
     mesh: bool = False
     mesh_config: MeshConfig = field(default_factory=MeshConfig)
+    track: bool = True
+    track_refresh: int = 30
 
 
 class _Timer:
@@ -91,6 +98,8 @@ class Reconstructor:
         self._estimator = PoseEstimator()
         self._body = self._load_body_model()
         self._fit_config = FitConfig(iterations=self.config.fit_iterations)
+        self._last_fit = None
+        self._warm_streak = 0
 
     def _load_body_model(self):
         from hgm_core.body import AnnyBody, SmplxBody
@@ -107,6 +116,14 @@ class Reconstructor:
     def available_stages(self) -> tuple[str, ...]:
         """Stages this instance can run (the network stages need a checkpoint)."""
         return STAGES if self.config.checkpoint else ("prior",)
+
+    def _warm_start(self, perception):
+        """Previous fit's parameters when tracking applies to this frame, else None (cold fit)."""
+        from hgm_core.body import warm_start_params
+
+        if not self.config.track or self._warm_streak + 1 >= self.config.track_refresh:
+            return None
+        return warm_start_params(self._last_fit, perception, self._body, config=self._fit_config)
 
     def run(self, request: ReconstructionRequest) -> Reconstruction:
         """Run the configured prefix of stages on one image.
@@ -130,7 +147,9 @@ class Reconstructor:
         with timer("perceive"):
             per = perceive(request.image, mask=request.mask, camera=request.camera, estimator=self._estimator)
         with timer("fit_body"):
-            fit = fit_body(per, None, self._body, config=self._fit_config)
+            fit = fit_body(per, None, self._body, config=self._fit_config, init=self._warm_start(per))
+        self._last_fit = fit
+        self._warm_streak = self._warm_streak + 1 if fit.warm_started else 0
         with timer("prior"):
             gaussians = prior_gaussians(request.image, per.mask, per.K, fit.vertices, fit.faces, self.config.prior)
         mesh = None

@@ -1,0 +1,116 @@
+"""Body fit warm-started from the previous frame vs from scratch (`fit_body(init=...)`).
+
+Prints JSON and writes bench/results/fit_warm.json. Two kinds of frame pairs, one torch thread:
+- synthetic: the three Anny ground-truth scenes of tests/test_fit.py as frame A, and frame B with
+  ~5 deg on six joints and the pelvis moved by 5 cm (tests/test_fit_warm.py's `next_frame`);
+  accuracy is MPJPE against the ground truth of B.
+- photo: Debian opencv-doc's messi5.jpg and the same image shifted by (6, 4) px; no ground truth,
+  so accuracy is the reprojection error, the silhouette IoU and the warm fit's joint distance to
+  the cold fit of the shifted image.
+Seconds are single runs (each fit is deterministic; a cold fit takes seconds); `ratio` is cold /
+warm seconds from the same run. The CPU is shared with other processes; `load_average` records how
+busy it was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hgm_core.paths import configure_third_party_caches  # noqa: E402
+
+configure_third_party_caches()
+torch.set_num_threads(1)
+
+from hgm_core.body import AnnyBody, fit_body  # noqa: E402
+from hgm_core.body.fit import warm_start_params  # noqa: E402
+from hgm_core.perception import default_intrinsics, perceive  # noqa: E402
+from tests.test_fit import (  # noqa: E402
+    IMAGE_SIZE,
+    POSES,
+    SHAPES,
+    _errors,
+    render_case,
+    synthetic_case,
+)
+from tests.test_fit_warm import next_frame  # noqa: E402
+
+MESSI = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")
+SHIFT_PX = (6, 4)
+
+
+def _summary(fit, errors=None) -> dict:
+    row = {
+        "seconds": round(fit.seconds, 3),
+        "iterations": fit.iterations,
+        "warm_started": fit.warm_started,
+        "keypoint_error_px": round(fit.keypoint_error_px, 2),
+        "silhouette_iou": round(fit.silhouette_iou, 3),
+    }
+    if errors is not None:
+        row["mpjpe_mm"], row["pa_mpjpe_mm"] = round(errors[0], 1), round(errors[1], 1)
+    return row
+
+
+def synthetic(body: AnnyBody) -> list[dict]:
+    K = default_intrinsics(*IMAGE_SIZE)
+    rows = []
+    for i in range(len(POSES)):
+        params_a, _, a = synthetic_case(body, i, body.shape_from_phenotypes(SHAPES[i]), K, noise_3d=0.05, seed=i)
+        params_b = next_frame(body, params_a, degrees=5.0, transl=(0.03, -0.01, 0.04))
+        gt_b, b = render_case(body, params_b, K, noise_3d=0.05, seed=100 + i)
+        fit_a = fit_body(a, K, body)
+        init = warm_start_params(fit_a, b, body)
+        cold = fit_body(b, K, body)
+        warm = fit_body(b, K, body, init=init)
+        rows.append({"case": i, "warm_start_accepted": init is not None, "cold": _summary(cold, _errors(body, cold, gt_b)),
+                     "warm": _summary(warm, _errors(body, warm, gt_b)), "ratio": round(cold.seconds / warm.seconds, 2)})  # fmt: skip
+    return rows
+
+
+def photo(body: AnnyBody) -> dict:
+    image = cv2.cvtColor(cv2.imread(str(MESSI)), cv2.COLOR_BGR2RGB)
+    shift = np.float32([[1, 0, SHIFT_PX[0]], [0, 1, SHIFT_PX[1]]])
+    moved = cv2.warpAffine(image, shift, image.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
+    a, b = perceive(image), perceive(moved)
+    fit_a = fit_body(a, None, body)
+    init = warm_start_params(fit_a, b, body)
+    cold = fit_body(b, None, body)
+    warm = fit_body(b, None, body, init=init)
+    return {
+        "image": MESSI.name, "shift_px": SHIFT_PX, "box_height_px": b.bbox[3] - b.bbox[1],
+        "warm_start_accepted": init is not None, "frame_a_cold": _summary(fit_a), "cold": _summary(cold),
+        "warm": _summary(warm), "ratio": round(cold.seconds / warm.seconds, 2),
+        "warm_vs_cold_joints_mm": round(1000 * float(np.linalg.norm(warm.joints - cold.joints, axis=-1).mean()), 1),
+    }  # fmt: skip
+
+
+def main() -> None:
+    result = {"threads": 1, "load_average_before": [round(x, 2) for x in os.getloadavg()]}
+    body = AnnyBody()
+    rows = synthetic(body)
+    result["synthetic"] = rows
+    result["synthetic_median"] = {
+        k: round(statistics.median(r[side][m] for r in rows), 2)
+        for side in ("cold", "warm") for m in ("seconds", "mpjpe_mm") for k in [f"{side}_{m}"]
+    }  # fmt: skip
+    if MESSI.exists():
+        result["photo"] = photo(body)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    text = json.dumps(result, indent=2)
+    print(text)
+    out = Path(__file__).resolve().parent / "results" / "fit_warm.json"
+    out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
