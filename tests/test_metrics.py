@@ -121,3 +121,15 @@ def test_mpjpe_and_procrustes():
     assert metrics.pa_mpjpe(moved, j) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(metrics.MetricError):
         metrics.mpjpe(j, j[:5])
+
+
+def test_mesh_metrics_ignore_zero_area_faces():
+    import open3d as o3d
+
+    from hgm_core.train.metrics import mesh_metrics
+
+    sphere = o3d.geometry.TriangleMesh.create_sphere(0.5, 16)
+    v, f = np.asarray(sphere.vertices), np.asarray(sphere.triangles)
+    with_degenerate = np.concatenate([f, [[0, 0, 1]]])  # marching cubes can emit such faces
+    mm = mesh_metrics((v, with_degenerate), (v, f))
+    assert np.isfinite(mm.normal_consistency) and mm.normal_consistency > 0.999

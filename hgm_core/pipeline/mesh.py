@@ -265,6 +265,7 @@ def _clean(v: np.ndarray, f: np.ndarray, c: np.ndarray, min_fraction: float,
     labels, sizes, _ = m.cluster_connected_triangles()
     labels, sizes = np.asarray(labels), np.asarray(sizes)
     m.remove_triangles_by_mask(sizes[labels] < min_fraction * sizes.max())
+    m.remove_degenerate_triangles()  # marching cubes emits zero-area faces, which have no normal
     m.remove_unreferenced_vertices()
     if smooth_iterations > 0:
         m = m.filter_smooth_taubin(number_of_iterations=smooth_iterations)

@@ -161,11 +161,11 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as e:
         raise CliError(f"the reconstruction pipeline is not available here ({e})") from e
     if args.method == "prior":
-        config, stages = ReconstructorConfig(mesh=True), args.stages or "prior"
+        config, stages = ReconstructorConfig(mesh=True, track=False), args.stages or "prior"
     else:
         if not Path(args.method).is_dir():
             raise CliError(f"--method must be 'prior' or a checkpoint directory; {args.method} is neither")
-        config, stages = ReconstructorConfig(checkpoint=str(args.method), mesh=True), args.stages or "coarse"
+        config, stages = ReconstructorConfig(checkpoint=str(args.method), mesh=True, track=False), args.stages or "coarse"
     out: Path = args.output or args.data / f"eval_{Path(args.method).name}"
     out.mkdir(parents=True, exist_ok=True)
     reconstructor = Reconstructor(config)

@@ -120,6 +120,9 @@ def _closest(vertices: np.ndarray, faces: np.ndarray, query: np.ndarray) -> tupl
     """Distances `[N]` from `query` to the mesh and the face normals `[N, 3]` at the closest points."""
     import open3d as o3d
 
+    tri = np.asarray(vertices, np.float64)[np.asarray(faces)]
+    area2 = np.linalg.norm(np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0]), axis=1)
+    faces = np.asarray(faces)[area2 > 1e-12]  # zero-area faces have no normal (NaN in open3d)
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(np.asarray(vertices, np.float32), np.asarray(faces, np.uint32))
     q = o3d.core.Tensor(np.asarray(query, np.float32))
