@@ -118,6 +118,7 @@ def body_layers(front: np.ndarray, back: np.ndarray, mask: np.ndarray, focal: fl
         front, back: `[H, W]`, finite in the mask, `back >= front + min_thickness_m`.
     """
     hit = np.isfinite(front) & np.isfinite(back)
+    front, back = np.where(hit, front, 0.0), np.where(hit, back, 0.0)  # no inf - inf below
     mid = extend_depth(np.where(hit, (front + back) / 2, np.inf), mask, config.smooth_px)
     half_body = extend_depth(np.where(hit, (back - front) / 2, np.inf), mask, config.smooth_px)
     inside_px = ndimage.distance_transform_edt(mask)
