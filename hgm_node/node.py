@@ -230,7 +230,8 @@ class HgmNode(Node):
         h, w = image.shape[:2]
         K = camera_info_to_K(info, w, h) if info is not None else None
         try:
-            result = self._link.reconstruct(image, K=K, mask=mask, stages=self.params.stages, mesh=self.params.mesh)
+            result = self._link.reconstruct(image, K=K, mask=mask, stages=self.params.stages, mesh=self.params.mesh,
+                                         stream=self.get_fully_qualified_name())
         except WorkerError as e:
             if self._stopping:
                 return

@@ -121,7 +121,7 @@ class WorkerLink:
         return self._ready.wait(timeout_s)
 
     def reconstruct(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stages: str,
-                    mesh: bool = False) -> JobResult:
+                    mesh: bool = False, stream: str = "") -> JobResult:
         """Run one job (blocking; call it off the executor). Raises `WorkerError`/`WorkerTimeout`.
 
         ZeroMQ hides a dead peer, so a job on a worker that dies would only end at its deadline;
@@ -134,7 +134,7 @@ class WorkerLink:
 
         def call() -> None:
             try:
-                outcome["result"] = self._client.reconstruct(image, K=K, mask=mask, stages=stages, mesh=mesh)
+                outcome["result"] = self._client.reconstruct(image, K=K, mask=mask, stages=stages, mesh=mesh, stream=stream)
             except BaseException as e:  # handed to the waiting job thread below
                 outcome["error"] = e
             finally:

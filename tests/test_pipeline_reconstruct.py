@@ -55,6 +55,8 @@ def test_a_stream_warm_starts_the_body_fit():
     assert not first.warm_started and second.warm_started and second.iterations < first.iterations
     assert second.keypoint_error_px < 8.0
     assert third.warm_started and not fourth.warm_started  # track_refresh=3: cold again 3 fits after a cold one
+    other_stream = tracking.run(ReconstructionRequest(shifted, camera=cam, stream="camera 2")).body_fit
+    assert not other_stream.warm_started  # another camera's stream never starts from this one's fit
     cold = Reconstructor(ReconstructorConfig(fit_iterations=60, track=False))
     cold.run(ReconstructionRequest(image, camera=cam))
     assert not cold.run(ReconstructionRequest(shifted, camera=cam)).body_fit.warm_started

@@ -164,6 +164,8 @@ def test_malformed_requests_get_error_replies_and_the_worker_lives_on():
         ([header(arrays=[img, {"name": "K", "dtype": "float64", "shape": [2, 3]}]), bytes(48), bytes(48)], "bad_input"),
         ([header(arrays=[img, {"name": "weights", "dtype": "uint8", "shape": [1]}]), bytes(48), b"x"], "bad_request"),
         ([header(arrays=[img], stages="everything"), bytes(48)], "bad_request"),
+        ([header(arrays=[img], mesh="yes"), bytes(48)], "bad_request"),
+        ([header(arrays=[img], stream=7), bytes(48)], "bad_request"),
         ([header("result")], "bad_request"),
         ([json.dumps({"protocol": 9, "id": "old", "kind": "health"}).encode()], "protocol"),
     ]

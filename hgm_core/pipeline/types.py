@@ -67,6 +67,8 @@ class ReconstructionRequest:
         mask: optional `[H, W]` uint8 person mask (nonzero = person); overrides the segmenter.
         stages: one of `STAGES`.
         mesh: also extract the avatar's mesh; None leaves it to `ReconstructorConfig.mesh`.
+        stream: tracking key: a request may warm-start its body fit from the previous request of
+            the same stream (one camera watching one person), never from another stream's.
     """
 
     image: np.ndarray
@@ -74,6 +76,7 @@ class ReconstructionRequest:
     mask: np.ndarray | None = None
     stages: str = "prior"
     mesh: bool | None = None
+    stream: str = ""
 
 
 @dataclass(frozen=True)

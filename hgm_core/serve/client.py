@@ -127,6 +127,7 @@ class WorkerClient:
         mask: np.ndarray | None = None,
         stages: str = "prior",
         mesh: bool | None = None,
+        stream: str = "",
         timeout_s: float | None = None,
     ) -> JobResult:
         """Reconstruct the person in `image` (`[H, W, 3]` uint8 RGB).
@@ -136,6 +137,8 @@ class WorkerClient:
             mask: `[H, W]` uint8/bool person mask (nonzero = person), overriding the segmenter.
             stages: "prior" | "coarse" | "refined" | "full".
             mesh: ask for the avatar mesh (`JobResult.mesh_*`); None: the worker's default (`hgm serve --mesh`).
+            stream: names this camera stream, so the worker warm-starts the body fit from its
+                previous frame only (several clients can share one worker).
             timeout_s: deadline of one attempt (default: the client's).
 
         Raises:
@@ -149,7 +152,7 @@ class WorkerClient:
         if mask is not None:
             arrays["mask"] = _check_mask(mask, image.shape[:2])
         t0 = time.perf_counter()
-        options = {"stages": stages} | ({} if mesh is None else {"mesh": bool(mesh)})
+        options = {"stages": stages, "stream": stream} | ({} if mesh is None else {"mesh": bool(mesh)})
         reply = self._call("reconstruct", arrays, timeout_s or self.timeout_s, self.retries, **options)
         result = _job_result(reply)
         result.timings["roundtrip"] = time.perf_counter() - t0

@@ -27,6 +27,8 @@ Header keys:
     deadline_ms (requests, optional) the client's patience; work still queued after it is dropped
     stages     (reconstruct) "prior" | "coarse" | "refined" | "full"
     mesh       (reconstruct, optional) true/false: extract the avatar mesh; absent: the worker's default
+    stream     (reconstruct, optional) string of at most 128 chars naming the camera stream; the
+               worker warm-starts a body fit only from the same stream's previous frame
     info       (replies) JSON object: for health the server's state, for results the pipeline's extras
     skeleton   (reconstruct result, optional) {"names": [str, ...], "bones": [[i, j], ...]}
 

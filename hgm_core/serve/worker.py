@@ -297,7 +297,10 @@ class Worker:
         mesh = msg.header.get("mesh")
         if mesh is not None and not isinstance(mesh, bool):
             raise ProtocolError("bad_request", f"mesh must be true, false or absent, got {mesh!r}", rid)
-        return ReconstructionRequest(image=image, camera=camera, mask=mask, stages=stages, mesh=mesh)
+        stream = msg.header.get("stream", "")
+        if not isinstance(stream, str) or len(stream) > 128:
+            raise ProtocolError("bad_request", "stream must be a string of at most 128 characters", rid)
+        return ReconstructionRequest(image=image, camera=camera, mask=mask, stages=stages, mesh=mesh, stream=stream)
 
     def _refuse_queued(self, sock: zmq.Socket) -> None:
         while True:
