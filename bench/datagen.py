@@ -10,13 +10,12 @@ skipped (coverage only) measured in the same run as the baseline. Writes bench/r
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
+from _results import write_results
 
-RESULTS = Path(__file__).resolve().parent / "results" / "datagen.json"
 
 
 def main() -> None:
@@ -60,9 +59,7 @@ def main() -> None:
         "render_vs_raycast_ratio": statistics.median(render_s) / statistics.median(cast_s),
         "median_subject_s": per_subject, "subjects_per_min": 60.0 / per_subject,
     }
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(out, indent=1))
-    print(json.dumps(out, indent=1))
+    write_results("datagen", out)
 
 
 if __name__ == "__main__":

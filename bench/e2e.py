@@ -21,7 +21,6 @@ Writes JSON to stdout and bench/results/e2e.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -37,6 +36,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from _results import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -144,11 +144,7 @@ def main() -> None:
         "zmq_and_codec": m.get("roundtrip", 0) - m.get("worker_total", 0),
         "node_convert_and_publish": m.get("total", 0) - m.get("roundtrip", 0),
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    out = REPO / "bench" / "results" / "e2e.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    write_results("e2e", report)
 
 
 if __name__ == "__main__":

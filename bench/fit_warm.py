@@ -14,7 +14,6 @@ busy it was.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import sys
@@ -43,6 +42,7 @@ from tests.test_fit import (  # noqa: E402
     synthetic_case,
 )
 from tests.test_fit_warm import next_frame  # noqa: E402
+from _results import write_results
 
 MESSI = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")
 SHIFT_PX = (6, 4)
@@ -106,10 +106,7 @@ def main() -> None:
     if MESSI.exists():
         result["photo"] = photo(body)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(result, indent=2)
-    print(text)
-    out = Path(__file__).resolve().parent / "results" / "fit_warm.json"
-    out.write_text(text + "\n")
+    write_results("fit_warm", result)
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ import json
 import os
 import platform
 import random
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _results import median_s, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 TRANSPORTS = {
@@ -36,15 +36,6 @@ TRANSPORTS = {
     "fastdds_large.xml": {"FASTDDS_DEFAULT_PROFILES_FILE": str(REPO / "launch" / "fastdds_large.xml")},
 }
 CLEARED = ("FASTDDS_BUILTIN_TRANSPORTS", "FASTDDS_DEFAULT_PROFILES_FILE", "FASTRTPS_DEFAULT_PROFILES_FILE")
-
-
-def _median_s(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _raw(n: int) -> np.ndarray:
@@ -61,9 +52,9 @@ def codec(n: int, repeats: int) -> dict:
     msg = gaussians_to_pointcloud2(raw, Header(frame_id="cam"))
     size = len(msg.data)
     source = np.frombuffer(np.random.default_rng(1).bytes(size), np.uint8)
-    copy_s = _median_s(lambda: source.copy(), repeats)
-    encode_s = _median_s(lambda: gaussians_to_pointcloud2(raw, Header(frame_id="cam")), repeats)
-    decode_s = _median_s(lambda: unpack_gaussians(msg.fields, msg.point_step, msg.data), repeats)
+    copy_s = median_s(lambda: source.copy(), repeats)
+    encode_s = median_s(lambda: gaussians_to_pointcloud2(raw, Header(frame_id="cam")), repeats)
+    decode_s = median_s(lambda: unpack_gaussians(msg.fields, msg.point_step, msg.data), repeats)
     return {
         "gaussians": n, "message_bytes": size, "copy_ms": copy_s * 1e3,
         "encode_ms": encode_s * 1e3, "encode_vs_copy": encode_s / copy_s,
@@ -160,11 +151,7 @@ def main() -> None:
         "codec": codec(args.n, args.repeats),
         "latency": [latency(args.n, args.messages, args.period, t) for t in TRANSPORTS],
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    out = REPO / "bench" / "results" / "pointcloud2.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    write_results("pointcloud2", report)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ run). The CPU is shared with other processes; `load_average` records how busy it
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import statistics
@@ -26,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from hgm_core.render import _tile_kernels as K  # noqa: E402
 from hgm_core.render import rasterize  # noqa: E402
 from hgm_core.render.scenes import person_scene, turntable_cameras  # noqa: E402
+from _results import write_results
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
 
@@ -128,11 +128,7 @@ def main() -> int:
     }
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["numba_cache_dir"] = numba.config.CACHE_DIR
-    text = json.dumps(result, indent=2)
-    print(text)
-    out = Path(__file__).resolve().parent / "results" / "render.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
+    write_results("render", result)
     return 0
 
 

@@ -12,11 +12,7 @@ Medians; JSON to stdout and bench/results/serve.json.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
 import threading
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -26,8 +22,8 @@ from hgm_core.gaussians import Gaussians
 from hgm_core.pipeline.types import Reconstruction
 from hgm_core.serve.client import WorkerClient
 from hgm_core.serve.worker import Worker
+from _results import median_s, write_results
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _avatar(n: int) -> Reconstruction:
@@ -42,15 +38,6 @@ def _avatar(n: int) -> Reconstruction:
     return Reconstruction(gaussians=gaussians, timings={"fixed": 0.0})
 
 
-def _median_ms(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return 1e3 * statistics.median(times)
-
-
 def protocol_round_trip(endpoint: str, image: np.ndarray, n: int, repeats: int) -> float:
     avatar = _avatar(n)
     worker = Worker(lambda request: avatar)
@@ -59,7 +46,7 @@ def protocol_round_trip(endpoint: str, image: np.ndarray, n: int, repeats: int) 
     try:
         with WorkerClient(endpoint, timeout_s=30, retries=0) as client:
             client.reconstruct(image)  # connect + warm-up
-            return _median_ms(lambda: client.reconstruct(image), repeats)
+            return 1e3 * median_s(lambda: client.reconstruct(image), repeats)
     finally:
         worker.stop()
         thread.join(5)
@@ -88,7 +75,7 @@ def raw_echo(endpoint: str, image: np.ndarray, reply_bytes: int, repeats: int) -
 
     try:
         call()
-        return _median_ms(call, repeats)
+        return 1e3 * median_s(call, repeats)
     finally:
         stop.set()
         thread.join(5)
@@ -115,10 +102,7 @@ def main() -> None:
         "raw_zmq_echo_ms": round(echo_ms, 2),
         "ratio": round(protocol_ms / echo_ms, 2),
     }
-    out = REPO / "bench" / "results"
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "serve.json").write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
+    write_results("serve", result)
 
 
 if __name__ == "__main__":
