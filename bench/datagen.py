@@ -27,7 +27,8 @@ def main() -> None:
 
     import numpy as np
 
-    from hgm_core.data.render import RenderConfig, SubjectScene, _subject_box, look_at_height, pixel_rays, ring_cameras, write_subject
+    from hgm_core.camera import pixel_rays
+    from hgm_core.data.render import RenderConfig, SubjectScene, _subject_box, look_at_height, ring_cameras, write_subject
     from hgm_core.data.synth import build_subject, sample_subject, subject_seed
 
     config = RenderConfig(size=args.size)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 CANONICAL_CAM_RADIUS = 1.5
@@ -241,3 +242,22 @@ def turntable_poses(center: torch.Tensor, up: torch.Tensor, first_eye: torch.Ten
     # Rodrigues' rotation of r about k.
     eyes = center + r * c + torch.cross(k.expand(n_views, 3), r.expand(n_views, 3), dim=-1) * s + k * (k @ r) * (1 - c)
     return look_at(eyes, center.expand_as(eyes), k.expand_as(eyes)).float()
+
+
+def pixel_rays(K: np.ndarray, E: np.ndarray, box: tuple[int, int, int, int], ssaa: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """World rays (numpy) through a `ssaa x ssaa` grid inside each pixel of `box = (x0, y0, x1, y1)`
+    (exclusive end), for a pinhole `K [3, 3]` and world-to-camera `E [3|4, 4]` in OpenCV axes.
+
+    Returns origins and directions `[(y1 - y0) * ssaa, (x1 - x0) * ssaa, 3]`; a direction's camera-z
+    component is 1, so the hit distance t is the camera depth z.
+    """
+    x0, y0, x1, y1 = box
+    offs = (np.arange(ssaa) + 0.5) / ssaa
+    u = (np.arange(x0, x1)[:, None] + offs[None]).reshape(-1)
+    v = (np.arange(y0, y1)[:, None] + offs[None]).reshape(-1)
+    uu, vv = np.meshgrid(u, v)
+    d_cam = np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], np.ones_like(uu)], -1)
+    R, t = E[:3, :3], E[:3, 3]
+    d = d_cam @ R  # R^T d_cam, row-vector form
+    o = np.broadcast_to(-R.T @ t, d.shape)
+    return o, d

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hgm_core.camera import pixel_rays
 from hgm_core.data.synth import MeshPart, SubjectGeometry, sample_texture
 from hgm_core.io.mesh import write_mesh_ply
 
@@ -216,24 +217,6 @@ class SubjectScene:
             nrm = np.einsum("nk,nkc->nc", w[sel], self.normals[k][p.faces[prim]])
             normal[sel] = nrm / (np.linalg.norm(nrm, axis=1, keepdims=True) + 1e-12)
         return albedo, normal
-
-
-def pixel_rays(K: np.ndarray, E: np.ndarray, box: tuple[int, int, int, int], ssaa: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """World rays through a `ssaa x ssaa` grid inside each pixel of `box = (x0, y0, x1, y1)` (exclusive end).
-
-    Returns origins and directions `[(y1 - y0) * ssaa, (x1 - x0) * ssaa, 3]`; a direction's camera-z
-    component is 1, so the hit distance t is the camera depth z.
-    """
-    x0, y0, x1, y1 = box
-    offs = (np.arange(ssaa) + 0.5) / ssaa
-    u = (np.arange(x0, x1)[:, None] + offs[None]).reshape(-1)
-    v = (np.arange(y0, y1)[:, None] + offs[None]).reshape(-1)
-    uu, vv = np.meshgrid(u, v)
-    d_cam = np.stack([(uu - K[0, 2]) / K[0, 0], (vv - K[1, 2]) / K[1, 1], np.ones_like(uu)], -1)
-    R, t = E[:3, :3], E[:3, 3]
-    d = d_cam @ R  # R^T d_cam, row-vector form
-    o = np.broadcast_to(-R.T @ t, d.shape)
-    return o, d
 
 
 def _subject_box(scene: "SubjectScene", K: np.ndarray, E: np.ndarray, size: int) -> tuple[int, int, int, int]:

@@ -91,7 +91,7 @@ def render_turntable(gaussians, K: np.ndarray, up: np.ndarray, views: int, size:
     """`[rows*size, cols*size, 3]` uint8 grid of `views` renders circling the avatar (white background)."""
     import torch
 
-    from hgm_core.camera import cameras_from_c2w_gl, turntable_poses
+    from hgm_core.camera import cameras_from_c2w_gl, intrinsics, turntable_poses
     from hgm_core.render import rasterize
     from hgm_core.render.images import image_grid
 
@@ -100,7 +100,7 @@ def render_turntable(gaussians, K: np.ndarray, up: np.ndarray, views: int, size:
     dist = float(center.norm())
     # A focal length that makes the avatar (radius `extent`) fill the square view at the orbit distance.
     f = size * 0.5 * dist / (extent * 1.15)
-    Kt = torch.tensor([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]])
+    Kt = intrinsics(f, f, size / 2, size / 2)
     poses = turntable_poses(center, torch.as_tensor(up, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), views)
     cams = cameras_from_c2w_gl(poses, Kt, size, size)
     with torch.no_grad():

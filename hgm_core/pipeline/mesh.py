@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from hgm_core.camera import cameras_from_c2w_gl, look_at
+from hgm_core.camera import cameras_from_c2w_gl, intrinsics_from_fov, look_at
 from hgm_core.gaussians import Gaussians
 from hgm_core.pipeline.types import BadInputError, Mesh
 
@@ -145,8 +145,7 @@ def _orbit_cameras(center: np.ndarray, axes: np.ndarray, radius: float, config: 
     c2w = look_at(eyes, c.expand_as(eyes), torch.stack(ups))
     half_fov = math.asin(radius / dist) * 1.05
     s = config.image_size
-    f = 0.5 * s / math.tan(half_fov)
-    K = torch.tensor([[f, 0, s / 2], [0, f, s / 2], [0, 0, 1.0]], dtype=torch.float64)
+    K = intrinsics_from_fov(s, s, 2 * math.degrees(half_fov), dtype=torch.float64)
     return cameras_from_c2w_gl(c2w, K, s, s)
 
 

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from hgm_core.camera import crop_intrinsics
+from hgm_core.camera import crop_intrinsics, pixel_rays
 from hgm_core.gaussians import Gaussians
 from hgm_core.pipeline.types import BadInputError, NoPersonError
 
@@ -64,7 +64,7 @@ def body_depth_maps(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, widt
     scene = o3d.t.geometry.RaycastingScene()
     scene.add_triangles(o3d.core.Tensor(np.ascontiguousarray(vertices, np.float32)),
                         o3d.core.Tensor(np.ascontiguousarray(faces, np.uint32)))
-    dirs = pixel_rays(K, width, height).reshape(-1, 3)  # z = 1, so hit distance t is the depth
+    dirs = pixel_rays(K, np.eye(4), (0, 0, width, height))[1].reshape(-1, 3)  # z = 1: hit distance = depth
     far = float(np.max(vertices[:, 2])) * 2.0 + 1.0
     zeros = np.zeros_like(dirs)
     front = scene.cast_rays(o3d.core.Tensor(np.concatenate((zeros, dirs), 1).astype(np.float32)))["t_hit"].numpy()
@@ -72,12 +72,6 @@ def body_depth_maps(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, widt
     t_back = scene.cast_rays(o3d.core.Tensor(from_back))["t_hit"].numpy()
     back = np.where(np.isfinite(t_back), far - t_back, np.inf)
     return front.reshape(height, width), back.reshape(height, width)
-
-
-def pixel_rays(K: np.ndarray, width: int, height: int) -> np.ndarray:
-    """`[H, W, 3]` ray directions with z = 1 through pixel centres (u + 0.5, v + 0.5)."""
-    v, u = np.meshgrid(np.arange(height) + 0.5, np.arange(width) + 0.5, indexing="ij")
-    return np.stack(((u - K[0, 2]) / K[0, 0], (v - K[1, 2]) / K[1, 1], np.ones_like(u)), -1)
 
 
 def extend_depth(depth: np.ndarray, mask: np.ndarray, smooth_px: float) -> np.ndarray:
@@ -204,7 +198,7 @@ def prior_gaussians(
     front_raw, back_raw = body_depth_maps(body_vertices, body_faces, Kg, R, R)
     front, back = body_layers(front_raw, back_raw, m, Kg[0, 0], config)
 
-    rays = pixel_rays(Kg, R, R)
+    rays = pixel_rays(Kg, np.eye(4), (0, 0, R, R))[1]
     p_front = rays * np.nan_to_num(front)[..., None]
     p_back = rays * np.nan_to_num(back)[..., None]
     footprint = np.nan_to_num(front) / Kg[0, 0]  # metres per grid pixel at the front surface
