@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("anny")
 pytest.importorskip("open3d")
 
+from hgm_core.data.reader import subject_distance  # noqa: E402
 from hgm_core.data.render import RenderConfig, decode_depth, write_subject  # noqa: E402
 from hgm_core.data.synth import (  # noqa: E402
     GENERATOR_VERSION, JOINT_LIMITS_DEG, SubjectSpec, SynthError, build_subject, sample_subject, subject_seed,
@@ -113,7 +114,8 @@ def test_depth_agrees_with_mesh(layout):
         world = (cam - E[:, 3]) @ E[:, :3]
         d = scene.compute_distance(o3d.core.Tensor(world.astype(np.float32))).numpy()
         assert np.median(d) < 5e-4 and d.max() < 3e-3, (v, np.median(d), d.max())
-        assert 1.2 < z.min() and z.max() < 2.8  # the subject sits around the 2 m ring centre
+        d = subject_distance(layout, "0000", 0.0)
+        assert d - 0.8 < z.min() and z.max() < d + 0.8  # the subject sits around the ring centre
 
 
 def test_reader_maps_cameras_into_canonical_frame(layout):
@@ -121,10 +123,13 @@ def test_reader_maps_cameras_into_canonical_frame(layout):
     from hgm_core.data.reader import MultiViewDataset, ReaderConfig, canonical_transform, cameras
 
     E = np.stack([_cameras(layout, v)[1] for v in range(12)])
-    c2w, w2c_canon = canonical_transform(E)
+    spec = json.loads((layout / "body" / "0000.json").read_text())["spec"]
+    c2w, w2c_canon = canonical_transform(E, subject_distance(layout, "0000", 2.0))
     np.testing.assert_allclose(c2w[0], np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1.5], [0, 0, 0, 1]]), atol=1e-12)
     np.testing.assert_allclose(np.linalg.norm(c2w[:, :3, 3], axis=1), 1.5, atol=1e-9)  # the look-at point is the origin
-    np.testing.assert_allclose(c2w[6, :3, 3], [0, 0, -1.5], atol=1e-9)  # back view
+    # The back view sits across the ring at the same height: 2 * 1.5 * cos(elevation) from the input camera.
+    across = 3.0 * np.cos(np.radians(spec["camera_elevation_deg"]))
+    np.testing.assert_allclose(np.linalg.norm(c2w[6, :3, 3] - c2w[0, :3, 3]), across, atol=1e-9)
 
     item = MultiViewDataset(layout, ReaderConfig(input_size=64, output_size=48, num_input_views=2))[0]
     assert item["input"].shape == (2, 9, 64, 64) and item["images_output"].shape == (12, 3, 48, 48)

@@ -9,6 +9,7 @@ that last step, so it is not applied.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +35,8 @@ class ReaderConfig:
         input_size: network input resolution (square).
         output_size: supervision resolution (square).
         num_input_views: 1 (view 0) or 2 (views 0 and n_views / 2), as HGM's `[::interval]`.
-        distance: camera distance of the renders in metres (GPS-Gaussian / HGM: 2.0).
+        distance: camera distance of the renders in metres (GPS-Gaussian / HGM: 2.0), used when a
+            subject does not record its own (`subject_distance`).
     """
 
     input_size: int = 512
@@ -54,6 +56,14 @@ def list_subjects(root: Path) -> dict[str, int]:
         if m and d.is_dir():
             views[m["id"]] = views.get(m["id"], 0) + 1
     return dict(sorted(views.items()))
+
+
+def subject_distance(root: Path, sid: str, default: float) -> float:
+    """The ring distance recorded in `body/{sid}.json` (hgm datagen varies it per subject), else `default`."""
+    path = Path(root) / "body" / f"{sid}.json"
+    if not path.exists():
+        return default
+    return float(json.loads(path.read_text()).get("render", {}).get("distance", default))
 
 
 def canonical_transform(extrinsics: np.ndarray, distance: float = 2.0) -> tuple[np.ndarray, np.ndarray]:
@@ -136,7 +146,7 @@ class MultiViewDataset(Dataset):
         h, w = views[0][0].shape[:2]
         E = np.stack([v[2] for v in views])
         Ks = np.stack([v[3] for v in views])
-        c2w_gl, world_to_canon = canonical_transform(E, cfg.distance)
+        c2w_gl, world_to_canon = canonical_transform(E, subject_distance(self.root, sid, cfg.distance))
         c2w_t = torch.from_numpy(c2w_gl).float()
 
         def resized(x: np.ndarray, size: int) -> torch.Tensor:
@@ -197,5 +207,5 @@ def load_subject_cameras(root: Path, sid: str) -> tuple[np.ndarray, np.ndarray, 
     return E, Ks, size
 
 
-__all__ = ["MultiViewDataset", "ReaderConfig", "canonical_transform", "cameras", "list_subjects", "load_subject_cameras",
+__all__ = ["MultiViewDataset", "ReaderConfig", "canonical_transform", "subject_distance", "cameras", "list_subjects", "load_subject_cameras",
            "DatasetLayoutError"]

