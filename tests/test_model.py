@@ -47,7 +47,7 @@ def test_shapes_and_ranges(preset: str, views: int, batch: int) -> None:
     S = cfg.splat_size
     assert out.merged.shape == out.unet.shape == (batch, views * S * S, 14)
     assert out.body.shape == (batch, cfg.num_vertices, 14)
-    check_ranges(out.unet, 1.0)
+    check_ranges(out.unet, 2.0 if cfg.body_guided else 1.0)  # guided: on the input rays
     check_ranges(out.body, 1.0)
     check_ranges(out.merged, 2.0)
     g = out.gaussians("merged", index=batch - 1).validate()

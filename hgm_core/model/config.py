@@ -49,6 +49,11 @@ class HGMConfig:
         fusion_window: side of the square window of splat pixels that attend to each other
             (odd blocks shift it by half), so memory is O(N * window^2), not O(N^2).
         fusion_chunk: windows processed per scaled_dot_product_attention call (bounds peak memory).
+    Guidance:
+        body_guided: heads predict residuals on the body-guided priors of `hgm_core.model.guide`
+            (body set coloured from the input, pixel-aligned set on the input rays at the body's
+            depth) instead of absolute values. False is the official function (`big`); the CPU
+            presets train with True because from-scratch prediction learns too slowly there.
     Views:
         num_views: 1 (front) or 2 (front + back); fixes the cross-view attention grouping.
         fovy_deg: default vertical field of view of `default_views` (LGM/HGM `opt.fovy`).
@@ -80,6 +85,7 @@ class HGMConfig:
     fusion_heads: int = 4
     fusion_window: int = 8
     fusion_chunk: int = 256
+    body_guided: bool = False
     num_views: int = 1
     fovy_deg: float = 49.1
 
@@ -191,8 +197,9 @@ _SMALL = dict(
     fusion_heads=8,
     fusion_window=8,
     fusion_chunk=256,
+    body_guided=True,
 )
-_TINY: dict[str, Any] = dict(name="tiny")
+_TINY: dict[str, Any] = dict(name="tiny", body_guided=True)
 
 
 def config_for(preset: str, *, num_views: int = 1, body_model: str = "anny", **overrides: Any) -> HGMConfig:

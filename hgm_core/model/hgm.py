@@ -31,6 +31,7 @@ from hgm_core.gaussians import Gaussians
 from hgm_core.model.body_branch import BodyGaussianHead, VertexCrossAttention, project_to_grid, sample_views
 from hgm_core.model.config import HGMConfig
 from hgm_core.model.fusion import FusionTransformer
+from hgm_core.model.guide import body_prior, pixel_prior
 from hgm_core.model.image_encoder import ImageEncoder
 from hgm_core.model.sparse import SparseConvNet, sample_volumes, voxelize
 from hgm_core.model.unet import UNet
@@ -42,6 +43,11 @@ GAUSSIAN_CHANNELS: tuple[str, ...] = (
     "x", "y", "z", "opacity", "scale_0", "scale_1", "scale_2", "qw", "qx", "qy", "qz", "r", "g", "b",
 )
 """The 14 network channels, in order (raw and activated share it)."""
+
+PIXEL_OFFSET = 0.2
+"""Body-guided pixel set: largest UNet offset (canonical units) from the ray point at the body's depth."""
+RESIDUAL_INIT = 0.1
+"""Body-guided heads start with weights scaled by this, so the first avatar is close to the prior."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,7 +86,7 @@ class HGMOutput:
 
     Attributes:
         merged: the fused avatar, N = V * S * S (xyz may reach [-2, 2], as in the official code).
-        unet: the UNet branch alone, N = V * S * S, xyz in [-1, 1] (training loss).
+        unet: the UNet branch alone, N = V * S * S, xyz in [-1, 1] ([-2, 2] when body-guided).
         body: one Gaussian per body vertex, N = Nv, xyz in [-1, 1] (training loss).
     """
 
@@ -126,6 +132,11 @@ class HGM(nn.Module):
         self.xyzc_net = SparseConvNet(cfg.token_dim, cfg.sparse_levels)
         self.fusion = FusionTransformer(3 + cfg.feature_dim + cfg.sparse_dim, cfg.fusion_dim, cfg.fusion_depth,
                                         cfg.fusion_heads, cfg.fusion_window, cfg.fusion_chunk)
+        if cfg.body_guided:
+            with torch.no_grad():
+                for head in (self.conv, self.body_head.mlp[-1], self.fusion.head):
+                    head.weight.mul_(RESIDUAL_INIT)
+                    head.bias.zero_()
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
@@ -197,7 +208,12 @@ class HGM(nn.Module):
         # UNet branch: pixel-aligned Gaussians, view-major then row-major.
         raw_u, feats = self.unet(x, V)
         raw_u = self.conv(raw_u).reshape(B, V, 14, S, S).permute(0, 1, 3, 4, 2).reshape(B, V * S * S, 14)
-        pos_u = raw_u[..., :3].clamp(-1, 1)
+        if cfg.body_guided:  # residuals on the pixel rays at the body's depth (hgm_core.model.guide)
+            centres, prior_u = pixel_prior(images, vertices, K, c2w, S)
+            pos_u = (centres + PIXEL_OFFSET * torch.tanh(raw_u[..., :3])).clamp(-2, 2)
+            raw_u = raw_u + prior_u
+        else:
+            pos_u = raw_u[..., :3].clamp(-1, 1)
         unet = torch.cat((pos_u, activate_attributes(raw_u)), -1)
         feats = feats.reshape(B, V, -1, S, S).permute(0, 1, 3, 4, 2).reshape(B, V * S * S, -1)
 
@@ -211,6 +227,8 @@ class HGM(nn.Module):
             return self.xyzc_attn(tokens, sample_views(f2, grid))
 
         raw_b = self.body_head(vertices, vertex_features(vertices))
+        if cfg.body_guided:
+            raw_b = raw_b + body_prior(images, vertices, K, c2w)
         pos_b = (vertices + raw_b[..., :3].clamp(-1, 1)).clamp(-1, 1)
         body = torch.cat((pos_b, activate_attributes(raw_b)), -1)
 
@@ -220,5 +238,7 @@ class HGM(nn.Module):
 
         # Fusion: xyz residual on the UNet centres, every other attribute replaced.
         raw_m = self.fusion(torch.cat((pos_u, feats, volume_feats), -1), V)
+        if cfg.body_guided:
+            raw_m = raw_m + prior_u
         merged = torch.cat((pos_u + raw_m[..., :3].clamp(-1, 1), activate_attributes(raw_m)), -1)
         return HGMOutput(merged=merged, unet=unet, body=body)

@@ -1,0 +1,165 @@
+"""Body-guided priors: the avatar the network corrects instead of predicting from scratch.
+
+A first CPU training probe (issue #11) found that a network predicting every Gaussian attribute
+from scratch spends its budget learning the silhouette, and that a pixel-aligned set started at a
+tiny opacity never receives gradient (contributions below 1/255 are skipped by the rasterizer).
+With `HGMConfig.body_guided` the heads predict *residuals* on top of raw values built here:
+
+- body set: every vertex coloured from the input image(s) at its projection (the body-colour
+  baseline), opaque (`BODY_OPACITY_LOGIT`), isotropic at about the vertex spacing;
+- pixel-aligned set: one Gaussian per splat pixel on the input ray at the body's depth there
+  (a z-buffer of the projected vertices), coloured by the pixel, sized to the pixel footprint,
+  with an opacity start that still gets gradient (`PIXEL_OPACITY_LOGIT`).
+
+All functions are pure; shapes use B (batch), V (input views), Nv (vertices), S (splat side).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from hgm_core.camera import optical_to_opengl
+
+BODY_OPACITY_LOGIT = 2.0
+"""sigmoid(2) = 0.88: the body set starts as an opaque skin."""
+PIXEL_OPACITY_LOGIT = (0.0, -2.0)
+"""Start of the pixel-aligned set inside / outside the body's footprint: 0.5 and 0.12, both well above 1/255."""
+BODY_SCALE_PER_HEIGHT = 0.0045
+"""Isotropic body-Gaussian scale as a share of the body's height (~0.6 of anny's ~1.1 cm vertex spacing)."""
+PIXEL_SCALE_PER_FOOTPRINT = 0.6
+"""Pixel-Gaussian scale as a share of the pixel's footprint at its depth."""
+COLOUR_EPS = 1e-3
+
+
+def inverse_colour(rgb: torch.Tensor) -> torch.Tensor:
+    """Raw colour whose activation `0.5 tanh(x) + 0.5` gives `rgb` (clamped away from 0 and 1)."""
+    return torch.atanh((2 * rgb - 1).clamp(-1 + COLOUR_EPS, 1 - COLOUR_EPS))
+
+
+def inverse_scale(scale: torch.Tensor) -> torch.Tensor:
+    """Raw scale whose activation `0.1 softplus(x)` gives `scale` (> 0)."""
+    s = (scale / 0.1).clamp_min(1e-6)
+    return s + torch.log(-torch.expm1(-s))  # log(exp(s) - 1), stable for large s
+
+
+def camera_points(points: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """`points [B, P, 3]` canonical -> `[B, V, P, 3]` in each view's optical camera axes (z forward).
+
+    `c2w` is `[B, V, 4, 4]` OpenGL camera-to-world."""
+    viewmats = torch.linalg.inv(optical_to_opengl(c2w))
+    return torch.einsum("bvij,bpj->bvpi", viewmats[..., :3, :3], points) + viewmats[:, :, None, :3, 3]
+
+
+def body_colours(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """Body-colour baseline: each vertex takes the colour at its projection in the nearest input view.
+
+    Occlusion is ignored on purpose (it is what the residual learns): with one view the back of the
+    body repeats the front.
+
+    Args:
+        images: `[B, V, 3, H, W]` RGB in [0, 1]; vertices: `[B, Nv, 3]` canonical;
+        K: `[B, V, 3, 3]` intrinsics of the images; c2w: `[B, V, 4, 4]` OpenGL camera-to-world.
+    Returns:
+        `[B, Nv, 3]` RGB in [0, 1].
+    """
+    B, V, _, H, W = images.shape
+    cam = camera_points(vertices, c2w)  # [B, V, Nv, 3]
+    uvw = torch.einsum("bvij,bvpj->bvpi", K, cam)
+    uv = uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)
+    grid = torch.stack((2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1), -1).clamp(-1, 1)
+    s = F.grid_sample(images.reshape(B * V, 3, H, W), grid.reshape(B * V, -1, 1, 2), mode="bilinear",
+                      padding_mode="border", align_corners=False)[..., 0]  # [B*V, 3, Nv]
+    s = s.reshape(B, V, 3, -1).permute(0, 1, 3, 2)  # [B, V, Nv, 3]
+    nearest = cam[..., 2].argmin(1)  # [B, Nv]: the view whose camera is closest sees that side
+    return torch.gather(s, 1, nearest[:, None, :, None].expand(B, 1, s.shape[2], 3))[:, 0]
+
+
+def body_depth_map(vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, image_size: int, splat_size: int
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Z-buffer of the projected vertices on each view's splat grid.
+
+    Args:
+        vertices: `[B, Nv, 3]` canonical; K: `[B, V, 3, 3]` at `image_size`; c2w: `[B, V, 4, 4]` OpenGL.
+    Returns:
+        depth `[B, V, S, S]` (camera z; holes of one pixel closed from their neighbours, pixels off
+        the body at the view's median body depth) and footprint `[B, V, S, S]` bool (on the body).
+    """
+    B, V = K.shape[:2]
+    S = splat_size
+    cam = camera_points(vertices, c2w)
+    z = cam[..., 2]
+    Ks = K * torch.tensor([[S / image_size], [S / image_size], [1.0]], dtype=K.dtype, device=K.device)
+    uvw = torch.einsum("bvij,bvpj->bvpi", Ks, cam)
+    uv = torch.floor(uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)).long()
+    ok = (z > 1e-3) & (uv >= 0).all(-1) & (uv < S).all(-1)
+    far = torch.finfo(z.dtype).max
+    flat = torch.full((B * V * S * S,), far, dtype=z.dtype, device=z.device)
+    base = torch.arange(B * V, device=z.device).reshape(B, V, 1) * S * S
+    index = (base + uv[..., 1] * S + uv[..., 0])[ok]
+    flat = flat.scatter_reduce(0, index, z[ok], reduce="amin")
+    depth = flat.reshape(B, V, S, S)
+    hit = depth < far
+    neighbour = -F.max_pool2d(-depth.reshape(B * V, 1, S, S), 3, 1, 1).reshape(B, V, S, S)
+    footprint = hit | (neighbour < far)
+    depth = torch.where(hit, depth, neighbour)
+    zs = torch.where(ok, z, torch.nan)
+    median = zs.nanmedian(-1).values  # [B, V]; NaN when no vertex is in view
+    fallback = torch.where(torch.isnan(median), c2w[..., :3, 3].norm(dim=-1), median)
+    return torch.where(footprint, depth, fallback[..., None, None]), footprint
+
+
+def splat_rays(K: torch.Tensor, c2w: torch.Tensor, image_size: int, splat_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rays through the splat-pixel centres.
+
+    Returns origins `[B, V, 1, 1, 3]` and directions `[B, V, S, S, 3]` in canonical coordinates, scaled
+    so that camera z = 1 (a point at depth z is `o + z * d`)."""
+    S = splat_size
+    scale = image_size / S
+    c = (torch.arange(S, dtype=K.dtype, device=K.device) + 0.5) * scale  # centres in input pixels
+    fx, fy, cx, cy = (K[..., 0, 0], K[..., 1, 1], K[..., 0, 2], K[..., 1, 2])
+    x = (c[None, None, None, :] - cx[..., None, None]) / fx[..., None, None]  # [B, V, 1, S]
+    y = (c[None, None, :, None] - cy[..., None, None]) / fy[..., None, None]  # [B, V, S, 1]
+    x, y = torch.broadcast_tensors(x, y)
+    d_cv = torch.stack((x, y, torch.ones_like(x)), -1)  # optical axes
+    R = optical_to_opengl(c2w)[..., :3, :3]  # optical camera axes -> canonical
+    d = torch.einsum("bvij,bvhwj->bvhwi", R, d_cv)
+    return c2w[:, :, None, None, :3, 3], d
+
+
+def body_prior(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """Raw `[B, Nv, 14]` body-set prior (xyz offset 0, opaque, vertex-sized, body colours)."""
+    B, Nv, _ = vertices.shape
+    height = (vertices[..., 1].amax(1) - vertices[..., 1].amin(1)).clamp_min(1e-3)  # [B]
+    raw = vertices.new_zeros(B, Nv, 14)
+    raw[..., 3] = BODY_OPACITY_LOGIT
+    raw[..., 4:7] = inverse_scale(BODY_SCALE_PER_HEIGHT * height)[:, None, None]
+    raw[..., 7] = 1.0  # identity rotation
+    raw[..., 11:14] = inverse_colour(body_colours(images, vertices, K, c2w))
+    return raw
+
+
+def pixel_prior(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, splat_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pixel-aligned prior.
+
+    Returns:
+        centres `[B, V*S*S, 3]`: each splat pixel's ray at the body's depth (canonical), and
+        raw `[B, V*S*S, 14]` attributes (xyz channels 0): opacity start by footprint, pixel-sized,
+        the pixel's colour. View-major then row-major, as the UNet set.
+    """
+    B, V, _, H, _ = images.shape
+    S = splat_size
+    depth, footprint = body_depth_map(vertices, K, c2w, H, S)
+    origin, dirs = splat_rays(K, c2w, H, S)
+    centres = (origin + depth[..., None] * dirs).reshape(B, V * S * S, 3)
+    fy_splat = K[..., 1, 1] * S / H  # [B, V]
+    footprint_size = depth / fy_splat[..., None, None]
+    colour = F.adaptive_avg_pool2d(images.reshape(B * V, 3, H, H), S).reshape(B, V, 3, S, S).permute(0, 1, 3, 4, 2)
+    raw = images.new_zeros(B, V, S, S, 14)
+    inside, outside = PIXEL_OPACITY_LOGIT
+    raw[..., 3] = torch.where(footprint, torch.full_like(depth, inside), torch.full_like(depth, outside))
+    raw[..., 4:7] = inverse_scale(PIXEL_SCALE_PER_FOOTPRINT * footprint_size)[..., None]
+    raw[..., 7] = 1.0
+    raw[..., 11:14] = inverse_colour(colour)
+    return centres, raw.reshape(B, V * S * S, 14)
