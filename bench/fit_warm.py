@@ -25,10 +25,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hgm_core.paths import configure_third_party_caches  # noqa: E402
+from hgm_core.runtime import configure_process  # noqa: E402
 
-configure_third_party_caches()
-torch.set_num_threads(1)
+configure_process(threads=1)
 
 from hgm_core.body import AnnyBody, fit_body  # noqa: E402
 from hgm_core.body.fit import warm_start_params  # noqa: E402

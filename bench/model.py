@@ -26,7 +26,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
 def measure(preset: str, views: int, repeats: int, warmup: int, threads: int) -> dict:
     import torch
 
-    torch.set_num_threads(threads)
+    from hgm_core.runtime import set_compute_threads
+
+    set_compute_threads(threads)
     from hgm_core.model import HGM, config_for, default_views
 
     cfg = config_for(preset, num_views=views)

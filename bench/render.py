@@ -17,10 +17,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-import numba
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from hgm_core.runtime import configure_process, set_compute_threads  # noqa: E402
+
+configure_process()  # this script is an entry point: caches and numba's threading layer first
+
+import numba  # noqa: E402
+import torch  # noqa: E402
 
 from hgm_core.render import _tile_kernels as K  # noqa: E402
 from hgm_core.render import rasterize  # noqa: E402
@@ -98,13 +102,13 @@ def main() -> int:
     }
     # The kernels use torch.get_num_threads() threads; the project runs torch single-threaded.
     for threads in sorted({1, default_threads}):
-        torch.set_num_threads(threads)
+        set_compute_threads(threads)
         for size, runs in ((256, 24), (512, 10)):
             cams = [turntable_cameras(size)[i] for i in range(8)]
             entry = time_backend(g, cams, "torch", runs)
             entry["forward_stages_ms"] = forward_stages(g, cams, runs)
             result["tiled"][f"{size}x{size}, {threads} thread(s)"] = entry
-    torch.set_num_threads(1)
+    set_compute_threads(1)
     result["numba_threading_layer"] = numba.threading_layer()
 
     # Same small scene for both: the dense reference is O(N * H * W) in time and memory.

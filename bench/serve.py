@@ -19,7 +19,7 @@ import torch
 import zmq
 
 from hgm_core.gaussians import Gaussians
-from hgm_core.pipeline.types import Reconstruction
+from hgm_core.types import Reconstruction
 from hgm_core.serve.client import WorkerClient
 from hgm_core.serve.worker import Worker
 from _results import median_s, write_results

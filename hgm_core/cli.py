@@ -54,6 +54,9 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from hgm_core.runtime import configure_process
+
+    configure_process()  # before any command imports anny, warp or numba
     argv = list(sys.argv[1:] if argv is None else argv)
     parser, modules = build_parser(argv)
     args = parser.parse_args(argv)

@@ -22,12 +22,3 @@ def cache_dir() -> Path:
     if (checkout / "pyproject.toml").exists() and (checkout / "hgm_core").is_dir():
         return checkout / ".cache"
     return Path.home() / ".cache" / "hgm"
-
-
-def configure_third_party_caches() -> None:
-    """Point anny's and warp's caches into `cache_dir()` unless the user chose other places.
-
-    Must run before `import anny` / `import warp` (they read the variables at import)."""
-    root = cache_dir()
-    os.environ.setdefault("ANNY_CACHE_DIR", str(root / "anny"))
-    os.environ.setdefault("WARP_CACHE_PATH", str(root / "warp"))

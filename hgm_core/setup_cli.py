@@ -24,9 +24,6 @@ STEPS: list[tuple[str, str, str]] = [
 
 
 def build_anny_cache(force: bool = False) -> str:
-    from hgm_core.paths import configure_third_party_caches
-
-    configure_third_party_caches()
     if force:
         shutil.rmtree(os.environ["ANNY_CACHE_DIR"], ignore_errors=True)
     import anny  # only after the cache variables are set: anny reads them at import

@@ -7,12 +7,11 @@ import os
 import pytest
 import torch
 
-from hgm_core.paths import configure_third_party_caches
+from hgm_core.runtime import configure_process
 
-configure_third_party_caches()
-# spconv's CPU kernels are wrong with >1 torch thread (reference/environment.md); tests and the
-# library run CPU torch single-threaded where it matters, and a fixed count keeps timings comparable.
-torch.set_num_threads(int(os.environ.get("HGM_TEST_THREADS", "1")))
+# The test session is an entry point: it decides caches and threads once, as the `hgm` commands do.
+# One thread keeps timings comparable and matches the commands' default.
+configure_process(threads=int(os.environ.get("HGM_TEST_THREADS", "1")))
 
 
 @pytest.fixture

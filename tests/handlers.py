@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from hgm_core.gaussians import Gaussians
-from hgm_core.pipeline.types import Mesh, Reconstruction, ReconstructionRequest, Skeleton
+from hgm_core.types import Mesh, Reconstruction, ReconstructionRequest, Skeleton
 from hgm_core.serve.worker import Worker, WorkerConfig
 
 WORKER_COMMAND = [sys.executable, "-m", "tests.handlers"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from hgm_core.perception import DEFAULT_FOV_DEG, LANDMARK_NAMES, PerceptionConfig, crop_person, default_intrinsics, perceive
-from hgm_core.pipeline.types import BadInputError, CameraInfo, CropTooSmallError, NoPersonError
+from hgm_core.types import BadInputError, CameraInfo, CropTooSmallError, NoPersonError
 
 MESSI = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")
 

@@ -9,7 +9,8 @@ from scipy.spatial import cKDTree
 
 from hgm_core.gaussians import Gaussians, rotmat_to_quat
 from hgm_core.paths import ASSETS_DIR
-from hgm_core.pipeline import BadInputError, ReconstructionRequest, Reconstructor, ReconstructorConfig
+from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+from hgm_core.types import BadInputError, ReconstructionRequest
 from hgm_core.pipeline.cli import load_camera_info, load_image
 from hgm_core.pipeline.mesh import MeshConfig, gaussians_to_mesh
 
@@ -154,7 +155,7 @@ def test_empty_input_is_a_clear_error():
 
 @pytest.fixture(scope="module")
 def sample_reconstruction():
-    rec = Reconstructor(ReconstructorConfig(fit_iterations=40, mesh=True))
+    rec = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 40, "mesh_by_default": True}))
     image = load_image(str(ASSETS_DIR / "sample" / "person.jpg"))
     camera = load_camera_info(str(ASSETS_DIR / "sample" / "camera_info.yaml"))
     return rec.run(ReconstructionRequest(image, camera=camera))

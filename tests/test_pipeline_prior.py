@@ -6,9 +6,10 @@ import pytest
 import torch
 
 from hgm_core.camera import Cameras
-from hgm_core.pipeline import NoPersonError, PriorConfig, prior_gaussians
+from hgm_core.pipeline import PriorConfig, prior_gaussians
+from hgm_core.types import NoPersonError
 from hgm_core.pipeline.prior import body_depth_maps, extend_depth
-from hgm_core.pipeline.types import BadInputError
+from hgm_core.types import BadInputError
 from hgm_core.render import rasterize
 
 W, H = 160, 240

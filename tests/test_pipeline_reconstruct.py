@@ -10,10 +10,8 @@ import pytest
 
 from hgm_core.cli import main as hgm_main
 from hgm_core.paths import ASSETS_DIR
-from hgm_core.pipeline import (
-    CameraInfo, CropTooSmallError, NoPersonError, ReconstructionRequest, Reconstructor, ReconstructorConfig,
-    StageUnavailableError,
-)
+from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+from hgm_core.types import CameraInfo, CropTooSmallError, NoPersonError, ReconstructionRequest, StageUnavailableError
 from hgm_core.pipeline.cli import load_camera_info, load_image
 
 SAMPLE = ASSETS_DIR / "sample" / "person.jpg"
@@ -22,13 +20,14 @@ SAMPLE_CAMERA = ASSETS_DIR / "sample" / "camera_info.yaml"
 
 @pytest.fixture(scope="module")
 def reconstructor():
-    return Reconstructor(ReconstructorConfig(fit_iterations=60))
+    return Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 60}))
 
 
 def test_sample_frame_gives_a_metric_avatar_in_the_camera_frame(reconstructor):
     image = load_image(str(SAMPLE))
     cam = load_camera_info(str(SAMPLE_CAMERA))
-    out = reconstructor.run(ReconstructionRequest(image, camera=cam))
+    frame, timings = reconstructor.run_frame(ReconstructionRequest(image, camera=cam))
+    out = reconstructor.result(frame, timings)
     g = out.gaussians.validate()
     assert 5_000 < len(g) < 100_000
     # The sample camera stands 2.0 m from the subject (see assets/sample/README.md).
@@ -37,9 +36,10 @@ def test_sample_frame_gives_a_metric_avatar_in_the_camera_frame(reconstructor):
     height = np.percentile(g.means[:, 1].numpy(), 99) - np.percentile(g.means[:, 1].numpy(), 1)
     assert 1.3 < height < 2.1  # an adult, in metres
     assert set(out.timings) >= {"perceive", "fit_body", "prior", "total"}
-    assert out.info["intrinsics_source"] == "camera_info" and out.info["num_people"] == 1
+    assert out.info["perceive"]["intrinsics_source"] == "camera_info" and out.info["perceive"]["num_people"] == 1
+    assert out.info["stages_run"] == ["perceive", "fit_body", "prior"] and out.stages == "prior"
     assert out.skeleton is not None and len(out.skeleton.names) == out.skeleton.joints.shape[0]
-    assert out.body_fit.keypoint_error_px < 8.0
+    assert frame.body.keypoint_error_px < 8.0
     json.dumps(out.info)  # wire-safe
 
 
@@ -47,19 +47,19 @@ def test_a_stream_warm_starts_the_body_fit():
     image = load_image(str(SAMPLE))
     cam = load_camera_info(str(SAMPLE_CAMERA))
     shifted = np.roll(image, (3, -4), axis=(0, 1))  # the next frame: the person moved a few pixels
-    tracking = Reconstructor(ReconstructorConfig(fit_iterations=60, track_refresh=3))
-    first = tracking.run(ReconstructionRequest(image, camera=cam)).body_fit
-    second = tracking.run(ReconstructionRequest(shifted, camera=cam)).body_fit
-    third = tracking.run(ReconstructionRequest(image, camera=cam)).body_fit
-    fourth = tracking.run(ReconstructionRequest(shifted, camera=cam)).body_fit
+    tracking = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 60, "body.track.refresh": 3}))
+    first = tracking.run_frame(ReconstructionRequest(image, camera=cam))[0].body
+    second = tracking.run_frame(ReconstructionRequest(shifted, camera=cam))[0].body
+    third = tracking.run_frame(ReconstructionRequest(image, camera=cam))[0].body
+    fourth = tracking.run_frame(ReconstructionRequest(shifted, camera=cam))[0].body
     assert not first.warm_started and second.warm_started and second.iterations < first.iterations
     assert second.keypoint_error_px < 8.0
     assert third.warm_started and not fourth.warm_started  # track_refresh=3: cold again 3 fits after a cold one
-    other_stream = tracking.run(ReconstructionRequest(shifted, camera=cam, stream="camera 2")).body_fit
+    other_stream = tracking.run_frame(ReconstructionRequest(shifted, camera=cam, stream="camera 2"))[0].body
     assert not other_stream.warm_started  # another camera's stream never starts from this one's fit
-    cold = Reconstructor(ReconstructorConfig(fit_iterations=60, track=False))
+    cold = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 60, "body.track.enabled": False}))
     cold.run(ReconstructionRequest(image, camera=cam))
-    assert not cold.run(ReconstructionRequest(shifted, camera=cam)).body_fit.warm_started
+    assert not cold.run_frame(ReconstructionRequest(shifted, camera=cam))[0].body.warm_started
 
 
 def test_given_mask_wins_and_bad_inputs_have_clear_errors(reconstructor):

@@ -51,10 +51,7 @@ class AnnyBody(BodyModel):
         super().__init__()
         if topology not in ("anny", "anny-full"):
             raise ValueError(f"anny topology {topology!r} is not offline-safe; use 'anny' or 'anny-full'")
-        from hgm_core.paths import configure_third_party_caches
-
-        configure_third_party_caches()
-        import anny  # after the cache variables are set
+        import anny  # heavy; its cache lives where ANNY_CACHE_DIR points (hgm_core.runtime.configure_process)
 
         self.anny = anny.Anny(topology=topology).to(torch.float32)
         self.phenotype_labels = tuple(self.anny.phenotype_labels)

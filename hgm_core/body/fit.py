@@ -31,7 +31,7 @@ import torch
 
 from hgm_core.body.base import BodyModel, BodyOutput, BodyParams
 from hgm_core.perception.perceive import LANDMARK_NAMES, Perception
-from hgm_core.pipeline.types import NoPersonError, Skeleton
+from hgm_core.types import NoPersonError, Skeleton
 
 BLAZEPOSE_FOR_KEYPOINT = {
     "nose": "nose", "left_eye": "left_eye", "right_eye": "right_eye", "left_ear": "left_ear",

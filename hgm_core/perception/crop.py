@@ -10,7 +10,7 @@ import torch
 
 from hgm_core.camera import crop_intrinsics
 from hgm_core.perception.perceive import Perception
-from hgm_core.pipeline.types import BadInputError
+from hgm_core.types import BadInputError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from hgm_core.pipeline.types import BadInputError, CameraInfo, CropTooSmallError, NoPersonError
+from hgm_core.types import BadInputError, CameraInfo, CropTooSmallError, NoPersonError
 
 DEFAULT_FOV_DEG = 55.0
 """Field of view (degrees) across the longer image side used when no camera intrinsics are given."""

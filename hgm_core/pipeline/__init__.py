@@ -1,20 +1,17 @@
-"""The stages of DESIGN §4 and the `Reconstructor` that chains them.
+"""The stages of the pipeline and the `Reconstructor` that chains them (docs/architecture.md).
 
-    from hgm_core.pipeline import Reconstructor, ReconstructionRequest
-    rec = Reconstructor()                                   # warm: pose estimator + body model
+    from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+    from hgm_core.types import ReconstructionRequest
+    rec = Reconstructor.from_config(ReconstructorConfig())   # warm: pose estimator + body model
     out = rec.run(ReconstructionRequest(image, stages="prior"))
-    out.gaussians                                           # camera optical frame, metres
+    out.gaussians                                             # camera optical frame, metres
 """
 
 from hgm_core.pipeline.prior import PriorConfig, prior_gaussians
-from hgm_core.pipeline.reconstructor import Reconstructor, ReconstructorConfig, StageUnavailableError
-from hgm_core.pipeline.types import (
-    STAGES, BadInputError, CameraInfo, CropTooSmallError, Mesh, NoPersonError, PipelineError, Reconstruction,
-    ReconstructionRequest, Skeleton,
-)
+from hgm_core.pipeline.reconstructor import BodyConfig, CoarseConfig, Reconstructor, ReconstructorConfig
+from hgm_core.pipeline.stage import LEVELS, Frame, Stage
 
 __all__ = [
-    "STAGES", "BadInputError", "CameraInfo", "CropTooSmallError", "Mesh", "NoPersonError", "PipelineError",
-    "PriorConfig", "Reconstruction", "ReconstructionRequest", "Reconstructor", "ReconstructorConfig", "Skeleton",
-    "StageUnavailableError", "prior_gaussians",
+    "LEVELS", "BodyConfig", "CoarseConfig", "Frame", "PriorConfig", "Reconstructor", "ReconstructorConfig", "Stage",
+    "prior_gaussians",
 ]

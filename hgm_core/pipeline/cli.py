@@ -26,6 +26,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fit-iterations", type=int, default=None, help="body-fit iterations (default: library default)")
     p.add_argument("--views", type=int, default=8, help="turntable views (default: 8)")
     p.add_argument("--mesh", action="store_true", help="also extract the avatar's surface as a coloured mesh.ply (~1.5 s)")
+    p.add_argument("--config", help="ReconstructorConfig JSON (as in a report.json's \"config\"); flags override it")
+    p.add_argument("--threads", type=int, default=1, help="compute threads (default: 1, fastest for the body fit on a loaded machine)")
 
 
 def load_image(path: str) -> np.ndarray:
@@ -50,7 +52,7 @@ def load_camera_info(path: str):
     """Intrinsics from a ROS camera_info YAML (`camera_matrix: {data: [...]}`, `K: [...]` or `k: [...]`)."""
     import yaml
 
-    from hgm_core.pipeline.types import CameraInfo
+    from hgm_core.types import CameraInfo
 
     try:
         data = yaml.safe_load(Path(path).read_text())
@@ -108,34 +110,58 @@ def render_turntable(gaussians, K: np.ndarray, up: np.ndarray, views: int, size:
     return image_grid(out.rgb.clamp(0, 1), columns=min(views, 4))
 
 
+def reconstructor_config(args: argparse.Namespace):
+    """The `ReconstructorConfig` of the flags shared by `hgm reconstruct` and `hgm serve`."""
+    from hgm_core.configs import ConfigFieldError
+    from hgm_core.pipeline import ReconstructorConfig
+
+    try:
+        config = ReconstructorConfig.load(args.config) if getattr(args, "config", None) else ReconstructorConfig()
+    except (OSError, ValueError) as e:
+        raise CliError(f"cannot read --config {args.config}: {e}") from None
+    changes = {"mesh_by_default": True} if args.mesh else {}
+    if args.checkpoint:
+        changes["coarse.checkpoint"] = args.checkpoint
+    if args.fit_iterations is not None:
+        changes["body.fit.iterations"] = args.fit_iterations
+    try:
+        return config.override(changes)
+    except ConfigFieldError as e:
+        raise CliError(str(e)) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from hgm_core.pipeline import PipelineError, ReconstructionRequest, Reconstructor, ReconstructorConfig
+    from hgm_core.pipeline import Reconstructor
+    from hgm_core.runtime import set_compute_threads
+    from hgm_core.types import PipelineError, ReconstructionRequest
 
+    set_compute_threads(args.threads)
     image = load_image(args.image)
     mask = load_mask(args.mask) if args.mask else None
     camera = load_camera_info(args.camera_info) if args.camera_info else None
     t0 = time.perf_counter()
     with tqdm(total=4, desc="hgm reconstruct", unit="step") as bar:
         bar.set_postfix_str("load models")
-        overrides = {} if args.fit_iterations is None else {"fit_iterations": args.fit_iterations}
-        rec = Reconstructor(ReconstructorConfig(checkpoint=args.checkpoint, mesh=args.mesh, **overrides))
+        rec = Reconstructor.from_config(reconstructor_config(args))
         _advance(bar, "reconstruct")
         try:
-            result = rec.run(ReconstructionRequest(image=image, camera=camera, mask=mask, stages=args.stages))
+            request = ReconstructionRequest(image=image, camera=camera, mask=mask, stages=args.stages)
+            frame, timings = rec.run_frame(request)
+            result = rec.result(frame, timings)
         except PipelineError as e:
             raise CliError(f"{e.kind}: {e}") from None
         _advance(bar, "score + turntable")
-        scores = front_view_scores(result.gaussians, result.perception.K, image, result.perception.mask)
-        sheet = render_turntable(result.gaussians, result.perception.K, _body_up(result), args.views)
+        per = frame.perception
+        scores = front_view_scores(result.gaussians, per.K, image, per.mask)
+        sheet = render_turntable(result.gaussians, per.K, _body_up(result), args.views)
         _advance(bar, "write files")
-        written = _write_outputs(Path(args.output), args, result, scores, sheet, time.perf_counter() - t0)
+        written = _write_outputs(Path(args.output), args, frame, result, scores, sheet, time.perf_counter() - t0)
         bar.update()
-    fit = result.body_fit
-    print(f"avatar: {len(result.gaussians)} Gaussians -> {written[0]}")
+    print(f"avatar: {len(result.gaussians)} Gaussians ({', '.join(result.info['stages_run'])}) -> {written[0]}")
     print(f"front view: IoU {scores['front_iou']:.3f}, masked PSNR {scores['front_psnr_masked']:.1f} dB; "
-          f"fit keypoint error {fit.keypoint_error_px:.1f} px")
+          f"fit keypoint error {frame.body.keypoint_error_px:.1f} px")
     print(f"wrote {', '.join(map(str, written))}")
     return 0
 
@@ -145,7 +171,7 @@ def _advance(bar, next_step: str) -> None:
     bar.set_postfix_str(next_step)
 
 
-def _write_outputs(out_dir: Path, args: argparse.Namespace, result, scores: dict, sheet: np.ndarray,
+def _write_outputs(out_dir: Path, args: argparse.Namespace, frame, result, scores: dict, sheet: np.ndarray,
                    wall_s: float) -> list[Path]:
     from PIL import Image
 
@@ -153,7 +179,7 @@ def _write_outputs(out_dir: Path, args: argparse.Namespace, result, scores: dict
     from hgm_core.io.ply import write_ply
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    fit, per = result.body_fit, result.perception
+    fit, per = frame.body, frame.perception
     written = [write_ply(out_dir / "avatar.ply", result.gaussians),
                write_mesh_ply(out_dir / "body.ply", result.body_mesh.vertices, result.body_mesh.faces)]
     if result.mesh is not None:

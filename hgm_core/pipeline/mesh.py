@@ -1,7 +1,7 @@
 """Stage 7 (DESIGN §4): a coloured triangle mesh from an avatar's Gaussians.
 
     from hgm_core.pipeline.mesh import MeshConfig, gaussians_to_mesh
-    mesh = gaussians_to_mesh(result.gaussians)               # hgm_core.pipeline.types.Mesh
+    mesh = gaussians_to_mesh(result.gaussians)               # hgm_core.types.Mesh
 
 The Gaussians are rendered (depth where the splats are opaque, and colour) from rings of views
 around their principal axis plus one view down each end of it; the depth maps are fused into a
@@ -29,7 +29,7 @@ import torch
 
 from hgm_core.camera import cameras_from_c2w_gl, intrinsics_from_fov, look_at
 from hgm_core.gaussians import Gaussians
-from hgm_core.pipeline.types import BadInputError, Mesh
+from hgm_core.types import BadInputError, Mesh
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ from scipy import ndimage
 
 from hgm_core.camera import crop_intrinsics, pixel_rays
 from hgm_core.gaussians import Gaussians
-from hgm_core.pipeline.types import BadInputError, NoPersonError
+from hgm_core.types import BadInputError, NoPersonError
 
 
 @dataclass(frozen=True)

@@ -1,192 +1,218 @@
-"""`Reconstructor`: chains the stages of DESIGN §4 and reports per-stage timings.
+"""`Reconstructor`: chains stage components (`hgm_core.pipeline.stage`) and reports what ran.
 
-Stages run so far: perceive -> fit_body -> prior, then mesh if `ReconstructorConfig.mesh`. The
-network stages (`coarse`, `refined`, `full`) need a trained HGM checkpoint; without one configured
-they fail with `StageUnavailableError` instead of producing an untrained avatar.
+    rec = Reconstructor.from_config(ReconstructorConfig())   # warm: pose estimator + body model
+    out = rec.run(ReconstructionRequest(image, stages="prior"))
+    out.gaussians, out.timings, out.info["stages_run"], out.info["config"]
+
+It runs exactly the components of the requested level (`LEVELS`), times each, and refuses a level
+whose components it was not built with (`StageUnavailableError`): it never labels a result with a
+stage that did not run. It sets no process-wide state: thread counts and caches belong to the entry
+points (`hgm reconstruct`, `hgm serve`, the node's worker).
 """
 
 from __future__ import annotations
 
+import json
 import time
-from collections import OrderedDict
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
-from typing import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
-import numpy as np
-
-from hgm_core.pipeline.mesh import MeshConfig, gaussians_to_mesh
-from hgm_core.pipeline.prior import PriorConfig, prior_gaussians
-from hgm_core.pipeline.types import (
-    STAGES, BadInputError, Mesh, PipelineError, Reconstruction, ReconstructionRequest,
-)
-
-
-MAX_TRACKED_STREAMS = 16
-"""Streams whose last fit is remembered for warm starts (least recently used ones are dropped)."""
+from hgm_core.body.fit import FitConfig, skeleton
+from hgm_core.body.tracker import TrackConfig
+from hgm_core.configs import config_from_dict, config_override, config_to_dict
+from hgm_core.perception.perceive import PerceptionConfig
+from hgm_core.pipeline.components import body_mesh_arrays
+from hgm_core.pipeline.mesh import MeshConfig
+from hgm_core.pipeline.prior import PriorConfig
+from hgm_core.pipeline.stage import LEVELS, Frame, Stage
+from hgm_core.types import STAGES, BadInputError, Mesh, Reconstruction, ReconstructionRequest, StageUnavailableError
 
 
-class StageUnavailableError(PipelineError):
-    """The requested stage needs something this reconstructor was not configured with."""
+@dataclass(frozen=True)
+class BodyConfig:
+    """The body model and how it is fitted.
 
-    kind = "stage_unavailable"
+    Attributes:
+        model: "anny" (default, ships offline) or "smplx" (needs `smplx_model_path`).
+        smplx_model_path: folder or file of licensed SMPL-X model files.
+        fit: the fit's weights and schedule.
+        track: the per-stream warm-start policy.
+    """
+
+    model: str = "anny"
+    smplx_model_path: str | None = None
+    fit: FitConfig = field(default_factory=FitConfig)
+    track: TrackConfig = field(default_factory=TrackConfig)
+
+
+@dataclass(frozen=True)
+class CoarseConfig:
+    """The one-view HGM network stage.
+
+    Attributes:
+        checkpoint: folder of an HGM checkpoint (`hgm_core.model`); None: no network stage.
+    """
+
+    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
 class ReconstructorConfig:
-    """What a `Reconstructor` loads and how it runs.
+    """Everything `Reconstructor.from_config` builds from; saved whole into every result's info.
 
     Attributes:
-        body_model: "anny" (default, ships offline) or "smplx" (needs `smplx_model_path`).
-        smplx_model_path: folder or file of licensed SMPL-X model files.
-        checkpoint: folder of an HGM checkpoint (`hgm_core.model`), needed by the network stages.
-        fit_iterations: stage-2 iterations of the body fit (see `hgm_core.body.FitConfig`).
-        prior: settings of the prior avatar.
-        num_threads: torch intra-op threads for this process (set on construction). The body fit
-            runs many small ops on ~14k vertices where extra threads only add synchronisation:
-            on the 2-core reference machine under load the sample frame fits in 8.5 s with 1
-            thread and 77 s with 2. 0 leaves torch's setting alone.
-        mesh: also extract the avatar's surface mesh (`Reconstruction.mesh`, DESIGN §4 stage 7).
-            Costs 26 renders plus TSDF fusion, ~1.4 s for a 15k-Gaussian avatar on one core, so
-            it is off by default for the live path.
-        mesh_config: settings of the mesh extraction (`hgm_core.pipeline.mesh.MeshConfig`).
-        track: warm-start the body fit from the same stream's previous fit when the person has barely
-            moved (`hgm_core.body.fit.warm_start_params`): 40 instead of 200 iterations, ~5x faster
-            on a stream at the same accuracy; a warm fit that goes wrong falls back to a cold one.
-        track_refresh: after a cold fit, at most `track_refresh - 1` warm ones follow, so
-            warm-start errors cannot accumulate along a stream.
+        perception, body, prior, coarse: each component's settings.
+        mesh: the mesh stage's settings; mesh_by_default: run it when a request leaves `mesh`
+            unset (off: 26 renders plus TSDF fusion cost ~1.4 s per avatar on one core).
     """
 
-    body_model: str = "anny"
-    smplx_model_path: str | None = None
-    checkpoint: str | None = None
-    fit_iterations: int = 160
+    perception: PerceptionConfig = field(default_factory=PerceptionConfig)
+    body: BodyConfig = field(default_factory=BodyConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
-    num_threads: int = 1
-    mesh: bool = False
-    mesh_config: MeshConfig = field(default_factory=MeshConfig)
-    track: bool = True
-    track_refresh: int = 30
+    coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+    mesh_by_default: bool = False
 
+    def to_dict(self) -> dict[str, Any]:
+        return config_to_dict(self)
 
-class _Timer:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReconstructorConfig:
+        return config_from_dict(cls, data)
 
-    @contextmanager
-    def __call__(self, name: str) -> Iterator[None]:
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.timings[name] = time.perf_counter() - t0
+    def override(self, changes: dict[str, Any]) -> ReconstructorConfig:
+        """A copy with fields replaced by dotted path: `{"body.fit.iterations": 60, "mesh_by_default": True}`."""
+        return config_override(self, changes)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> ReconstructorConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
 
 class Reconstructor:
-    """Keeps the perception and body models warm and turns requests into `Reconstruction`s.
+    """Runs request levels over registered stage components.
 
-    Not thread-safe (mediapipe's graph is not): one instance per worker thread.
+    Not thread-safe (mediapipe's graph and the body tracker are not): one instance per worker thread.
+
+    Args:
+        stages: the components, at most one per name.
+        config: the configuration they were built from (recorded in every result).
     """
 
-    def __init__(self, config: ReconstructorConfig | None = None) -> None:
-        from hgm_core.paths import configure_third_party_caches
+    def __init__(self, stages: Sequence[Stage], config: ReconstructorConfig) -> None:
+        self.stages: dict[str, Stage] = {}
+        for stage in stages:
+            if stage.name in self.stages:
+                raise ValueError(f"two components named {stage.name!r}")
+            self.stages[stage.name] = stage
+        self.config = config
 
-        configure_third_party_caches()
-        from hgm_core.body import FitConfig
-        from hgm_core.perception import PoseEstimator
+    @classmethod
+    def from_config(cls, config: ReconstructorConfig | None = None) -> Reconstructor:
+        """Build every component `config` allows (the network stages only with their weights)."""
+        from hgm_core.body.tracker import BodyTracker
+        from hgm_core.perception.perceive import PoseEstimator
+        from hgm_core.pipeline.components import FitBodyStage, MeshStage, PerceiveStage, PriorStage
 
-        self.config = config or ReconstructorConfig()
-        if self.config.num_threads > 0:
-            import torch
+        config = config or ReconstructorConfig()
+        stages: list[Stage] = [
+            PerceiveStage(PoseEstimator(), config.perception),
+            FitBodyStage(_load_body_model(config.body), config.body.fit, BodyTracker(config.body.track)),
+            PriorStage(config.prior),
+            MeshStage(config.mesh),
+        ]
+        if config.coarse.checkpoint:
+            from hgm_core.pipeline.coarse import CoarseStage
 
-            torch.set_num_threads(self.config.num_threads)
-        self._estimator = PoseEstimator()
-        self._body = self._load_body_model()
-        self._fit_config = FitConfig(iterations=self.config.fit_iterations)
-        self._tracks: OrderedDict[str, tuple[object, int]] = OrderedDict()  # stream -> (last fit, warm streak)
-
-    def _load_body_model(self):
-        from hgm_core.body import AnnyBody, SmplxBody
-
-        if self.config.body_model == "anny":
-            return AnnyBody()
-        if self.config.body_model == "smplx":
-            if not self.config.smplx_model_path:
-                raise StageUnavailableError("body_model 'smplx' needs smplx_model_path (licensed SMPL-X files)")
-            return SmplxBody(self.config.smplx_model_path)
-        raise BadInputError(f"unknown body_model {self.config.body_model!r}; use 'anny' or 'smplx'")
+            stages.append(CoarseStage.from_checkpoint(config.coarse.checkpoint, fallback=stages[2]))
+        return cls(stages, config)
 
     @property
     def available_stages(self) -> tuple[str, ...]:
-        """Stages this instance can run (the network stages need a checkpoint)."""
-        return STAGES if self.config.checkpoint else ("prior",)
+        """Request levels whose every component is registered."""
+        return tuple(level for level in STAGES if not self._missing(level))
 
-    def _warm_start(self, stream: str, perception):
-        """The stream's previous fit parameters when tracking applies to this frame, else None (cold fit)."""
-        from hgm_core.body import warm_start_params
+    def _missing(self, level: str) -> list[str]:
+        return [name for name in LEVELS[level] if name not in self.stages]
 
-        last, streak = self._tracks.get(stream, (None, 0))
-        if not self.config.track or streak + 1 >= self.config.track_refresh:
-            return None
-        return warm_start_params(last, perception, self._body, config=self._fit_config)
+    def plan(self, request: ReconstructionRequest) -> tuple[str, ...]:
+        """The component names `run(request)` would run, in order.
 
-    def _remember(self, stream: str, fit) -> None:
-        _, streak = self._tracks.pop(stream, (None, 0))
-        self._tracks[stream] = (fit, streak + 1 if fit.warm_started else 0)
-        while len(self._tracks) > MAX_TRACKED_STREAMS:
-            self._tracks.popitem(last=False)
+        Raises:
+            BadInputError: unknown level. StageUnavailableError: a component of it is not registered.
+        """
+        if request.stages not in STAGES:
+            raise BadInputError(f"unknown stages {request.stages!r}; choose one of {', '.join(STAGES)}")
+        missing = self._missing(request.stages)
+        if missing:
+            have = ", ".join(self.available_stages) or "none"
+            raise StageUnavailableError(
+                f"stages '{request.stages}' needs the component(s) {', '.join(missing)}, which this worker "
+                f"does not have (a trained checkpoint or files not configured); available: {have}"
+            )
+        chain = LEVELS[request.stages]
+        wants_mesh = self.config.mesh_by_default if request.mesh is None else request.mesh
+        if wants_mesh and "mesh" not in chain:
+            chain += ("mesh",)
+        return chain
+
+    def run_frame(self, request: ReconstructionRequest) -> tuple[Frame, dict[str, float]]:
+        """Run the plan over one request: the final `Frame` (with perception and body fit, for
+        in-process callers) and seconds per component, plus "total"."""
+        chain = self.plan(request)
+        frame, timings = Frame(request=request), {}
+        t_all = time.perf_counter()
+        for name in chain:
+            t0 = time.perf_counter()
+            frame = self.stages[name](frame)
+            timings[name] = time.perf_counter() - t0
+        timings["total"] = time.perf_counter() - t_all
+        return frame, timings
 
     def run(self, request: ReconstructionRequest) -> Reconstruction:
-        """Run the configured prefix of stages on one image.
+        """Run the requested level on one image.
 
         Raises:
             BadInputError, NoPersonError, CropTooSmallError: unusable input (see `perceive`).
-            StageUnavailableError: `request.stages` needs a checkpoint that is not configured.
+            StageUnavailableError: the level needs a component this reconstructor does not have.
         """
-        from hgm_core.body import fit_body, skeleton
-        from hgm_core.perception import perceive
+        frame, timings = self.run_frame(request)
+        return self.result(frame, timings)
 
-        if request.stages not in STAGES:
-            raise BadInputError(f"unknown stages {request.stages!r}; choose one of {', '.join(STAGES)}")
-        if request.stages not in self.available_stages:
-            raise StageUnavailableError(
-                f"stage '{request.stages}' needs a trained HGM checkpoint and none is configured; "
-                "use stages 'prior' or set a checkpoint"
-            )
-        timer = _Timer()
-        t_all = time.perf_counter()
-        with timer("perceive"):
-            per = perceive(request.image, mask=request.mask, camera=request.camera, estimator=self._estimator)
-        with timer("fit_body"):
-            fit = fit_body(per, None, self._body, config=self._fit_config, init=self._warm_start(request.stream, per))
-        self._remember(request.stream, fit)
-        with timer("prior"):
-            gaussians = prior_gaussians(request.image, per.mask, per.K, fit.vertices, fit.faces, self.config.prior)
-        mesh = None
-        if self.config.mesh if request.mesh is None else request.mesh:
-            with timer("mesh"):
-                mesh = gaussians_to_mesh(gaussians, config=self.config.mesh_config)
-        timer.timings["total"] = time.perf_counter() - t_all
-        info = {
-            "stages": request.stages,
-            "num_gaussians": len(gaussians),
-            "num_people": per.num_people,
-            "mask_source": per.mask_source,
-            "intrinsics_source": per.intrinsics_source,
-            "person_bbox": list(per.bbox),
-            "body_model": fit.body_model,
-            "fit": fit.residuals(),
-            "prior": asdict(self.config.prior),
+    def result(self, frame: Frame, timings: dict[str, float]) -> Reconstruction:
+        """The `Reconstruction` of a finished frame."""
+        info: dict[str, Any] = {
+            "stages": frame.request.stages,
+            "stages_run": [name for name in timings if name != "total"],
+            "num_gaussians": len(frame.gaussians),
+            **frame.reports,
+            "config": self.config.to_dict(),
         }
-        if per.num_people > 1:
-            info["warnings"] = [f"{per.num_people} people in view; reconstructed the largest"]
+        if frame.warnings:
+            info["warnings"] = list(frame.warnings)
+        vertices, faces = body_mesh_arrays(frame)
         return Reconstruction(
-            gaussians=gaussians,
-            skeleton=skeleton(fit),
-            body_mesh=Mesh(fit.vertices.astype(np.float32), fit.faces.astype(np.int64)),
-            mesh=mesh,
-            timings=timer.timings,
+            gaussians=frame.gaussians,
+            stages=frame.request.stages,
+            skeleton=skeleton(frame.body),
+            body_mesh=Mesh(vertices, faces),
+            mesh=frame.mesh,
+            timings=timings,
             info=info,
-            body_fit=fit,
-            perception=per,
         )
+
+
+def _load_body_model(config: BodyConfig):
+    from hgm_core.body import AnnyBody, SmplxBody
+
+    if config.model == "anny":
+        return AnnyBody()
+    if config.model == "smplx":
+        if not config.smplx_model_path:
+            raise StageUnavailableError("body model 'smplx' needs smplx_model_path (licensed SMPL-X files)")
+        return SmplxBody(config.smplx_model_path)
+    raise BadInputError(f"unknown body model {config.model!r}; use 'anny' or 'smplx'")

@@ -22,30 +22,16 @@ are written per intersection (each belongs to one tile, so threads never share a
 per Gaussian by the caller.
 
 Kernels are compiled lazily per dtype (float32 for rendering, float64 for gradcheck) and cached
-on disk under `hgm_core.paths.cache_dir() / "numba"`.
+on disk where `NUMBA_CACHE_DIR` points (`hgm_core.runtime.configure_process` sets it).
 """
 
 from __future__ import annotations
 
-import os
+import numba
+import numpy as np
+from numba import prange
 
-from hgm_core.paths import cache_dir
-
-os.environ.setdefault("NUMBA_CACHE_DIR", str(cache_dir() / "numba"))
-
-import numba  # noqa: E402  (after NUMBA_CACHE_DIR, which numba reads at import)
-import numpy as np  # noqa: E402
-from numba import prange  # noqa: E402
-
-if not numba.config.CACHE_DIR:  # numba was imported before us without a cache directory
-    numba.config.CACHE_DIR = os.environ["NUMBA_CACHE_DIR"]
-if "NUMBA_THREADING_LAYER" not in os.environ:
-    # numba's OpenMP layer and torch's OpenMP runtime slow each other down badly here (torch ops on
-    # [N] tensors went from ~15 ms to ~1 s after a numba parallel region); the workqueue layer does not.
-    # It must not be entered from several Python threads at once (numba raises if it is).
-    numba.config.THREADING_LAYER = "workqueue"
-
-from hgm_core.render.api import ALPHA_MAX, ALPHA_MIN, T_MIN  # noqa: E402
+from hgm_core.render.api import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 TILE = 16
 MEDIAN_T = 0.5

@@ -3,8 +3,8 @@
 When a gradient is needed, projection (and its gradient) is plain torch autograd
 (`project_gaussians`); otherwise a fused numba kernel does the same arithmetic in one pass.
 Depth sorting, tile binning, compositing and the compositing backward are numba kernels
-(`_tile_kernels`) wrapped in one `torch.autograd.Function`. The kernels run on as many threads as
-torch is allowed to use (`torch.set_num_threads`), so one knob controls both.
+(`_tile_kernels`) wrapped in one `torch.autograd.Function`. The kernels run on numba's thread
+count, which `hgm_core.runtime.set_compute_threads` sets together with torch's.
 """
 
 from __future__ import annotations
@@ -65,8 +65,6 @@ def rasterize_tiled(
         raise RenderError(f"the torch backend runs on CPU; got Gaussians on {g.device}")
     if g.dtype not in (torch.float32, torch.float64):
         raise RenderError(f"the torch backend renders float32 or float64, got {g.dtype}")
-    # One knob for both runtimes: the kernels use as many threads as torch may.
-    numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
     needs_grad = torch.is_grad_enabled() and any(getattr(g, k).requires_grad for k in _PARAMS)
     if needs_grad or cameras.K.requires_grad or cameras.viewmats.requires_grad:
         proj = project_gaussians(g, cameras, near=near, far=far, eps2d=eps2d)

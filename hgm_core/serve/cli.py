@@ -82,7 +82,7 @@ def _make_broker(args: argparse.Namespace, max_bytes: int):
 
 
 def _make_worker(args: argparse.Namespace, max_bytes: int):
-    from hgm_core.pipeline.types import STAGES
+    from hgm_core.types import STAGES
     from hgm_core.serve import curve
     from hgm_core.serve.worker import Worker, WorkerConfig
 
@@ -115,12 +115,13 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
 def _load_reconstructor(args: argparse.Namespace):
     """The warm model: built once here, before the worker accepts jobs."""
     try:
-        from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+        from hgm_core.pipeline import Reconstructor
+        from hgm_core.pipeline.cli import reconstructor_config
     except ImportError as e:
         raise CliError(f"the reconstruction pipeline is not available ({e})") from None
-    overrides = {} if args.fit_iterations is None else {"fit_iterations": args.fit_iterations}
+    config = reconstructor_config(args)
     try:
-        return Reconstructor(ReconstructorConfig(checkpoint=args.checkpoint, mesh=args.mesh, **overrides))
+        return Reconstructor.from_config(config)
     except Exception as e:  # a broken config or missing asset: one line, not a traceback
         raise CliError(f"cannot load the reconstructor: {type(e).__name__}: {e}") from None
 

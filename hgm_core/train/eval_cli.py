@@ -58,7 +58,7 @@ def evaluate_subject(reconstructor, root: Path, sid: str, stages: str, size: int
 
     from hgm_core.camera import Cameras
     from hgm_core.data.reader import load_subject_cameras
-    from hgm_core.pipeline import CameraInfo, ReconstructionRequest
+    from hgm_core.types import CameraInfo, ReconstructionRequest
     from hgm_core.render import rasterize
     from hgm_core.train import metrics
 
@@ -157,18 +157,21 @@ def run(args: argparse.Namespace) -> int:
     if not subjects:
         raise CliError(f"no subjects under {args.data}")
     try:
-        from hgm_core.pipeline import PipelineError, Reconstructor, ReconstructorConfig
+        from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+        from hgm_core.types import PipelineError
     except ImportError as e:
         raise CliError(f"the reconstruction pipeline is not available here ({e})") from e
+    # Subjects are independent people: no warm start from the previous subject's fit.
+    config = ReconstructorConfig().override({"mesh_by_default": True, "body.track.enabled": False})
     if args.method == "prior":
-        config, stages = ReconstructorConfig(mesh=True, track=False), args.stages or "prior"
+        stages = args.stages or "prior"
     else:
         if not Path(args.method).is_dir():
             raise CliError(f"--method must be 'prior' or a checkpoint directory; {args.method} is neither")
-        config, stages = ReconstructorConfig(checkpoint=str(args.method), mesh=True, track=False), args.stages or "coarse"
+        config, stages = config.override({"coarse.checkpoint": str(args.method)}), args.stages or "coarse"
     out: Path = args.output or args.data / f"eval_{Path(args.method).name}"
     out.mkdir(parents=True, exist_ok=True)
-    reconstructor = Reconstructor(config)
+    reconstructor = Reconstructor.from_config(config)
 
     from tqdm import tqdm
 

@@ -1,0 +1,96 @@
+"""The stage components (`hgm_core.pipeline.stage.Stage`) that exist so far.
+
+Each wraps one function of its room (perception, body, the prior, the mesh stage) with the parts it
+keeps warm; none of them knows about the others. The `Reconstructor` is assembled from these by
+`Reconstructor.from_config`, or from any other list of components by its constructor.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from hgm_core.body.base import BodyModel
+from hgm_core.body.fit import FitConfig, fit_body
+from hgm_core.body.tracker import BodyTracker
+from hgm_core.perception.perceive import PerceptionConfig, PoseEstimator, perceive
+from hgm_core.pipeline.mesh import MeshConfig, gaussians_to_mesh
+from hgm_core.pipeline.prior import PriorConfig, prior_gaussians
+from hgm_core.pipeline.stage import Frame, Stage, update
+
+
+class PerceiveStage(Stage):
+    """Person mask, 2D/3D landmarks, box and intrinsics of the request's image (`perceive`)."""
+
+    name = "perceive"
+    provides = ("perception",)
+
+    def __init__(self, estimator: PoseEstimator, config: PerceptionConfig = PerceptionConfig()) -> None:
+        self.estimator, self.config = estimator, config
+
+    def run(self, frame: Frame) -> Frame:
+        r = frame.request
+        per = perceive(r.image, mask=r.mask, camera=r.camera, config=self.config, estimator=self.estimator)
+        frame.reports[self.name] = {
+            "num_people": per.num_people, "mask_source": per.mask_source,
+            "intrinsics_source": per.intrinsics_source, "person_bbox": list(per.bbox),
+        }
+        if per.num_people > 1:
+            frame.warnings.append(f"{per.num_people} people in view; reconstructed the largest")
+        return update(frame, perception=per)
+
+
+class FitBodyStage(Stage):
+    """The metric body fit, warm-started per stream by a `BodyTracker` (`fit_body`)."""
+
+    name = "fit_body"
+    needs = ("perception",)
+    provides = ("body",)
+
+    def __init__(self, body_model: BodyModel, config: FitConfig = FitConfig(), tracker: BodyTracker | None = None) -> None:
+        self.body_model, self.config = body_model, config
+        self.tracker = tracker or BodyTracker()
+
+    def run(self, frame: Frame) -> Frame:
+        stream = frame.request.stream
+        init = self.tracker.warm_start(stream, frame.perception, self.body_model, self.config)
+        fit = fit_body(frame.perception, None, self.body_model, config=self.config, init=init)
+        self.tracker.remember(stream, fit)
+        frame.reports[self.name] = {"body_model": fit.body_model, **fit.residuals()}
+        return update(frame, body=fit)
+
+
+class PriorStage(Stage):
+    """The hand-made body-guided avatar (no weights): `prior_gaussians`."""
+
+    name = "prior"
+    needs = ("perception", "body")
+    provides = ("gaussians",)
+
+    def __init__(self, config: PriorConfig = PriorConfig()) -> None:
+        self.config = config
+
+    def run(self, frame: Frame) -> Frame:
+        per, fit = frame.perception, frame.body
+        g = prior_gaussians(frame.request.image, per.mask, per.K, fit.vertices, fit.faces, self.config)
+        return update(frame, gaussians=g)
+
+
+class MeshStage(Stage):
+    """The avatar's surface by TSDF fusion of its renders (`gaussians_to_mesh`)."""
+
+    name = "mesh"
+    needs = ("gaussians",)
+    provides = ("mesh",)
+
+    def __init__(self, config: MeshConfig = MeshConfig()) -> None:
+        self.config = config
+
+    def run(self, frame: Frame) -> Frame:
+        mesh = gaussians_to_mesh(frame.gaussians, config=self.config)
+        frame.reports[self.name] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces))}
+        return update(frame, mesh=mesh)
+
+
+def body_mesh_arrays(frame: Frame) -> tuple[np.ndarray, np.ndarray]:
+    """The fitted body surface of `frame` as `([V, 3] float32, [F, 3] int64)`."""
+    return frame.body.vertices.astype(np.float32), frame.body.faces.astype(np.int64)

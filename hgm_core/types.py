@@ -1,0 +1,155 @@
+"""The domain layer: the records and errors every room of `hgm_core` shares (docs/architecture.md).
+
+This module sits at the bottom of the dependency graph. It imports numpy and nothing else of the
+project at run time, so `perception`, `body`, `render`, `model`, `pipeline`, `serve` and the
+torch-free node can all depend on it without cycles.
+
+Frames: everything a `Reconstruction` carries is in the *input camera's optical frame* (REP 103:
+x right, y down, z forward), in metres — the frame the ROS node stamps with the image's frame_id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # the avatar container is torch-backed; the records only name it
+    from hgm_core.gaussians import Gaussians
+
+STAGES = ("prior", "coarse", "refined", "full")
+"""Request levels (`ReconstructionRequest.stages`), in increasing cost: `prior` needs no network
+weights (body fit + body-guided Gaussians); `coarse` adds the one-view HGM network; `refined` the
+side-view body refinement; `full` the back view, two-view fusion and mesh. Each level is a chain of
+stage components (`hgm_core.pipeline.stage`)."""
+
+ERROR_KINDS = (
+    "bad_request", "protocol", "too_large", "busy",  # the message itself (hgm_core.serve)
+    "bad_input", "no_person", "crop_too_small", "stage_unavailable",  # the job (pipeline)
+    "internal", "timeout", "unavailable",  # the server
+)
+"""Every `kind` an error reply may carry on the wire (docs/architecture.md, "Wire protocol")."""
+
+
+class HgmError(RuntimeError):
+    """Root of every documented hgm failure. `kind` (one of `ERROR_KINDS`) is what goes on the wire."""
+
+    kind = "internal"
+
+
+class PipelineError(HgmError):
+    """A documented, user-facing failure of a stage."""
+
+    kind = "internal"
+
+
+class BadInputError(PipelineError):
+    """The image, mask or camera is malformed (wrong shape/dtype, empty, inconsistent sizes)."""
+
+    kind = "bad_input"
+
+
+class NoPersonError(PipelineError):
+    """No person was found in the image."""
+
+    kind = "no_person"
+
+
+class CropTooSmallError(PipelineError):
+    """The person is too small in the image to reconstruct (below the configured minimum height)."""
+
+    kind = "crop_too_small"
+
+
+class StageUnavailableError(PipelineError):
+    """The requested stage needs something this reconstructor was not built with (weights, files)."""
+
+    kind = "stage_unavailable"
+
+
+@dataclass(frozen=True)
+class CameraInfo:
+    """Pinhole intrinsics of the input image (distortion is ignored).
+
+    Attributes:
+        K: `[3, 3]` float64 intrinsics in pixels of the image they belong to.
+        width, height: that image's size.
+    """
+
+    K: np.ndarray
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class ReconstructionRequest:
+    """One job.
+
+    Attributes:
+        image: `[H, W, 3]` uint8 RGB.
+        camera: intrinsics; None means the documented default field of view.
+        mask: optional `[H, W]` uint8 person mask (nonzero = person); overrides the segmenter.
+        stages: one of `STAGES`.
+        mesh: also extract the avatar's mesh; None leaves it to the reconstructor's configuration.
+        stream: tracking key: a request may warm-start its body fit from the previous request of
+            the same stream (one camera watching one person), never from another stream's.
+    """
+
+    image: np.ndarray
+    camera: CameraInfo | None = None
+    mask: np.ndarray | None = None
+    stages: str = "prior"
+    mesh: bool | None = None
+    stream: str = ""
+
+
+@dataclass(frozen=True)
+class Mesh:
+    """A triangle mesh with per-vertex colours.
+
+    Attributes:
+        vertices: `[V, 3]` float32; faces: `[F, 3]` int64 (counter-clockwise seen from outside);
+        colors: `[V, 3]` float32 in [0, 1] or None.
+    """
+
+    vertices: np.ndarray
+    faces: np.ndarray
+    colors: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """Fitted body joints for visualisation (`/human_body`).
+
+    Attributes:
+        joints: `[J, 3]` float32 positions; names: J joint names; bones: pairs of joint indices.
+    """
+
+    joints: np.ndarray
+    names: tuple[str, ...]
+    bones: tuple[tuple[int, int], ...]
+
+
+@dataclass
+class Reconstruction:
+    """The result of one request: what the worker sends back and `hgm reconstruct` writes.
+
+    Attributes:
+        gaussians: the avatar (`hgm_core.gaussians.Gaussians`).
+        stages: the level that produced it (`STAGES`); `stages_run` in `info` lists the components.
+        skeleton: the fitted body's joints, or None if no body was fitted.
+        body_mesh: the fitted body surface, or None.
+        mesh: the avatar's surface from TSDF fusion, or None.
+        timings: seconds per stage component, in run order, plus "total".
+        info: JSON-serialisable extras: `stages_run`, per-stage reports, warnings, the effective
+            configuration, person count, crop box, fit residuals.
+    """
+
+    gaussians: Gaussians
+    stages: str = "prior"
+    skeleton: Skeleton | None = None
+    body_mesh: Mesh | None = None
+    mesh: Mesh | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
