@@ -95,7 +95,7 @@ def _render_loss(out, size: int = 32) -> torch.Tensor:
     target = torch.linspace(0, 1, size * size * 3).reshape(1, size, size, 3)
     loss = torch.zeros(())
     for t in (out.merged[0], out.unet[0], out.body[0]):
-        r = rasterize(to_gaussians(t), cams, background=(1.0, 1.0, 1.0), backend="torch")
+        r = rasterize(to_gaussians(t), cams, background=(1.0, 1.0, 1.0), backend="numba")
         loss = loss + ((r.rgb - target) ** 2).mean() + ((r.alpha - 0.5) ** 2).mean()
     return loss
 
