@@ -1,4 +1,4 @@
-"""Rasterizer speed: the tiled `torch` backend on a 65,536-Gaussian person, and the dense reference.
+"""Rasterizer speed: the tiled `numba` backend on a 65,536-Gaussian person, and the dense reference.
 
 Prints JSON and writes bench/results/render.json. Figures are medians over several runs after a
 warm-up; each run renders one camera of the 8-view turntable (cycling through them). The dense
@@ -105,7 +105,7 @@ def main() -> int:
         set_compute_threads(threads)
         for size, runs in ((256, 24), (512, 10)):
             cams = [turntable_cameras(size)[i] for i in range(8)]
-            entry = time_backend(g, cams, "torch", runs)
+            entry = time_backend(g, cams, "numba", runs)
             entry["forward_stages_ms"] = forward_stages(g, cams, runs)
             result["tiled"][f"{size}x{size}, {threads} thread(s)"] = entry
     set_compute_threads(1)
@@ -116,9 +116,9 @@ def main() -> int:
     small = person_scene(small_n)
     cams = [turntable_cameras(small_size)[i] for i in range(8)]
     dense = time_backend(small, cams, "reference", 5)
-    tiled = time_backend(small, cams, "torch", 20)
+    tiled = time_backend(small, cams, "numba", 20)
     result["small"] = {"scene": f"person_scene({small_n}) at {small_size}x{small_size}, 1 thread",
-                       "reference": dense, "torch": tiled}
+                       "reference": dense, "numba": tiled}
     result["ratio"] = {
         "what": f"dense reference time / tiled time, both on person_scene({small_n}) at {small_size}x{small_size}, 1 thread",
         "forward": round(dense["forward_ms"] / tiled["forward_ms"], 1),

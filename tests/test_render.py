@@ -88,8 +88,8 @@ def test_no_grad_and_grad_paths_render_the_same():
     g = scene_with_outliers(300, 4, dtype=torch.float32)
     cams = skewed_cameras(2, 40, 36, seed=4, dtype=torch.float32)
     with torch.no_grad():
-        fast = rasterize(g, cams, backend="torch")
-    slow = rasterize(replace(g, means=g.means.clone().requires_grad_()), cams, backend="torch")
+        fast = rasterize(g, cams, backend="numba")
+    slow = rasterize(replace(g, means=g.means.clone().requires_grad_()), cams, backend="numba")
     # float32 rounding differs between the two projections; the median may flip where T ~ 0.5.
     for name in ("rgb", "alpha", "depth"):
         torch.testing.assert_close(getattr(fast, name), getattr(slow, name).detach(), atol=1e-4, rtol=0, msg=name)
@@ -109,7 +109,7 @@ def test_tiled_matches_dense_reference(seed, n_cams, width, height):
     cams = skewed_cameras(n_cams, width, height, seed=seed)
     bg = (0.2, 0.6, 0.9)
     ref = rasterize(g, cams, background=bg, backend="reference")
-    out = rasterize(g, cams, background=bg, backend="torch")
+    out = rasterize(g, cams, background=bg, backend="numba")
     assert out.rgb.shape == (n_cams, height, width, 3) and out.alpha.shape == (n_cams, height, width, 1)
     assert float(ref.alpha.max()) > 0.9 and float(ref.alpha.min()) == 0.0  # covered and empty pixels both occur
     assert_outputs_close(out, ref, atol=1e-10)
@@ -119,7 +119,7 @@ def test_tiled_matches_reference_in_float32():
     g = scene_with_outliers(400, 5, dtype=torch.float32)
     cams = skewed_cameras(2, 40, 36, seed=5, dtype=torch.float32)
     ref = rasterize(g, cams, backend="reference")
-    out = rasterize(g, cams, backend="torch")
+    out = rasterize(g, cams, backend="numba")
     torch.testing.assert_close(out.rgb, ref.rgb, atol=2e-4, rtol=0)
     torch.testing.assert_close(out.alpha, ref.alpha, atol=2e-4, rtol=0)
 
@@ -138,7 +138,7 @@ def test_early_termination_matches_reference():
     )
     cams = orbit_cameras(40, 40, n_views=1, radius=1.5).to(dtype=torch.float64)
     ref = rasterize(g, cams, backend="reference")
-    out = rasterize(g, cams, backend="torch")
+    out = rasterize(g, cams, backend="numba")
     assert float(1 - out.alpha.max()) < 1e-3  # the centre really saturates
     assert_outputs_close(out, ref, atol=1e-10)
 
@@ -146,11 +146,11 @@ def test_early_termination_matches_reference():
 def test_threads_do_not_change_the_image():
     g = random_gaussians(500, seed=11)
     cams = orbit_cameras(64, 64, n_views=2, radius=1.2)
-    one = rasterize(g, cams, backend="torch")
+    one = rasterize(g, cams, backend="numba")
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        two = rasterize(g, cams, backend="torch")
+        two = rasterize(g, cams, backend="numba")
     finally:
         torch.set_num_threads(before)
     assert_outputs_close(one, two, atol=0)
@@ -172,7 +172,7 @@ def front_camera(width=32, height=32, f=40.0) -> Cameras:
     return Cameras(intrinsics(f, f, width / 2, height / 2)[None].double(), viewmat[None].double(), width, height)
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["numba", "reference"])
 def test_single_gaussian_centred_on_a_pixel(backend):
     cam = front_camera()
     # Pixel (16, 16) has its centre at 16.5: put the mean on the ray through it.
@@ -193,11 +193,11 @@ def test_single_gaussian_centred_on_a_pixel(backend):
 
 def test_alpha_is_clamped():
     g = single_gaussian([0.0, 0.0, 0.0], 0.999, [1.0, 1.0, 1.0], scale=0.6)
-    out = rasterize(g, front_camera(), backend="torch")
+    out = rasterize(g, front_camera(), backend="numba")
     assert float(out.alpha.max()) == pytest.approx(ALPHA_MAX)
 
 
-@pytest.mark.parametrize("backend", ["torch", "reference"])
+@pytest.mark.parametrize("backend", ["numba", "reference"])
 def test_overlapping_gaussians_composite_in_depth_order(backend):
     cam = front_camera()
     red, green = [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]
@@ -227,7 +227,7 @@ def gradcheck_tiled(param: str, fast_mode: bool) -> bool:
     bg = torch.tensor([0.3, 0.5, 0.7], dtype=torch.float64)
 
     def f(x):
-        out = rasterize(replace(g, **{param: x}), cams, background=bg, backend="torch")
+        out = rasterize(replace(g, **{param: x}), cams, background=bg, backend="numba")
         return out.rgb, out.alpha, out.depth
 
     x = getattr(g, param).clone().requires_grad_()
@@ -258,7 +258,7 @@ def test_tiled_gradients_match_reference():
         loss.backward()
         return {k: v.grad for k, v in params.items()}
 
-    ref, tiled = grads("reference"), grads("torch")
+    ref, tiled = grads("reference"), grads("numba")
     for k in PARAMS:
         assert float(ref[k].abs().max()) > 0, k
         torch.testing.assert_close(tiled[k], ref[k], atol=1e-9, rtol=1e-7, msg=k)
@@ -268,9 +268,9 @@ def test_bad_inputs_raise_render_errors():
     g = random_gaussians(10)
     cams = orbit_cameras(16, 16, n_views=1)
     with pytest.raises(RenderError, match="float32 or float64"):
-        rasterize(g.to(dtype=torch.float16), cams.to(dtype=torch.float16), backend="torch")
+        rasterize(g.to(dtype=torch.float16), cams.to(dtype=torch.float16), backend="numba")
     with pytest.raises(RenderError, match="background"):
-        rasterize(g, cams, background=(1.0, 1.0), backend="torch")
+        rasterize(g, cams, background=(1.0, 1.0), backend="numba")
     with pytest.raises(RenderError, match="unknown backend"):
         rasterize(g, cams, backend="vulkan")  # type: ignore[arg-type]
 
@@ -278,7 +278,7 @@ def test_bad_inputs_raise_render_errors():
 def test_empty_and_fully_culled_scenes_render_background():
     cams = orbit_cameras(20, 20, n_views=1, radius=1.5)
     behind = replace(random_gaussians(5), means=torch.tensor([[0.0, 0.0, 5.0]]).expand(5, 3).clone())
-    out = rasterize(behind, cams, background=(0.5, 0.5, 0.5), backend="torch")
+    out = rasterize(behind, cams, background=(0.5, 0.5, 0.5), backend="numba")
     assert torch.all(out.rgb == 0.5) and torch.all(out.alpha == 0)
 
 
@@ -290,7 +290,7 @@ def test_person_scene_renders_a_person():
     height = float(g.means[:, 1].max() - g.means[:, 1].min())
     assert 1.6 < height < 1.8 and abs(float(g.means[:, 1].mean())) < 0.2
     torch.testing.assert_close(person_scene(8192, seed=1).means, g.means)
-    out = rasterize(g, turntable_cameras(64, n_views=2), background=(1.0, 1.0, 1.0), backend="torch")
+    out = rasterize(g, turntable_cameras(64, n_views=2), background=(1.0, 1.0, 1.0), backend="numba")
     coverage = out.alpha[..., 0] > 0.5
     assert 0.05 < float(coverage.float().mean()) < 0.5
     # Feet to head fill most of the image height, the corners stay background.

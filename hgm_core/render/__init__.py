@@ -4,7 +4,7 @@ Backends share conventions (pinhole `Cameras` with OpenCV optical axes, EWA proj
 0.3 px² low-pass, front-to-back alpha compositing sorted by camera depth, colours composited over
 `background`):
 - `reference`: dense, every Gaussian x every pixel, plain torch. Readable and exact; only for tiny scenes.
-- `torch`: the tiled CPU renderer (differentiable); the default on CPU.
+- `numba`: the tiled CPU renderer (numba kernels under torch autograd, differentiable); the default on CPU.
 - `gsplat`: `gsplat.rasterization` (needs CUDA).
 """
 

@@ -10,7 +10,7 @@ import torch
 from hgm_core.camera import Cameras
 from hgm_core.gaussians import Gaussians
 
-Backend = Literal["auto", "torch", "reference", "gsplat"]
+Backend = Literal["auto", "numba", "reference", "gsplat"]
 
 ALPHA_MIN = 1.0 / 255.0
 """Splat contributions below this alpha are skipped (3DGS / gsplat)."""
@@ -52,7 +52,7 @@ def available_backends() -> list[str]:
             out.append("gsplat")
         except ImportError:
             pass
-    return out + ["torch", "reference"]
+    return out + ["numba", "reference"]
 
 
 def rasterize(
@@ -74,7 +74,7 @@ def rasterize(
         backend: "auto" picks the first of `available_backends()`.
     Returns:
         `RenderOutput` with batch dimension C. Differentiable w.r.t. every Gaussian parameter
-        (for the torch and reference backends).
+        (for the numba and reference backends).
     """
     if backend == "auto":
         backend = available_backends()[0]  # type: ignore[assignment]
@@ -87,7 +87,7 @@ def rasterize(
         from hgm_core.render.reference import rasterize_dense
 
         return rasterize_dense(gaussians, cameras, bg, near=near, far=far, eps2d=eps2d)
-    if backend == "torch":
+    if backend == "numba":
         from hgm_core.render.tiled import rasterize_tiled
 
         return rasterize_tiled(gaussians, cameras, bg, near=near, far=far, eps2d=eps2d)
@@ -95,4 +95,4 @@ def rasterize(
         from hgm_core.render.gsplat_backend import rasterize_gsplat
 
         return rasterize_gsplat(gaussians, cameras, bg, near=near, far=far, eps2d=eps2d)
-    raise RenderError(f"unknown backend {backend!r}; choose from auto, torch, reference, gsplat")
+    raise RenderError(f"unknown backend {backend!r}; choose from auto, numba, reference, gsplat")

@@ -19,7 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=int, default=384, help="side of each turntable view in pixels (default: 384)")
     p.add_argument("--views", type=int, default=8, help="turntable views around the person (default: 8)")
     p.add_argument("--seed", type=int, default=0, help="scene seed (default: 0)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "reference", "gsplat"], help="rasterizer backend (default: auto)")
+    p.add_argument("--backend", default="auto", choices=["auto", "numba", "reference", "gsplat"], help="rasterizer backend (default: auto)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -20,7 +20,7 @@ def rasterize_gsplat(
 ) -> RenderOutput:
     """Render with gsplat's CUDA kernels; see `hgm_core.render.rasterize` for the arguments."""
     if not torch.cuda.is_available():
-        raise RenderError("the gsplat backend needs CUDA (gsplat's kernels have no CPU build); use backend='torch'")
+        raise RenderError("the gsplat backend needs CUDA (gsplat's kernels have no CPU build); use backend='numba'")
     try:
         from gsplat import rasterization
     except ImportError as e:

@@ -1,4 +1,4 @@
-"""The `torch` backend: tiled CPU rasterizer, differentiable w.r.t. every Gaussian parameter.
+"""The `numba` backend: tiled CPU rasterizer, differentiable w.r.t. every Gaussian parameter.
 
 When a gradient is needed, projection (and its gradient) is plain torch autograd
 (`project_gaussians`); otherwise a fused numba kernel does the same arithmetic in one pass.
@@ -62,9 +62,9 @@ def rasterize_tiled(
 ) -> RenderOutput:
     """Tiled CPU rendering; see `hgm_core.render.rasterize` for the arguments and conventions."""
     if g.device.type != "cpu":
-        raise RenderError(f"the torch backend runs on CPU; got Gaussians on {g.device}")
+        raise RenderError(f"the numba backend runs on CPU; got Gaussians on {g.device}")
     if g.dtype not in (torch.float32, torch.float64):
-        raise RenderError(f"the torch backend renders float32 or float64, got {g.dtype}")
+        raise RenderError(f"the numba backend renders float32 or float64, got {g.dtype}")
     needs_grad = torch.is_grad_enabled() and any(getattr(g, k).requires_grad for k in _PARAMS)
     if needs_grad or cameras.K.requires_grad or cameras.viewmats.requires_grad:
         proj = project_gaussians(g, cameras, near=near, far=far, eps2d=eps2d)
