@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hgm_core.camera import optical_to_opengl
+from hgm_core.camera import flip_camera_axes
 
 BODY_OPACITY_LOGIT = 2.0
 """sigmoid(2) = 0.88: the body set starts as an opaque skin."""
@@ -47,7 +47,7 @@ def camera_points(points: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
     """`points [B, P, 3]` canonical -> `[B, V, P, 3]` in each view's optical camera axes (z forward).
 
     `c2w` is `[B, V, 4, 4]` OpenGL camera-to-world."""
-    viewmats = torch.linalg.inv(optical_to_opengl(c2w))
+    viewmats = torch.linalg.inv(flip_camera_axes(c2w))
     return torch.einsum("bvij,bpj->bvpi", viewmats[..., :3, :3], points) + viewmats[:, :, None, :3, 3]
 
 
@@ -122,7 +122,7 @@ def splat_rays(K: torch.Tensor, c2w: torch.Tensor, image_size: int, splat_size: 
     y = (c[None, None, :, None] - cy[..., None, None]) / fy[..., None, None]  # [B, V, S, 1]
     x, y = torch.broadcast_tensors(x, y)
     d_cv = torch.stack((x, y, torch.ones_like(x)), -1)  # optical axes
-    R = optical_to_opengl(c2w)[..., :3, :3]  # optical camera axes -> canonical
+    R = flip_camera_axes(c2w)[..., :3, :3]  # optical camera axes -> canonical
     d = torch.einsum("bvij,bvhwj->bvhwi", R, d_cv)
     return c2w[:, :, None, None, :3, 3], d
 
