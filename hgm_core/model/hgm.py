@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hgm_core.camera import intrinsics_from_fov, optical_to_opengl, orbit_poses, plucker_rays
+from hgm_core.camera import flip_camera_axes, intrinsics_from_fov, orbit_poses, plucker_rays
 from hgm_core.gaussians import Gaussians
 from hgm_core.model.body_branch import BodyGaussianHead, VertexCrossAttention, project_to_grid, sample_views
 from hgm_core.model.config import HGMConfig
@@ -219,7 +219,7 @@ class HGM(nn.Module):
 
         # Body branch: tokens gather image features at the vertices, then at the refined vertices.
         f2 = self.unet2(x)
-        viewmats = torch.linalg.inv(optical_to_opengl(c2w))
+        viewmats = torch.linalg.inv(flip_camera_axes(c2w))
         tokens = self.c.weight
 
         def vertex_features(points: torch.Tensor) -> torch.Tensor:
