@@ -125,16 +125,14 @@ def crop_intrinsics(K: torch.Tensor, box: tuple[float, float, float, float], out
     return scale_intrinsics(K, out_size[0] / (x1 - x0), out_size[1] / (y1 - y0))
 
 
-def optical_to_opengl(c2w_cv: torch.Tensor) -> torch.Tensor:
-    """Camera-to-world `[..., 4, 4]` with OpenCV camera axes -> OpenGL camera axes (negate columns 1, 2).
+def flip_camera_axes(c2w: torch.Tensor) -> torch.Tensor:
+    """Camera-to-world `[..., 4, 4]` with its camera axes switched between OpenCV optical (y down,
+    z forward) and OpenGL (y up, z back): columns 1 and 2 negated.
 
-    Also maps OpenGL -> OpenCV (the operation is an involution)."""
-    out = c2w_cv.clone()
+    The switch is its own inverse, so this one function maps OpenCV -> OpenGL and OpenGL -> OpenCV."""
+    out = c2w.clone()
     out[..., :3, 1:3] = -out[..., :3, 1:3]
     return out
-
-
-opengl_to_optical = optical_to_opengl
 
 
 def look_at(eye: torch.Tensor, target: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
@@ -174,7 +172,7 @@ def orbit_poses(
 
 def cameras_from_c2w_gl(c2w_gl: torch.Tensor, K: torch.Tensor, width: int, height: int) -> Cameras:
     """Build `Cameras` from OpenGL camera-to-world poses `[C, 4, 4]` and one K `[3, 3]` or `[C, 3, 3]`."""
-    viewmats = torch.linalg.inv(opengl_to_optical(c2w_gl))
+    viewmats = torch.linalg.inv(flip_camera_axes(c2w_gl))
     if K.ndim == 2:
         K = K.expand(c2w_gl.shape[0], 3, 3)
     return Cameras(K.to(viewmats.dtype).contiguous(), viewmats, width, height)

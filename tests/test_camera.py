@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from hgm_core.camera import (
-    CameraError, Cameras, cameras_from_c2w_gl, crop_intrinsics, intrinsics, intrinsics_from_fov, look_at, opengl_to_optical,
-    optical_to_opengl, orbit_cameras, orbit_poses, plucker_rays, plucker_rays_from_K, scale_intrinsics,
+    CameraError, Cameras, cameras_from_c2w_gl, crop_intrinsics, flip_camera_axes, intrinsics, intrinsics_from_fov, look_at,
+    orbit_cameras, orbit_poses, plucker_rays, plucker_rays_from_K, scale_intrinsics,
 )
 
 
@@ -33,8 +33,8 @@ def test_orbit_elevation_puts_camera_above():
 
 def test_opengl_optical_involution_and_projection():
     c2w_gl = look_at(torch.tensor([0.3, 0.2, 2.0]), torch.zeros(3))
-    c2w_cv = opengl_to_optical(c2w_gl)
-    torch.testing.assert_close(optical_to_opengl(c2w_cv), c2w_gl)
+    c2w_cv = flip_camera_axes(c2w_gl)
+    torch.testing.assert_close(flip_camera_axes(c2w_cv), c2w_gl)
     cams = cameras_from_c2w_gl(c2w_gl[None], intrinsics_from_fov(64, 48, 50), 64, 48)
     # The look-at target projects to the principal point with positive depth (z forward in optical axes).
     uv, z = cams.project(torch.zeros(1, 3))

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 import torch
 
-from hgm_core.camera import Cameras, intrinsics, look_at, opengl_to_optical, orbit_cameras
+from hgm_core.camera import Cameras, flip_camera_axes, intrinsics, look_at, orbit_cameras
 from hgm_core.gaussians import Gaussians
 from hgm_core.render import project_gaussians, rasterize
 from hgm_core.render.api import ALPHA_MAX, RenderError
@@ -23,7 +23,7 @@ def skewed_cameras(n: int, width: int, height: int, *, seed: int, dtype=torch.fl
     gen = torch.Generator().manual_seed(seed)
     eye = torch.nn.functional.normalize(torch.randn(n, 3, generator=gen, dtype=torch.float64), dim=-1) * 1.3
     target = torch.randn(n, 3, generator=gen, dtype=torch.float64) * 0.05
-    viewmats = torch.linalg.inv(opengl_to_optical(look_at(eye, target)))
+    viewmats = torch.linalg.inv(flip_camera_axes(look_at(eye, target)))
     K = torch.stack([
         intrinsics(width * (0.9 + 0.3 * i), width * (1.0 + 0.2 * i), width * (0.4 + 0.15 * i), height * (0.6 - 0.1 * i),
                    dtype=torch.float64)
@@ -168,7 +168,7 @@ def single_gaussian(mean, opacity, color, scale=0.05, dtype=torch.float64) -> Ga
 
 def front_camera(width=32, height=32, f=40.0) -> Cameras:
     """Camera at z=+2 looking down -z (world), principal point at the image centre."""
-    viewmat = torch.linalg.inv(opengl_to_optical(look_at(torch.tensor([0.0, 0.0, 2.0]), torch.zeros(3))))
+    viewmat = torch.linalg.inv(flip_camera_axes(look_at(torch.tensor([0.0, 0.0, 2.0]), torch.zeros(3))))
     return Cameras(intrinsics(f, f, width / 2, height / 2)[None].double(), viewmat[None].double(), width, height)
 
 
