@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
@@ -98,9 +99,16 @@ def intrinsics(fx: float, fy: float, cx: float, cy: float, *, dtype: torch.dtype
     return torch.tensor([[fx, 0.0, cx], [0.0, fy, cy], [0.0, 0.0, 1.0]], dtype=dtype)
 
 
-def intrinsics_from_fov(width: int, height: int, fovy_deg: float, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """`[3, 3]` K with square pixels, the vertical field of view `fovy_deg` and a centred principal point."""
-    f = (height / 2) / math.tan(math.radians(fovy_deg) / 2)
+def intrinsics_from_fov(
+    width: int, height: int, fov_deg: float, *, across: Literal["height", "longer"] = "height", dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
+    """`[3, 3]` K with square pixels, a centred principal point and the field of view `fov_deg`.
+
+    `across` names the image extent the field of view spans: "height" is the vertical field of view
+    (HGM/LGM `fovy`), "longer" the longer image side (perception's default camera without CameraInfo).
+    """
+    side = height if across == "height" else max(width, height)
+    f = (side / 2) / math.tan(math.radians(fov_deg) / 2)
     return intrinsics(f, f, width / 2, height / 2, dtype=dtype)
 
 
@@ -204,9 +212,7 @@ def plucker_rays(c2w_gl: torch.Tensor, height: int, width: int, fovy_deg: float)
     Returns:
         `[6, H, W]`: `(o x d, d)`.
     """
-    f = (height / 2) / math.tan(math.radians(fovy_deg) / 2)
-    K = intrinsics(f, f, width / 2, height / 2, dtype=c2w_gl.dtype)
-    return plucker_rays_from_K(c2w_gl, K, height, width)
+    return plucker_rays_from_K(c2w_gl, intrinsics_from_fov(width, height, fovy_deg, dtype=c2w_gl.dtype), height, width)
 
 
 def plucker_rays_from_K(c2w_gl: torch.Tensor, K: torch.Tensor, height: int, width: int) -> torch.Tensor:

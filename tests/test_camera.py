@@ -113,3 +113,13 @@ def test_turntable_poses_circle_the_centre_and_start_at_the_given_eye():
     torch.testing.assert_close(d[:, 1], torch.full((8,), float(-center[1])), atol=1e-5, rtol=0)  # stays level
     torch.testing.assert_close(eyes[4], 2 * center - torch.tensor([0, 2 * center[1], 0]), atol=1e-5, rtol=0)  # opposite side
     torch.testing.assert_close(-poses[:, :3, 2], torch.nn.functional.normalize(-d, dim=-1), atol=1e-5, rtol=0)
+
+
+def test_intrinsics_from_fov_spans_the_height_or_the_longer_side():
+    # Landscape 640x480: the vertical field of view spans 480 px, the longer-side one 640 px.
+    for across, side in (("height", 480), ("longer", 640)):
+        K = intrinsics_from_fov(640, 480, 55.0, across=across, dtype=torch.float64)
+        assert math.degrees(2 * math.atan(side / 2 / K[0, 0])) == pytest.approx(55.0)
+        assert K[0, 0] == K[1, 1] and (K[0, 2], K[1, 2]) == (320, 240)
+    # Portrait: the longer side is the height, so both conventions agree.
+    torch.testing.assert_close(intrinsics_from_fov(480, 640, 55.0, across="longer"), intrinsics_from_fov(480, 640, 55.0))

@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import torch
 
+from hgm_core.camera import intrinsics_from_fov
 from hgm_core.types import BadInputError, CameraInfo, CropTooSmallError, NoPersonError
 
 DEFAULT_FOV_DEG = 55.0
@@ -89,8 +91,7 @@ class Perception:
 
 def default_intrinsics(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> np.ndarray:
     """`[3, 3]` float64 K: square pixels, centred principal point, `fov_deg` across the longer side."""
-    f = 0.5 * max(width, height) / np.tan(np.radians(fov_deg) / 2)
-    return np.array([[f, 0.0, width / 2], [0.0, f, height / 2], [0.0, 0.0, 1.0]])
+    return intrinsics_from_fov(width, height, fov_deg, across="longer", dtype=torch.float64).numpy()
 
 
 class PoseEstimator:

@@ -20,7 +20,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="out", help="output folder (default: out/)")
     p.add_argument("--mask", help="person mask image (nonzero = person); overrides the segmenter")
     p.add_argument("--camera-info", help="YAML with the camera's intrinsics (ROS camera_info layout: "
-                   "image_width, image_height, camera_matrix.data or K); default: 55° vertical field of view")
+                   "image_width, image_height, camera_matrix.data or K); default: 55° across the longer image side")
     p.add_argument("--stages", default="prior", help="prior | coarse | refined | full (default: prior)")
     p.add_argument("--checkpoint", help="HGM checkpoint folder for the network stages")
     p.add_argument("--fit-iterations", type=int, default=None, help="body-fit iterations (default: library default)")
