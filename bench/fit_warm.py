@@ -21,7 +21,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -31,7 +30,7 @@ configure_process(threads=1)
 
 from hgm_core.body import AnnyBody, fit_body  # noqa: E402
 from hgm_core.body.fit import warm_start_params  # noqa: E402
-from hgm_core.perception import default_intrinsics, perceive  # noqa: E402
+from hgm_core.perception import PoseEstimator, default_intrinsics, perceive  # noqa: E402
 from tests.test_fit import (  # noqa: E402
     IMAGE_SIZE,
     POSES,
@@ -80,7 +79,8 @@ def photo(body: AnnyBody) -> dict:
     image = cv2.cvtColor(cv2.imread(str(MESSI)), cv2.COLOR_BGR2RGB)
     shift = np.float32([[1, 0, SHIFT_PX[0]], [0, 1, SHIFT_PX[1]]])
     moved = cv2.warpAffine(image, shift, image.shape[1::-1], borderMode=cv2.BORDER_REPLICATE)
-    a, b = perceive(image), perceive(moved)
+    with PoseEstimator() as estimator:
+        a, b = perceive(image, estimator), perceive(moved, estimator)
     fit_a = fit_body(a, None, body)
     init = warm_start_params(fit_a, b, body)
     cold = fit_body(b, None, body)

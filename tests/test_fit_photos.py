@@ -34,10 +34,11 @@ def anny_body():
 )
 def test_photo_fit_finishes_and_reports_residuals(name: str, anny_body, capsys) -> None:
     from hgm_core.body import fit_body
-    from hgm_core.perception import perceive
+    from hgm_core.perception import PoseEstimator, perceive
 
     image = _photo(name)
-    perception = perceive(image)
+    with PoseEstimator() as estimator:
+        perception = perceive(image, estimator)
     fit = fit_body(perception, None, anny_body)
     res = fit.residuals()
     with capsys.disabled():

@@ -7,10 +7,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgm_core.perception import DEFAULT_FOV_DEG, LANDMARK_NAMES, PerceptionConfig, crop_person, default_intrinsics, perceive
+from hgm_core.perception import (
+    DEFAULT_FOV_DEG, LANDMARK_NAMES, PerceptionConfig, PoseEstimator, crop_person, default_intrinsics, perceive,
+)
 from hgm_core.types import BadInputError, CameraInfo, CropTooSmallError, NoPersonError
 
 MESSI = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")
+
+
+@pytest.fixture(scope="module")
+def estimator():
+    with PoseEstimator() as e:
+        yield e
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +35,8 @@ def astronaut() -> np.ndarray:
     return pytest.importorskip("skimage.data").astronaut()
 
 
-def test_messi_full_body(messi: np.ndarray) -> None:
-    p = perceive(messi)
+def test_messi_full_body(messi: np.ndarray, estimator: PoseEstimator) -> None:
+    p = perceive(messi, estimator)
     h, w = messi.shape[:2]
     assert p.image_size == (w, h) and p.mask.shape == (h, w) and p.mask.dtype == bool
     assert p.mask_source == "segmenter" and p.num_people == 1 and p.intrinsics_source == "default_fov"
@@ -50,8 +58,8 @@ def test_messi_full_body(messi: np.ndarray) -> None:
     assert np.isclose(2 * np.degrees(np.arctan(0.5 * max(w, h) / p.K[0, 0])), DEFAULT_FOV_DEG)
 
 
-def test_crop_follows_the_intrinsics(messi: np.ndarray) -> None:
-    p = perceive(messi)
+def test_crop_follows_the_intrinsics(messi: np.ndarray, estimator: PoseEstimator) -> None:
+    p = perceive(messi, estimator)
     crop = crop_person(messi, p, size=256, margin=0.1)
     assert crop.image.shape == (256, 256, 3) and crop.image.dtype == np.uint8 and crop.mask.shape == (256, 256)
     x0, y0, x1, y1 = crop.box
@@ -70,34 +78,34 @@ def test_crop_follows_the_intrinsics(messi: np.ndarray) -> None:
     np.testing.assert_allclose([cxs.mean() + 0.5, cys.mean() + 0.5], (np.array([xs.mean(), ys.mean()]) + 0.5 - (x0, y0)) * 256 / (x1 - x0), atol=2.0)
 
 
-def test_camera_info_and_given_mask_win(astronaut: np.ndarray) -> None:
+def test_camera_info_and_given_mask_win(astronaut: np.ndarray, estimator: PoseEstimator) -> None:
     h, w = astronaut.shape[:2]
     K = np.array([[700.0, 0, 250], [0, 700.0, 260], [0, 0, 1]])
     mask = np.zeros((h, w), np.uint8)
     mask[60:500, 40:340] = 255  # the largest person
     mask[10:210, 360:510] = 1  # a second, smaller person (23 % of the first)
-    p = perceive(astronaut, mask=mask, camera=CameraInfo(K=K, width=w, height=h))
+    p = perceive(astronaut, estimator, mask=mask, camera=CameraInfo(K=K, width=w, height=h))
     assert p.mask_source == "given" and p.intrinsics_source == "camera_info"
     np.testing.assert_array_equal(p.K, K)
     assert p.num_people == 2 and p.bbox == (40, 60, 340, 500)
     assert p.mask.sum() == 440 * 300
 
 
-def test_crop_too_small(astronaut: np.ndarray) -> None:
+def test_crop_too_small(astronaut: np.ndarray, estimator: PoseEstimator) -> None:
     mask = np.zeros(astronaut.shape[:2], bool)
     mask[100:140, 150:180] = True  # a 30x40 px "person"
     with pytest.raises(CropTooSmallError):
-        perceive(astronaut, mask=mask)
+        perceive(astronaut, estimator, mask=mask)
     with pytest.raises(CropTooSmallError):
-        perceive(astronaut, config=PerceptionConfig(min_person_px=2000))
+        perceive(astronaut, estimator, config=PerceptionConfig(min_person_px=2000))
 
 
-def test_no_person() -> None:
+def test_no_person(estimator: PoseEstimator) -> None:
     with pytest.raises(NoPersonError):
-        perceive(np.zeros((256, 256, 3), np.uint8))
+        perceive(np.zeros((256, 256, 3), np.uint8), estimator)
     noise = np.random.default_rng(0).integers(0, 255, (240, 320, 3), dtype=np.uint8)
     with pytest.raises(NoPersonError):
-        perceive(noise)
+        perceive(noise, estimator)
 
 
 @pytest.mark.parametrize(
@@ -111,19 +119,19 @@ def test_no_person() -> None:
     ],
     ids=["float", "gray", "rgba", "tiny", "list"],
 )
-def test_bad_image(image) -> None:
+def test_bad_image(image, estimator: PoseEstimator) -> None:
     with pytest.raises(BadInputError):
-        perceive(image)
+        perceive(image, estimator)
 
 
-def test_bad_mask_and_camera() -> None:
+def test_bad_mask_and_camera(estimator: PoseEstimator) -> None:
     image = np.zeros((64, 80, 3), np.uint8)
     with pytest.raises(BadInputError):
-        perceive(image, mask=np.ones((80, 64), bool))
+        perceive(image, estimator, mask=np.ones((80, 64), bool))
     with pytest.raises(BadInputError):
-        perceive(image, camera=CameraInfo(K=np.eye(3) * 100, width=64, height=64))
+        perceive(image, estimator, camera=CameraInfo(K=np.eye(3) * 100, width=64, height=64))
     with pytest.raises(BadInputError):
-        perceive(image, camera=CameraInfo(K=np.zeros((3, 3)), width=80, height=64))
+        perceive(image, estimator, camera=CameraInfo(K=np.zeros((3, 3)), width=80, height=64))
 
 
 def test_landmark_names_match_mediapipe() -> None:

@@ -1,7 +1,8 @@
 """Person perception: mask, BlazePose landmarks (2D + metric 3D), person box, intrinsics, crop.
 
-    from hgm_core.perception import perceive, crop_person
-    p = perceive(image)                 # Perception (mask, landmarks_2d, landmarks_3d, bbox, K, ...)
+    from hgm_core.perception import PoseEstimator, crop_person, perceive
+    with PoseEstimator() as estimator:  # the mediapipe graph: build once, reuse for every image
+        p = perceive(image, estimator)  # Perception (mask, landmarks_2d, landmarks_3d, bbox, K, ...)
     crop = crop_person(image, p)        # PersonCrop (square image, mask, K of the crop, box)
 """
 

@@ -128,17 +128,11 @@ class PoseEstimator:
     def close(self) -> None:
         self._pose.close()
 
+    def __enter__(self) -> "PoseEstimator":
+        return self
 
-_DEFAULT_ESTIMATOR: PoseEstimator | None = None
-_DEFAULT_LOCK = threading.Lock()
-
-
-def _default_estimator() -> PoseEstimator:
-    global _DEFAULT_ESTIMATOR
-    with _DEFAULT_LOCK:
-        if _DEFAULT_ESTIMATOR is None:
-            _DEFAULT_ESTIMATOR = PoseEstimator()
-        return _DEFAULT_ESTIMATOR
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _check_image(image: object, min_px: int) -> np.ndarray:
@@ -216,20 +210,20 @@ def _estimate_in_box(estimator: PoseEstimator, image: np.ndarray, box: tuple[int
 
 def perceive(
     image: np.ndarray,
+    estimator: PoseEstimator,
     *,
     mask: np.ndarray | None = None,
     camera: CameraInfo | None = None,
     config: PerceptionConfig | None = None,
-    estimator: PoseEstimator | None = None,
 ) -> Perception:
     """Find the (largest) person in one image.
 
     Args:
         image: `[H, W, 3]` uint8 RGB.
+        estimator: the caller's warm `PoseEstimator` (built once, reused across images).
         mask: optional `[H, W]` person mask (nonzero = person); it wins over the segmenter.
         camera: intrinsics of `image`; None uses `default_intrinsics`.
         config: thresholds (`PerceptionConfig()` by default).
-        estimator: a warm `PoseEstimator`; None uses a shared module-level one.
     Returns:
         `Perception` of the largest person; `num_people` says how many were seen.
     Raises:
@@ -242,7 +236,6 @@ def perceive(
     h, w = image.shape[:2]
     given = None if mask is None else _check_mask(mask, h, w)
     K, k_source = _intrinsics(camera, w, h)
-    estimator = estimator or _default_estimator()
 
     found = estimator(image)
     if found is None:
