@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hgm_core.serve.client import JobResult, WorkerClient, WorkerError, WorkerTimeout
+from hgm_core.serve.client import JobResult, WorkerCancelled, WorkerClient, WorkerError, WorkerTimeout
 
 log = logging.getLogger("hgm_node.worker")
 
@@ -89,7 +89,9 @@ class WorkerLink:
         self._ready = threading.Event()
         self._stop = threading.Event()
         self._process: subprocess.Popen | None = None
-        self._epoch = 0  # bumped whenever the worker leaves the "ok" state; in-flight jobs then give up
+        # Set (and replaced by a fresh one) whenever the worker leaves the "ok" state or the link
+        # closes: the jobs in flight hold it as their cancel event and give up.
+        self._lost = threading.Event()
         self._status = WorkerStatus("starting", "waiting for the worker's first health reply", self.endpoint)
         self._thread = threading.Thread(target=self._supervise, name="hgm-worker-link", daemon=True)
 
@@ -104,6 +106,8 @@ class WorkerLink:
     def close(self) -> None:
         """Stop supervising, end the local worker (SIGTERM, then SIGKILL) and remove its temp dir."""
         self._stop.set()
+        with self._lock:
+            self._lost.set()
         if self._thread.is_alive():
             self._thread.join(timeout=5.0)
         if self._process is not None:
@@ -122,39 +126,29 @@ class WorkerLink:
 
     def reconstruct(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stages: str,
                     mesh: bool = False, stream: str = "") -> JobResult:
-        """Run one job (blocking; call it off the executor). Raises `WorkerError`/`WorkerTimeout`.
+        """Run one job (blocking, on the caller's thread; call it off the executor). Raises
+        `WorkerError`/`WorkerTimeout`.
 
         ZeroMQ hides a dead peer, so a job on a worker that dies would only end at its deadline;
-        instead the call is abandoned (kind "unavailable") as soon as supervision sees the worker
-        leave the "ok" state, and the abandoned request times out on its own thread.
+        instead the call is cancelled (kind "unavailable") as soon as supervision sees the worker
+        leave the "ok" state, or the link closes.
         """
-        epoch = self._epoch
-        outcome: dict = {}
-        done = threading.Event()
-
-        def call() -> None:
-            try:
-                outcome["result"] = self._client.reconstruct(image, K=K, mask=mask, stages=stages, mesh=mesh, stream=stream)
-            except BaseException as e:  # handed to the waiting job thread below
-                outcome["error"] = e
-            finally:
-                done.set()
-
-        threading.Thread(target=call, name="hgm-worker-call", daemon=True).start()
-        while not done.wait(0.1):
+        with self._lock:
+            lost = self._lost
+        try:
+            return self._client.reconstruct(image, K=K, mask=mask, stages=stages, mesh=mesh, stream=stream, cancel=lost)
+        except WorkerCancelled:
             if self._stop.is_set():
-                raise WorkerError("unavailable", "the worker link is closing")
-            if self._epoch != epoch:
-                raise WorkerError("unavailable", f"worker lost during the job: {self.status().message}")
-        error = outcome.get("error")
-        if isinstance(error, WorkerTimeout):
+                raise WorkerError("unavailable", "the worker link is closing") from None
+            raise WorkerError("unavailable", f"worker lost during the job: {self.status().message}") from None
+        except WorkerTimeout as e:
             # A worker that misses a job's deadline is not trusted until it answers a health check again.
-            self._set("error", f"job timed out: {error}")
-        elif isinstance(error, WorkerError) and error.kind in ("internal", "unavailable"):
-            self._set("error", f"job failed on the worker: {error}")
-        if error is not None:
-            raise error
-        return outcome["result"]
+            self._set("error", f"job timed out: {e}")
+            raise
+        except WorkerError as e:
+            if e.kind in ("internal", "unavailable"):
+                self._set("error", f"job failed on the worker: {e}")
+            raise
 
     # -- supervision thread -----------------------------------------------------------------------
 
@@ -211,7 +205,8 @@ class WorkerLink:
             self._status = WorkerStatus(state, message, self.endpoint, local_pid=pid, restarts=old.restarts,
                                         health=old.health if health is None else health)
             if old.state == "ok" and state != "ok":
-                self._epoch += 1
+                self._lost.set()
+                self._lost = threading.Event()
         if state == "ok":
             self._ready.set()
         else:

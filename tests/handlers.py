@@ -31,14 +31,17 @@ WORKER_COMMAND = [sys.executable, "-m", "tests.handlers"]
 class PixelSplatHandler:
     """A real but trivial handler: one Gaussian per (masked) pixel, back-projected to 2 m depth
     with the request's intrinsics, coloured by the pixel; a two-joint skeleton and a one-quad mesh.
-    It can be told to sleep (a long job) or to raise (a failing pipeline)."""
+    It can be told to sleep (a long job), to raise (a failing pipeline), or to die of SIGSEGV on
+    requests of one stream (a native crash in the compute)."""
 
-    def __init__(self, sleep_s: float = 0.0, error: Exception | None = None) -> None:
-        self.sleep_s, self.error = sleep_s, error
+    def __init__(self, sleep_s: float = 0.0, error: Exception | None = None, crash_stream: str | None = None) -> None:
+        self.sleep_s, self.error, self.crash_stream = sleep_s, error, crash_stream
         self.calls = 0
 
     def __call__(self, request: ReconstructionRequest) -> Reconstruction:
         self.calls += 1
+        if self.crash_stream is not None and request.stream == self.crash_stream:
+            os.kill(os.getpid(), signal.SIGSEGV)
         t0 = time.perf_counter()
         time.sleep(self.sleep_s)
         if self.error is not None:
@@ -107,9 +110,10 @@ def main(argv: list[str] | None = None) -> None:
     where.add_argument("--connect", help="connect to a broker's backend endpoint")
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each job sleeps (a long job)")
     parser.add_argument("--heartbeat", type=float, default=None, help="heartbeat interval in seconds (default: WorkerConfig's)")
+    parser.add_argument("--crash-stream", default=None, help="die of SIGSEGV on requests of this stream")
     args = parser.parse_args(argv)
     config = WorkerConfig(heartbeat_interval_s=args.heartbeat, heartbeat_liveness=5) if args.heartbeat else None
-    worker = Worker(PixelSplatHandler(sleep_s=args.sleep), config)
+    worker = Worker(PixelSplatHandler(sleep_s=args.sleep, crash_stream=args.crash_stream), config)
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: worker.stop())
     worker.serve(bind=args.bind, connect=args.connect)

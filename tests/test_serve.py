@@ -18,9 +18,10 @@ import numpy as np
 import pytest
 import zmq
 
-from hgm_core.pipeline.types import NoPersonError, ReconstructionRequest
-from hgm_core.serve.client import WorkerClient, WorkerError, WorkerTimeout
+from hgm_core.types import NoPersonError, ReconstructionRequest
+from hgm_core.serve.client import WorkerCancelled, WorkerClient, WorkerError, WorkerTimeout
 from hgm_core.serve.protocol import DTYPES, ProtocolError, decode, encode
+from hgm_core.types import ERROR_KINDS, HgmError
 from hgm_core.serve.worker import WorkerConfig
 from tests.handlers import PixelSplatHandler, running_worker, test_image
 
@@ -102,6 +103,21 @@ def test_encode_refuses_dtypes_outside_the_whitelist():
         ([header(deadline_ms="soon")], "bad_request", "deadline_ms"),
         ([header(arrays=[{"name": "a", "dtype": "uint8", "shape": [600]}]), bytes(600)], "too_large", "exceeds"),
         ([b"{" + b" " * (70 << 10) + b"}"], "bad_request", "header of"),
+        # Issue #17: each of these once escaped as a non-ProtocolError and killed worker and broker.
+        ([header(arrays=[{"name": "a", "dtype": ["uint8"], "shape": [1]}]), b"1"], "bad_request", "dtype"),
+        ([header(arrays=[{"name": "a", "dtype": {"x": 1}, "shape": [1]}]), b"1"], "bad_request", "dtype"),
+        ([header(arrays=[{"name": "a", "dtype": "uint8", "shape": [2**40, 2**40]}]), b""], "bad_request", "below 2\\^31"),
+        ([header(arrays=[{"name": "a", "dtype": "uint8", "shape": [2**31 - 1] * 3 + [0]}]), b""], "bad_request", "too many elements"),
+        ([header().replace(b'"arrays"', b'"padding": ' + b"9" * 5000 + b', "arrays"')], "bad_request", "digits"),
+        ([header(padding=10**19)], "bad_request", "digits"),
+        ([b'{"protocol": 1, "id": "x", "kind": "health", "n": ' + b"[" * 5000 + b"]" * 5000 + b"}"], "bad_request", "JSON"),
+        ([header(padding=[[[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]])], "bad_request", "deeper"),
+        ([header().replace(b'"arrays"', b'"deadline_ms": 1e400, "arrays"')], "bad_request", "overflows"),
+        ([header(deadline_ms=10**17)], "bad_request", "deadline_ms"),
+        ([header(deadline_ms=-5)], "bad_request", "deadline_ms"),
+        ([header().replace(b'"arrays"', b'"x": NaN, "arrays"')], "bad_request", "NaN"),
+        ([json.dumps({"protocol": True, "id": "a", "kind": "health"}).encode()], "protocol", "unsupported"),
+        ([json.dumps({"protocol": 1.0, "id": "a", "kind": "health"}).encode()], "protocol", "unsupported"),
     ],
 )
 def test_decode_rejects_malformed_messages(frames, kind, match):
@@ -142,7 +158,7 @@ def test_reconstruct_round_trip_is_bit_exact(transport, tmp_path):
 
 
 def _camera(K, image):
-    from hgm_core.pipeline.types import CameraInfo
+    from hgm_core.types import CameraInfo
 
     return CameraInfo(K=K, width=image.shape[1], height=image.shape[0])
 
@@ -185,6 +201,71 @@ def test_malformed_requests_get_error_replies_and_the_worker_lives_on():
         with WorkerClient(worker.endpoint, timeout_s=5) as client:
             assert client.health()["ok"] is True
             assert client.reconstruct(test_image()).gaussians.shape == (24 * 32, 14)
+
+
+def _K(fx: float, fy: float | None = None, cx: float = 16.0, cy: float = 12.0, skew: float = 0.0) -> np.ndarray:
+    return np.array([[fx, skew, cx], [0, fx if fy is None else fy, cy], [0, 0, 1]])
+
+
+@pytest.mark.parametrize(
+    "K, match",
+    [
+        (_K(1e39), "focal lengths"),  # finite in float64, inf in float32: segfaulted the body fit
+        (_K(1e-30), "focal lengths"),  # near zero: was an "internal" error deep in the fit
+        (_K(40.0, fy=0.5), "focal lengths"),
+        (_K(-40.0), "focal lengths"),
+        (_K(40.0, skew=100.0), "skew"),
+        (_K(40.0, cx=1e6), "principal point"),
+        (np.array([[40.0, 0, 16], [0, 40, 12], [0, 0, 2]]), "last row"),
+        (np.array([[40.0, 0, 16], [3, 40, 12], [0, 0, 1]]), "upper triangular"),
+        (np.array([[40.0, 0, 16], [0, np.inf, 12], [0, 0, 1]]), "non-finite"),
+    ],
+)
+def test_intrinsics_the_pipeline_cannot_take_are_bad_input_before_any_work(K, match):
+    handler = PixelSplatHandler()
+    frames = [header(arrays=[{"name": "image", "dtype": "uint8", "shape": [24, 32, 3]}, {"name": "K", "dtype": "float64", "shape": [3, 3]}]),
+              test_image().tobytes(), K.astype("<f8").tobytes()]
+    with running_worker(handler) as worker, WorkerClient(worker.endpoint, timeout_s=5) as client:
+        reply = raw_request(worker.endpoint, frames)
+        assert error_kind(reply) == "bad_input" and match in json.loads(reply[0])["error"]["message"]
+        with pytest.raises(WorkerError, match=match) as info:  # the client refuses the same K locally
+            client.reconstruct(test_image(), K=K)
+        assert info.value.kind == "bad_input"
+        assert client.reconstruct(test_image(), K=_K(40.0)).gaussians.shape == (24 * 32, 14)
+    assert handler.calls == 1
+
+
+def test_a_bug_in_request_handling_is_an_internal_reply_and_the_worker_serves_on():
+    # A broken limit makes the worker's own checks raise TypeError: the last-resort handler answers.
+    with running_worker(PixelSplatHandler(), WorkerConfig(max_pixels=None)) as worker:
+        with WorkerClient(worker.endpoint, timeout_s=5) as client:
+            for _ in range(3):
+                with pytest.raises(WorkerError) as info:
+                    client.reconstruct(test_image())
+                assert info.value.kind == "internal" and "TypeError" in str(info.value)
+            assert client.health()["ok"] is True
+
+
+def test_protocol_and_client_errors_are_hgm_errors_with_wire_kinds():
+    assert issubclass(ProtocolError, HgmError) and issubclass(WorkerError, HgmError)
+    assert ProtocolError("bad_input", "x").kind in ERROR_KINDS
+    with pytest.raises(ValueError, match="not a wire error kind"):
+        ProtocolError("oops", "x")
+
+
+def test_a_cancelled_call_returns_at_once_and_the_client_stays_usable():
+    slow = PixelSplatHandler(sleep_s=1.0)
+    with running_worker(slow) as worker, WorkerClient(worker.endpoint, timeout_s=30, retries=0) as client:
+        cancel = threading.Event()
+        threading.Timer(0.2, cancel.set).start()
+        t0 = time.monotonic()
+        with pytest.raises(WorkerCancelled) as info:
+            client.reconstruct(test_image(), cancel=cancel)
+        assert info.value.kind == "unavailable" and time.monotonic() - t0 < 0.6
+        # The abandoned request's late reply went down with its socket; the next call gets its own.
+        result = client.reconstruct(test_image(8, 8), cancel=threading.Event())
+        assert result.gaussians.shape == (64, 14)
+    assert slow.calls == 2
 
 
 def test_a_frame_over_maxmsgsize_drops_only_that_connection():

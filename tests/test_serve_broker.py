@@ -44,8 +44,8 @@ def running_broker(config: BrokerConfig | None = None, *, tmp_path: Path, **kw):
         assert not thread.is_alive()
 
 
-def worker_process(connect: str, sleep_s: float = 0.0) -> subprocess.Popen:
-    cmd = WORKER_COMMAND + ["--connect", connect, "--sleep", str(sleep_s), "--heartbeat", "0.2"]
+def worker_process(connect: str, sleep_s: float = 0.0, *flags: str) -> subprocess.Popen:
+    cmd = WORKER_COMMAND + ["--connect", connect, "--sleep", str(sleep_s), "--heartbeat", "0.2", *flags]
     return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -121,6 +121,78 @@ def test_job_of_a_killed_worker_is_rerun_on_another(tmp_path):
                 if p is not None:
                     p.kill()
                     p.wait(10)
+
+
+def test_a_job_that_kills_two_workers_is_quarantined_not_retried_across_the_fleet(tmp_path):
+    with running_broker(tmp_path=tmp_path) as broker, WorkerClient(broker.frontend_endpoint, timeout_s=60, retries=0) as client:
+        workers = [worker_process(broker.backend_endpoint, 0.0, "--crash-stream", "poison") for _ in range(3)]
+        try:
+            wait_health(client, lambda h: h["workers"] == 3)
+            with pytest.raises(WorkerError) as info:
+                client.reconstruct(test_image(), stream="poison")
+            assert info.value.kind == "internal" and "quarantined" in str(info.value)
+            assert sorted(p.poll() for p in workers if p.poll() is not None) == [-signal.SIGSEGV] * 2
+            health = client.health()
+            assert health["workers"] == 1 and health["jobs_quarantined"] == 1 and health["jobs_requeued"] == 1
+            # The same job again (a client's retry) is refused at once: the last worker lives on.
+            with pytest.raises(WorkerError, match="quarantined"):
+                client.reconstruct(test_image(), stream="poison")
+            assert client.reconstruct(test_image(), stream="cam").gaussians.shape == (24 * 32, 14)
+            assert sum(p.poll() is None for p in workers) == 1
+        finally:
+            for p in workers:
+                p.kill()
+                p.wait(10)
+
+
+def test_jobs_in_flight_while_the_broker_is_killed_reach_the_restarted_broker(tmp_path):
+    """A broker process SIGKILLed with jobs queued and running: the clients' retries reach its
+    successor on the same endpoints, and the workers rejoin it."""
+    front, back = f"ipc://{tmp_path}/f.sock", f"ipc://{tmp_path}/b.sock"
+    cmd = [sys.executable, "-m", "hgm_core", "serve", "--broker", "--bind", front, "--backend", back, "--heartbeat-s", "0.2"]
+    broker = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    workers = [worker_process(back, 0.5) for _ in range(2)]
+    successor = None
+    try:
+        with WorkerClient(front, timeout_s=2.0, retries=15) as client:
+            wait_health(client, lambda h: h["workers"] == 2, process=broker)
+            results, errors = {}, []
+
+            def call(i: int) -> None:
+                try:
+                    results[i] = client.reconstruct(test_image(8, 8, seed=i))
+                except Exception as e:  # reported below
+                    errors.append(e)
+
+            calls = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+            for c in calls:
+                c.start()
+            wait_health(client, lambda h: h["in_flight"] == 2 and h["queued"] == 2, process=broker)
+            broker.kill()
+            broker.wait(10)
+            successor = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            for c in calls:
+                c.join(60)
+            assert not errors, errors
+            assert sorted(results) == [0, 1, 2, 3]
+            for i, r in results.items():
+                np.testing.assert_allclose(r.gaussians[:, 3:6], (test_image(8, 8, seed=i).reshape(-1, 3) / 255.0 - 0.5) / 0.28209479177387814, atol=1e-5)
+            assert client.health()["workers"] == 2
+    finally:
+        for p in [broker, successor, *workers]:
+            if p is not None:
+                p.kill()
+                p.wait(10)
+
+
+def test_a_bug_in_the_broker_is_an_internal_reply_and_it_routes_on(tmp_path):
+    # A broken limit makes the broker's own checks raise TypeError: the last-resort handler answers.
+    with running_broker(BrokerConfig(max_queue=None, **FAST), tmp_path=tmp_path) as broker:
+        with WorkerClient(broker.frontend_endpoint, timeout_s=5, retries=0) as client:
+            with pytest.raises(WorkerError) as info:
+                client.reconstruct(test_image())
+            assert info.value.kind == "internal" and "TypeError" in str(info.value)
+            assert client.health()["role"] == "broker"
 
 
 def test_worker_reconnects_to_a_restarted_broker(tmp_path):

@@ -4,7 +4,10 @@ The Paranoid Pirate broker of the ZeroMQ guide: clients talk to a ROUTER (`front
 connect DEALERs to another ROUTER (`backend`) and announce READY when idle. Jobs wait in a bounded
 queue and go to the longest-idle worker. Broker and workers exchange heartbeats; a worker that goes
 silent (or whose connection is gone) is dropped and its job is re-queued at the front for another
-worker, up to `max_attempts` times. Health requests are answered by the broker itself.
+worker. A job that has lost `max_attempts` (2) workers is quarantined: the client gets an "internal"
+error, and the same job (same arrays and options) sent again is refused at once instead of killing
+more workers. Health requests are answered by the broker itself. Any message, however malformed,
+gets an error reply or is dropped; none can stop the broker.
 
 Between broker and worker each message carries one leading frame: the broker's job key for a job
 and its reply, empty for READY / heartbeat. Workers need no other knowledge of the broker.
@@ -18,12 +21,14 @@ import logging
 import os
 import threading
 import time
+import traceback
 from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import zmq
 
 from hgm_core.serve import curve
+from hgm_core.serve.quarantine import QUARANTINE_STRIKES, Quarantine, fingerprint
 from hgm_core.serve.protocol import (
     PROTOCOL_VERSION,
     ProtocolError,
@@ -45,15 +50,16 @@ class BrokerConfig:
         max_message_bytes: largest accepted request; also ZMQ_MAXMSGSIZE of both sockets.
         max_queue: jobs that may wait for a worker; more get a "busy" error.
         heartbeat_interval_s, heartbeat_liveness: a worker silent for `liveness` intervals is dead.
-        max_attempts: workers a job may lose before the client gets an "internal" error (a job that
-            kills every worker must not take the whole pool down).
+        max_attempts: workers a job may lose before it is quarantined and the client gets an
+            "internal" error (a job that kills every worker must not take the whole pool down);
+            a client's retry of the job counts on.
     """
 
     max_message_bytes: int = 256 << 20
     max_queue: int = 64
     heartbeat_interval_s: float = 1.0
     heartbeat_liveness: int = 3
-    max_attempts: int = 3
+    max_attempts: int = QUARANTINE_STRIKES
 
 
 @dataclass
@@ -63,7 +69,7 @@ class _Job:
     frames: list
     request_id: str
     deadline: float | None
-    attempts: int = 0
+    fingerprint: bytes
     worker: bytes | None = None
 
 
@@ -90,6 +96,7 @@ class Broker:
         self._queue: deque[_Job] = deque()
         self._inflight: dict[bytes, _Job] = {}
         self._keys = itertools.count(1)
+        self._quarantine = Quarantine(self.config.max_attempts)
         self._done = 0
         self._requeued = 0
         self._started = time.monotonic()
@@ -137,6 +144,7 @@ class Broker:
             "in_flight": len(self._inflight),
             "jobs_done": self._done,
             "jobs_requeued": self._requeued,
+            "jobs_quarantined": len(self._quarantine),
             "uptime_s": round(time.monotonic() - self._started, 3),
             "pid": os.getpid(),
         }
@@ -163,7 +171,11 @@ class Broker:
         while not self._stop.is_set():
             events = dict(poller.poll(max(0, min(100, (next_beat - time.monotonic()) * 1000))))
             if self._back in events:
-                self._on_worker(self._back.recv_multipart(copy=False))
+                frames = self._back.recv_multipart(copy=False)
+                try:
+                    self._on_worker(frames)
+                except Exception:  # last resort: drop the message, keep routing
+                    log.error("message from a worker dropped:\n%s", traceback.format_exc())
             if self._front in events:
                 self._on_client(self._front.recv_multipart(copy=False))
             now = time.monotonic()
@@ -178,22 +190,31 @@ class Broker:
         # [client routing id, (empty delimiter of a REQ client), header, arrays...]
         n = 2 if len(frames) > 2 and frames[1].bytes == b"" else 1
         envelope, body = frames[:n], frames[n:]
+        rid = ""
         try:
             msg = decode(body, max_message_bytes=self.config.max_message_bytes)
+            rid = msg.id
+            if msg.kind == "health":
+                self._front.send_multipart(envelope + encode("result", rid, info=self.health_info()))
+                return
+            if msg.kind != "reconstruct":
+                raise ProtocolError("bad_request", f"kind {msg.kind!r} is not a request", rid)
+            if len(self._queue) >= self.config.max_queue:
+                raise ProtocolError("busy", f"broker queue full ({self.config.max_queue} jobs)", rid)
+            digest = fingerprint(msg)
+            if (reason := self._quarantine.reason(digest)) is not None:
+                raise ProtocolError("internal", reason, rid)
         except ProtocolError as e:
             self._front.send_multipart(envelope + encode_error(e.request_id, e.kind, str(e)))
             return
-        if msg.kind == "health":
-            self._front.send_multipart(envelope + encode("result", msg.id, info=self.health_info()))
-        elif msg.kind != "reconstruct":
-            self._front.send_multipart(envelope + encode_error(msg.id, "bad_request", f"kind {msg.kind!r} is not a request"))
-        elif len(self._queue) >= self.config.max_queue:
-            self._front.send_multipart(envelope + encode_error(msg.id, "busy", f"broker queue full ({self.config.max_queue} jobs)"))
-        else:
-            deadline_ms = msg.header.get("deadline_ms")
-            deadline = time.monotonic() + deadline_ms / 1000 if deadline_ms is not None else None
-            key = next(self._keys).to_bytes(8, "big")
-            self._queue.append(_Job(key, envelope, body, msg.id, deadline))
+        except Exception as e:  # last resort: one "internal" reply, keep routing
+            log.error("client message %r failed:\n%s", rid, traceback.format_exc())
+            self._front.send_multipart(envelope + encode_error(rid, "internal", f"{type(e).__name__}: {e}"))
+            return
+        deadline_ms = msg.header.get("deadline_ms")
+        deadline = time.monotonic() + deadline_ms / 1000 if deadline_ms is not None else None
+        key = next(self._keys).to_bytes(8, "big")
+        self._queue.append(_Job(key, envelope, body, rid, deadline, digest))
 
     def _on_worker(self, frames: list) -> None:
         # [worker routing id, job key or empty, header, arrays...]
@@ -214,8 +235,9 @@ class Broker:
             elif state.job is not None:  # READY while holding a job: that job is lost
                 self._lose_job(state)
             info = header.get("info", {})
-            state.stages = tuple(str(s) for s in info.get("stages", ()))
-            state.pid = info.get("pid")
+            stages, pid = info.get("stages"), info.get("pid")
+            state.stages = tuple(s for s in stages if isinstance(s, str)) if isinstance(stages, list) else ()
+            state.pid = pid if type(pid) is int else None
             if wid not in self._idle:
                 self._idle.append(wid)
         if state is None:
@@ -279,10 +301,10 @@ class Broker:
     def _lose_job(self, state: _WorkerState) -> None:
         job = self._inflight.pop(state.job)
         state.job, job.worker = None, None
-        job.attempts += 1
-        if job.attempts >= self.config.max_attempts:
-            msg = f"the job lost its worker {job.attempts} times; giving up"
-            self._front.send_multipart(job.envelope + encode_error(job.request_id, "internal", msg))
+        reason = self._quarantine.strike(job.fingerprint, "its worker")
+        if reason is not None:
+            log.error("job %s %s", job.request_id, reason)
+            self._front.send_multipart(job.envelope + encode_error(job.request_id, "internal", reason))
             return
         self._requeued += 1
         self._queue.appendleft(job)

@@ -40,6 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="(worker) HGM checkpoint folder for the network stages (as `hgm reconstruct`)")
     parser.add_argument("--fit-iterations", type=int, default=None, help="(worker) body-fit iterations (default: the pipeline's)")
     parser.add_argument("--mesh", action="store_true", help="(worker) also send the avatar's surface mesh (~1.5 s per job)")
+    parser.add_argument("--threads", type=int, default=1, help="(worker) compute threads (default: 1, fastest for the body fit on a loaded machine)")
     parser.add_argument("--stages", default=None, help="(worker) comma-separated stages to accept (default: all)")
     parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted image, H*W (default: 4096^2)")
     parser.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message in MiB (default: 256)")
@@ -98,6 +99,11 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
         except (OSError, ValueError) as e:
             raise CliError(f"cannot load CURVE keys: {e}") from None
     server_keys = None if args.connect else _server_keys(args)
+    if args.threads < 1:
+        raise CliError("--threads must be at least 1")
+    from hgm_core.runtime import set_compute_threads
+
+    set_compute_threads(args.threads)  # the entry point, not the library, owns the thread count
     reconstructor = _load_reconstructor(args)
     available = tuple(reconstructor.available_stages)
     if wanted is not None and not set(wanted) <= set(available):

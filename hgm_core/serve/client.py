@@ -6,30 +6,35 @@
 
 Every call has a deadline; after a timeout the socket is thrown away and the request re-sent on a
 fresh one (the "lazy pirate" pattern of the ZeroMQ guide), at most `retries` times. Calls are
-thread-safe and may overlap (each in-flight call holds its own socket from a small pool).
+thread-safe and may overlap (each in-flight call holds its own socket from a small pool). A call
+given a `cancel` event returns within `CANCEL_POLL_S` of the event being set (`WorkerCancelled`), so
+a caller that must give up early needs no thread of its own per call.
+
+Requests and results are encoded by `hgm_core.serve.schema`, the module the worker uses too.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import zmq
 import zmq.auth
 
-from hgm_core.layout import RAW_FIELDS
 from hgm_core.serve.curve import CurveClientKeys
 from hgm_core.serve.curve import make_client as make_curve_client
 from hgm_core.serve.protocol import Message, ProtocolError, decode, encode, new_id
+from hgm_core.serve.schema import JobResult, decode_error, decode_result, encode_request
+from hgm_core.types import HgmError
+
+CANCEL_POLL_S = 0.05
+"""How often a call with a `cancel` event looks at it while waiting for the reply."""
 
 
-class WorkerError(RuntimeError):
-    """A job failed. `kind` is one of bad_request, protocol, too_large, busy, bad_input, no_person,
-    crop_too_small, stage_unavailable, internal, unavailable, timeout (see `hgm_core.serve.protocol`)."""
+class WorkerError(HgmError):
+    """A job failed. `kind` is one of `hgm_core.types.ERROR_KINDS` (see `hgm_core.serve.protocol`)."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(f"{kind}: {message}")
@@ -43,33 +48,12 @@ class WorkerTimeout(WorkerError):
         super().__init__("timeout", message)
 
 
-@dataclass
-class JobResult:
-    """A reconstruction as received. Arrays are zero-copy views of the received message.
+class WorkerCancelled(WorkerError):
+    """The caller's `cancel` event was set before the reply came (kind "unavailable"); the request
+    went down with its socket, so a late reply is never mistaken for another call's."""
 
-    Attributes:
-        gaussians: `[N, 14]` float32 raw rows in `hgm_core.layout.RAW_FIELDS` order, camera
-            optical frame, metres.
-        joints: `[J, 3]` float32 fitted joints (camera optical frame) or None.
-        joint_names, bones: names of the J joints and pairs of joint indices.
-        mesh_vertices `[V, 3]` float32, mesh_faces `[F, 3]` uint32, mesh_colors `[V, 3]` uint8:
-            the avatar mesh, or None.
-        timings: seconds per stage on the worker, plus "worker_total" and "roundtrip".
-        info: the pipeline's JSON extras, plus "worker" (pid, host) of the worker that ran the job.
-        body_vertices `[B, 3]` float32, body_faces `[G, 3]` uint32: the fitted body surface, or None.
-    """
-
-    gaussians: np.ndarray
-    joints: np.ndarray | None
-    joint_names: tuple[str, ...]
-    bones: tuple[tuple[int, int], ...]
-    mesh_vertices: np.ndarray | None
-    mesh_faces: np.ndarray | None
-    mesh_colors: np.ndarray | None
-    timings: dict[str, float]
-    info: dict
-    body_vertices: np.ndarray | None = None
-    body_faces: np.ndarray | None = None
+    def __init__(self, message: str) -> None:
+        super().__init__("unavailable", message)
 
 
 class WorkerClient:
@@ -129,6 +113,7 @@ class WorkerClient:
         mesh: bool | None = None,
         stream: str = "",
         timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> JobResult:
         """Reconstruct the person in `image` (`[H, W, 3]` uint8 RGB).
 
@@ -140,21 +125,27 @@ class WorkerClient:
             stream: names this camera stream, so the worker warm-starts the body fit from its
                 previous frame only (several clients can share one worker).
             timeout_s: deadline of one attempt (default: the client's).
+            cancel: set it (from any thread) to abandon the call.
 
         Raises:
-            WorkerError: the worker refused or failed the job (`.kind` says why); bad local input
-                raises kind "bad_input" before anything is sent.
+            WorkerError: the worker refused or failed the job (`.kind` says why); input the worker
+                would refuse (`hgm_core.serve.schema`) raises its kind before anything is sent.
             WorkerTimeout: no reply on any attempt.
+            WorkerCancelled: `cancel` was set first.
         """
-        arrays = {"image": _check_image(image)}
-        if K is not None:
-            arrays["K"] = _check_K(K)
-        if mask is not None:
-            arrays["mask"] = _check_mask(mask, image.shape[:2])
+        timeout_s = timeout_s or self.timeout_s
+        request_id = new_id()
+        try:
+            frames = encode_request(request_id, image, K=K, mask=mask, stages=stages, mesh=mesh, stream=stream,
+                                    deadline_ms=int(timeout_s * 1000))
+        except ProtocolError as e:
+            raise WorkerError(e.kind, str(e)) from None
         t0 = time.perf_counter()
-        options = {"stages": stages, "stream": stream} | ({} if mesh is None else {"mesh": bool(mesh)})
-        reply = self._call("reconstruct", arrays, timeout_s or self.timeout_s, self.retries, **options)
-        result = _job_result(reply)
+        reply = self._call(request_id, frames, timeout_s, self.retries, cancel)
+        try:
+            result = decode_result(reply)
+        except ProtocolError as e:
+            raise WorkerError("protocol", f"malformed result: {e}") from None
         result.timings["roundtrip"] = time.perf_counter() - t0
         return result
 
@@ -164,7 +155,8 @@ class WorkerClient:
         Raises:
             WorkerTimeout: the server did not answer within `timeout_s`.
         """
-        return dict(self._call("health", {}, timeout_s, 0).header.get("info", {}))
+        request_id = new_id()
+        return dict(self._call(request_id, encode("health", request_id), timeout_s, 0, None).header.get("info", {}))
 
     def close(self) -> None:
         with self._lock:
@@ -182,9 +174,7 @@ class WorkerClient:
 
     # -- transport --------------------------------------------------------------------------------
 
-    def _call(self, kind: str, arrays: dict[str, np.ndarray], timeout_s: float, retries: int, **fields: Any) -> Message:
-        request_id = new_id()
-        frames = encode(kind, request_id, arrays, deadline_ms=int(timeout_s * 1000), **fields)
+    def _call(self, request_id: str, frames: list, timeout_s: float, retries: int, cancel: threading.Event | None) -> Message:
         size = sum(memoryview(f).nbytes for f in frames)
         if size > self.max_message_bytes:
             raise WorkerError("too_large", f"request of {size} bytes exceeds max_message_bytes={self.max_message_bytes}")
@@ -192,7 +182,7 @@ class WorkerClient:
             sock = self._acquire()
             try:
                 sock.send_multipart(frames, copy=False)
-                reply = self._wait_reply(sock, request_id, timeout_s)
+                reply = self._wait_reply(sock, request_id, timeout_s, cancel)
             except BaseException:
                 sock.close(linger=0)
                 raise
@@ -203,19 +193,20 @@ class WorkerClient:
                 continue
             self._release(sock)
             if reply.kind == "error":
-                err = reply.header.get("error", {})
-                err_kind, message = str(err.get("kind", "internal")), str(err.get("message", ""))
+                err_kind, message = decode_error(reply)
                 raise WorkerTimeout(message) if err_kind == "timeout" else WorkerError(err_kind, message)
             if reply.kind != "result":
                 raise WorkerError("protocol", f"unexpected reply kind {reply.kind!r}")
             return reply
         raise WorkerTimeout(f"no reply from {self.endpoint} within {timeout_s:g} s ({retries + 1} attempt(s))")
 
-    def _wait_reply(self, sock: zmq.Socket, request_id: str, timeout_s: float) -> Message | None:
+    def _wait_reply(self, sock: zmq.Socket, request_id: str, timeout_s: float, cancel: threading.Event | None) -> Message | None:
         deadline = time.monotonic() + timeout_s
         while (remaining := deadline - time.monotonic()) > 0:
-            if not sock.poll(remaining * 1000, zmq.POLLIN):
-                return None
+            if cancel is not None and cancel.is_set():
+                raise WorkerCancelled("the call was cancelled")
+            if not sock.poll(1000 * (remaining if cancel is None else min(remaining, CANCEL_POLL_S)), zmq.POLLIN):
+                continue
             frames = sock.recv_multipart(copy=False)
             try:
                 reply = decode(frames, max_message_bytes=self.max_message_bytes)
@@ -260,60 +251,3 @@ def load_curve_client_keys(server_key_file: str | Path, client_secret_file: str 
         return {"server_public_key": server_public}
     keys = CurveClientKeys.load(server_key_file, client_secret_file)
     return {"server_public_key": keys.server_public, "client_public_key": keys.public, "client_secret_key": keys.secret}
-
-
-def _check_image(image: np.ndarray) -> np.ndarray:
-    image = np.asarray(image)
-    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-        raise WorkerError("bad_input", f"image must be a non-empty [H, W, 3] uint8 RGB array, got {image.shape} {image.dtype}")
-    return image
-
-
-def _check_K(K: np.ndarray) -> np.ndarray:
-    K = np.asarray(K, dtype=np.float64)
-    if K.shape != (3, 3) or not np.isfinite(K).all():
-        raise WorkerError("bad_input", f"K must be a finite [3, 3] matrix, got shape {K.shape}")
-    return K
-
-
-def _check_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    mask = np.asarray(mask)
-    if mask.shape != hw:
-        raise WorkerError("bad_input", f"mask shape {mask.shape} does not match the image's {hw}")
-    return mask.astype(np.uint8, copy=False)
-
-
-def _optional(arrays: dict[str, np.ndarray], name: str, dtype: type, width: int) -> np.ndarray | None:
-    a = arrays.get(name)
-    if a is None:
-        return None
-    if a.dtype != dtype or a.ndim != 2 or a.shape[1] != width:
-        raise WorkerError("protocol", f"reply array {name!r} is {a.shape} {a.dtype}, expected [*, {width}] {np.dtype(dtype)}")
-    return a
-
-
-def _job_result(reply: Message) -> JobResult:
-    arrays = reply.arrays
-    gaussians = _optional(arrays, "gaussians", np.float32, len(RAW_FIELDS))
-    if gaussians is None:
-        raise WorkerError("protocol", "result has no 'gaussians' array")
-    skeleton = reply.header.get("skeleton") or {}
-    joints = _optional(arrays, "joints", np.float32, 3)
-    try:
-        names = tuple(str(n) for n in skeleton.get("names", ()))
-        bones = tuple((int(a), int(b)) for a, b in skeleton.get("bones", ()))
-    except (TypeError, ValueError):
-        raise WorkerError("protocol", "malformed 'skeleton' in result header") from None
-    return JobResult(
-        gaussians=gaussians,
-        joints=joints,
-        joint_names=names,
-        bones=bones,
-        mesh_vertices=_optional(arrays, "mesh_vertices", np.float32, 3),
-        mesh_faces=_optional(arrays, "mesh_faces", np.uint32, 3),
-        mesh_colors=_optional(arrays, "mesh_colors", np.uint8, 3),
-        timings={str(k): float(v) for k, v in reply.header.get("timings", {}).items()},
-        info=dict(reply.header.get("info", {})),
-        body_vertices=_optional(arrays, "body_vertices", np.float32, 3),
-        body_faces=_optional(arrays, "body_faces", np.uint32, 3),
-    )

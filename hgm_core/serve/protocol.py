@@ -8,23 +8,28 @@ server keeps a list of allowed clients, a key pair on that list).
 
 Message: one ZeroMQ multipart message per request and per reply::
 
-    frame 0        UTF-8 JSON object (the header), at most 64 KiB
+    frame 0        UTF-8 JSON object (the header), at most 64 KiB, nested at most 16 levels deep,
+                   integers of at most 18 digits, finite float64 numbers (no NaN,
+                   Infinity or 1e400)
     frame 1..n     raw array bytes, one frame per entry of header["arrays"], in that order
 
 Header keys:
 
-    protocol   1 (int; any other value gets an error reply of kind "protocol")
+    protocol   1 (a JSON integer; any other value, `1.0` and `true` included, gets an error reply
+               of kind "protocol")
     id         string chosen by the client (<= 128 chars), echoed in the reply
     kind       "reconstruct" | "health"            requests
                "result" | "error"                  replies
                "ready" | "heartbeat"               worker <-> broker only
     arrays     list of at most 16 {"name": str, "dtype": str, "shape": [int, ...]} (unique names
-               of at most 64 chars, at most 4 dimensions); dtype is one of uint8 uint16 int32
-               uint32 int64 float32 float64, always little endian, C order; the frame holds
-               exactly prod(shape) * itemsize bytes
+               of at most 64 chars, at most 4 dimensions, each below 2^31, their non-zero ones
+               multiplying to less than 2^48); dtype is one of uint8 uint16 int32 uint32 int64
+               float32 float64, always little endian, C order; the frame holds exactly
+               prod(shape) * itemsize bytes
     timings    (replies) {"stage": seconds, ...}
-    error      (kind "error") {"kind": str, "message": str}
-    deadline_ms (requests, optional) the client's patience; work still queued after it is dropped
+    error      (kind "error") {"kind": str, "message": str}; kind one of the error kinds below
+    deadline_ms (requests, optional) the client's patience, a number in (0, 10^9]; work still
+               queued after it is dropped
     stages     (reconstruct) "prior" | "coarse" | "refined" | "full"
     mesh       (reconstruct, optional) true/false: extract the avatar mesh; absent: the worker's default
     stream     (reconstruct, optional) string of at most 128 chars naming the camera stream; the
@@ -34,9 +39,12 @@ Header keys:
 
 No pickle or other executable encoding is ever used; a reader needs only JSON and raw buffers.
 
-reconstruct request arrays:  image uint8 [H, W, 3] RGB (required); K float64 [3, 3] pixel
-    intrinsics (optional, default field of view when absent); mask uint8 [H, W] person mask,
-    nonzero = person (optional; replaces the segmenter).
+reconstruct request arrays:  image uint8 [H, W, 3] RGB (required); K float32 or float64 [3, 3]
+    pixel intrinsics (optional, default field of view when absent): last row 0 0 1, K[1, 0] = 0,
+    focal lengths fx, fy in [0.02, 1000] * max(H, W), |skew| <= fx, principal point within one
+    image size of the image (-W <= cx <= 2W, -H <= cy <= 2H); anything else is bad_input; mask
+    uint8 [H, W] person mask, nonzero = person (optional; replaces the segmenter).
+    `hgm_core.serve.schema` encodes and checks requests and results.
 reconstruct result arrays (all in the input camera's optical frame, x right, y down, z forward,
     metres): gaussians float32 [N, 14] raw rows `x y z f_dc_0 f_dc_1 f_dc_2 opacity scale_0 scale_1
     scale_2 rot_0 rot_1 rot_2 rot_3` (opacity logit, log scales, quaternion w first — the 3DGS PLY
@@ -53,8 +61,9 @@ that connection without a reply, so such a client sees a timeout.
 Error kinds: bad_request (malformed message), protocol (unsupported version), too_large (message
 bytes or image pixels over the server's limits), busy (queue full), bad_input, no_person,
 crop_too_small, stage_unavailable (the pipeline's documented failures: `PipelineError.kind`),
-internal (a bug or crash on the server), timeout (the job outlived its deadline), unavailable (the
-server is shutting down).
+internal (a bug or crash on the server, or a job quarantined after it crashed the compute
+twice), timeout (the job outlived its deadline), unavailable (the server is shutting down); the
+list is `hgm_core.types.ERROR_KINDS`.
 
 Envelopes: a ROUTER prepends the peer's routing id; servers reply with the same envelope (including
 the empty delimiter frame a REQ socket adds). Between broker and worker, every message carries one
@@ -71,6 +80,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import zmq
+
+from hgm_core.types import ERROR_KINDS, HgmError
 
 PROTOCOL_VERSION = 1
 
@@ -90,15 +101,23 @@ MAX_ARRAYS = 16
 MAX_NDIM = 4
 MAX_ID_CHARS = 128
 MAX_NAME_CHARS = 64
+MAX_DEPTH = 16
+MAX_INT_DIGITS = 18
+MAX_DIM = 2**31 - 1
+MAX_ELEMENTS = 2**48
+MAX_DEADLINE_MS = 1e9
 
 Frame = bytes | memoryview | zmq.Frame
 
 
-class ProtocolError(ValueError):
-    """A message that breaks the protocol. `kind` is the error kind to reply with; `request_id`
-    the id of the offending message when its header could be read (else "")."""
+class ProtocolError(HgmError):
+    """A message that breaks the protocol. `kind` (one of `hgm_core.types.ERROR_KINDS`) is the
+    error kind to reply with; `request_id` the id of the offending message when its header could
+    be read (else "")."""
 
     def __init__(self, kind: str, message: str, request_id: str = "") -> None:
+        if kind not in ERROR_KINDS:
+            raise ValueError(f"{kind!r} is not a wire error kind ({', '.join(ERROR_KINDS)})")
         super().__init__(message)
         self.kind = kind
         self.request_id = request_id
@@ -147,6 +166,8 @@ def encode(kind: str, request_id: str, arrays: Mapping[str, np.ndarray] | None =
 
 
 def encode_error(request_id: str, kind: str, message: str) -> list:
+    if kind not in ERROR_KINDS:
+        raise ValueError(f"{kind!r} is not a wire error kind ({', '.join(ERROR_KINDS)})")
     return encode("error", request_id, error={"kind": kind, "message": message[:2000]})
 
 
@@ -171,7 +192,7 @@ def decode(frames: Sequence[Frame], *, max_message_bytes: int) -> Message:
     arrays = {}
     for spec, view in zip(specs, views[1:]):
         dtype = DTYPES[spec["dtype"]]
-        expected = math.prod(spec["shape"]) * dtype.itemsize
+        expected = math.prod(spec["shape"]) * dtype.itemsize  # bounded by _check_array_specs
         if view.nbytes != expected:
             raise ProtocolError(
                 "bad_request", f"array {spec['name']!r}: {spec['shape']} {spec['dtype']} needs {expected} bytes, frame has {view.nbytes}", rid
@@ -186,16 +207,21 @@ def decode_header(frame: Frame) -> dict[str, Any]:
     if view.nbytes > MAX_HEADER_BYTES:
         raise ProtocolError("bad_request", f"header of {view.nbytes} bytes exceeds {MAX_HEADER_BYTES}")
     try:
-        header = json.loads(bytes(view))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ProtocolError("bad_request", f"header is not UTF-8 JSON: {e}") from None
+        header = json.loads(bytes(view), parse_int=_parse_int, parse_float=_parse_float, parse_constant=_refuse_constant)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise ProtocolError("bad_request", f"header is not UTF-8 JSON: {type(e).__name__}: {str(e)[:200]}") from None
     if not isinstance(header, dict):
         raise ProtocolError("bad_request", "header is not a JSON object")
+    if _depth(header) > MAX_DEPTH:
+        raise ProtocolError("bad_request", f"header nests deeper than {MAX_DEPTH} levels")
     rid = header.get("id")
     if not isinstance(rid, str) or len(rid) > MAX_ID_CHARS:
         raise ProtocolError("bad_request", f"header 'id' must be a string of at most {MAX_ID_CHARS} chars")
-    if header.get("protocol") != PROTOCOL_VERSION:
-        raise ProtocolError("protocol", f"unsupported protocol {header.get('protocol')!r}; this server speaks {PROTOCOL_VERSION}", rid)
+    version = header.get("protocol")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # `true` and `1.0` compare equal to 1
+        raise ProtocolError("protocol", f"unsupported protocol {version!r}; this server speaks {PROTOCOL_VERSION}", rid)
     if header.get("kind") not in KINDS:
         raise ProtocolError("bad_request", f"unknown kind {header.get('kind')!r}", rid)
     header.setdefault("arrays", [])
@@ -203,8 +229,8 @@ def decode_header(frame: Frame) -> dict[str, Any]:
     for key in ("timings", "info", "error"):
         if key in header and not isinstance(header[key], dict):
             raise ProtocolError("bad_request", f"header {key!r} must be an object", rid)
-    if "deadline_ms" in header and not _is_number(header["deadline_ms"]):
-        raise ProtocolError("bad_request", "header 'deadline_ms' must be a number", rid)
+    if "deadline_ms" in header and not (_is_number(header["deadline_ms"]) and 0 < header["deadline_ms"] <= MAX_DEADLINE_MS):
+        raise ProtocolError("bad_request", f"header 'deadline_ms' must be a number in (0, {MAX_DEADLINE_MS:.0e}]", rid)
     return header
 
 
@@ -219,14 +245,17 @@ def _check_array_specs(specs: Any, rid: str) -> None:
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS or name in names:
             raise ProtocolError("bad_request", f"array name {name!r} is invalid or repeated", rid)
         names.add(name)
-        if dtype not in DTYPES:
+        if not isinstance(dtype, str) or dtype not in DTYPES:
             raise ProtocolError("bad_request", f"array {name!r}: dtype {dtype!r} not allowed ({', '.join(DTYPES)})", rid)
         if (
             not isinstance(shape, list)
             or len(shape) > MAX_NDIM
-            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+            or not all(type(d) is int and 0 <= d <= MAX_DIM for d in shape)
         ):
-            raise ProtocolError("bad_request", f"array {name!r}: shape must be a list of at most {MAX_NDIM} non-negative ints", rid)
+            raise ProtocolError("bad_request", f"array {name!r}: shape must be a list of at most {MAX_NDIM} non-negative ints below 2^31", rid)
+        # numpy cannot make an array whose dimensions multiply past intp, even an empty one.
+        if math.prod(d for d in shape if d) >= MAX_ELEMENTS:
+            raise ProtocolError("bad_request", f"array {name!r}: shape {shape} has too many elements", rid)
 
 
 def _view(frame: Frame) -> memoryview:
@@ -236,6 +265,36 @@ def _view(frame: Frame) -> memoryview:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _parse_int(text: str) -> int:
+    # Huge integers cost quadratic time to parse and overflow every float conversion downstream.
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise ProtocolError("bad_request", f"header has an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400
+        raise ProtocolError("bad_request", f"header number {text[:40]} overflows a float")
+    return value
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ProtocolError("bad_request", f"header has {name}, which is not JSON")
+
+
+def _depth(value: Any) -> int:
+    """Nesting depth of a parsed JSON value (iterative: the value may be deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= MAX_DEPTH:
+                stack.extend((v, depth + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return deepest
 
 
 def _json_fallback(obj: Any) -> Any:

@@ -8,8 +8,9 @@ Two modes, one code path:
   silent (the Paranoid Pirate worker of the ZeroMQ guide).
 
 The socket is served by one thread and the handler runs in another, so health requests and
-heartbeats are answered while a job runs. Every request is validated before it is queued; a
-malformed or oversized request, or a handler exception, becomes an error reply — never a dead worker.
+heartbeats are answered while a job runs. Every request is validated (`hgm_core.serve.schema`)
+before it is queued; a malformed or oversized request, a handler exception, or a bug in the worker
+itself becomes an error reply — never a dead worker.
 """
 
 from __future__ import annotations
@@ -24,17 +25,17 @@ import traceback
 from dataclasses import dataclass
 from typing import Callable
 
-import numpy as np
 import zmq
 
-from hgm_core.pipeline.types import STAGES, CameraInfo, PipelineError, Reconstruction, ReconstructionRequest
 from hgm_core.serve import curve
-from hgm_core.serve.protocol import Message, ProtocolError, decode, encode, encode_error, new_id
+from hgm_core.serve.protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, encode_error, new_id
+from hgm_core.serve.schema import decode_request, encode_result
+from hgm_core.types import ERROR_KINDS, STAGES, HgmError, Reconstruction, ReconstructionRequest
 
 log = logging.getLogger("hgm.serve.worker")
 
 Handler = Callable[[ReconstructionRequest], Reconstruction]
-"""Runs one job; raises a `PipelineError` subclass for documented failures (its `kind` is replied)."""
+"""Runs one job; raises an `HgmError` subclass for documented failures (its `kind` is replied)."""
 
 
 @dataclass(frozen=True)
@@ -141,7 +142,7 @@ class Worker:
         return {
             "ok": True,
             "role": "worker",
-            "protocol": 1,
+            "protocol": PROTOCOL_VERSION,
             "stages": list(self.config.stages),
             "busy": self._pending > 0,
             "queued": max(0, self._pending - 1),
@@ -242,65 +243,36 @@ class Worker:
         sock.send_multipart([b""] + encode(kind, new_id(), info=info))
 
     def _on_request(self, sock: zmq.Socket, envelope: list, frames: list) -> None:
+        rid = ""
         try:
             msg = decode(frames, max_message_bytes=self.config.max_message_bytes)
+            rid = msg.id
             if msg.kind == "health":
-                self._reply(sock, envelope, encode("result", msg.id, info=self.health_info()))
+                self._reply(sock, envelope, encode("result", rid, info=self.health_info()))
                 return
             if msg.kind != "reconstruct":
-                raise ProtocolError("bad_request", f"kind {msg.kind!r} is not a request", msg.id)
-            request = self._to_request(msg)
+                raise ProtocolError("bad_request", f"kind {msg.kind!r} is not a request", rid)
+            request = decode_request(msg, max_pixels=self.config.max_pixels, stages=self.config.stages)
+            if self._pending > self.config.queue_depth:
+                raise ProtocolError("busy", f"queue full ({self.config.queue_depth} waiting)", rid)
         except ProtocolError as e:
             log.info("rejected request %r: %s: %s", e.request_id, e.kind, e)
             self._reply(sock, envelope, encode_error(e.request_id, e.kind, str(e)))
             return
-        if self._pending > self.config.queue_depth:
-            self._reply(sock, envelope, encode_error(msg.id, "busy", f"queue full ({self.config.queue_depth} waiting)"))
+        except Exception as e:  # last resort: a bug in the checks must cost one reply, not the worker
+            log.error("request %r failed:\n%s", rid, traceback.format_exc())
+            self._reply(sock, envelope, encode_error(rid, "internal", f"{type(e).__name__}: {e}"))
             return
         now = time.monotonic()
         deadline = msg.header.get("deadline_ms")
         expires = now + deadline / 1000 if deadline is not None else None
         self._pending += 1
-        self._jobs.put(_Job(envelope, msg.id, request, now, expires))
+        self._jobs.put(_Job(envelope, rid, request, now, expires))
 
     def _reply(self, sock: zmq.Socket, envelope: list, frames: list) -> None:
         sock.send_multipart(envelope + frames, copy=False)
         if self._broker_mode and self._pending == 0:
             self._send_control(sock, "ready")
-
-    def _to_request(self, msg: Message) -> ReconstructionRequest:
-        """Check a reconstruct message against the schema and limits (ProtocolError otherwise)."""
-        arrays, rid = msg.arrays, msg.id
-        unknown = set(arrays) - {"image", "K", "mask"}
-        if unknown:
-            raise ProtocolError("bad_request", f"unknown arrays {sorted(unknown)}", rid)
-        image = arrays.get("image")
-        if image is None:
-            raise ProtocolError("bad_request", "reconstruct needs an 'image' array", rid)
-        if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
-            raise ProtocolError("bad_input", f"image must be non-empty [H, W, 3] uint8, got {list(image.shape)} {image.dtype}", rid)
-        h, w = image.shape[:2]
-        if h * w > self.config.max_pixels:
-            raise ProtocolError("too_large", f"image {w}x{h} exceeds max_pixels={self.config.max_pixels}", rid)
-        camera = None
-        if "K" in arrays:
-            K = arrays["K"]
-            if K.shape != (3, 3) or K.dtype.kind != "f" or not np.isfinite(K).all():
-                raise ProtocolError("bad_input", "K must be a finite float [3, 3] matrix", rid)
-            camera = CameraInfo(K=K.astype(np.float64), width=w, height=h)
-        mask = arrays.get("mask")
-        if mask is not None and (mask.dtype != np.uint8 or mask.shape != (h, w)):
-            raise ProtocolError("bad_input", f"mask must be uint8 [{h}, {w}], got {list(mask.shape)} {mask.dtype}", rid)
-        stages = msg.header.get("stages", "prior")
-        if stages not in self.config.stages:
-            raise ProtocolError("bad_request", f"stages {stages!r} not served here (this worker serves {list(self.config.stages)})", rid)
-        mesh = msg.header.get("mesh")
-        if mesh is not None and not isinstance(mesh, bool):
-            raise ProtocolError("bad_request", f"mesh must be true, false or absent, got {mesh!r}", rid)
-        stream = msg.header.get("stream", "")
-        if not isinstance(stream, str) or len(stream) > 128:
-            raise ProtocolError("bad_request", "stream must be a string of at most 128 characters", rid)
-        return ReconstructionRequest(image=image, camera=camera, mask=mask, stages=stages, mesh=mesh, stream=stream)
 
     def _refuse_queued(self, sock: zmq.Socket) -> None:
         while True:
@@ -330,47 +302,14 @@ class Worker:
         t0 = time.perf_counter()
         try:
             recon = self.handler(job.request)
-            arrays, fields = result_payload(recon)
-        except PipelineError as e:
+            timings = {"queue": started - job.received, "worker_total": time.perf_counter() - t0}
+            frames = encode_result(job.request_id, recon, timings=timings, info={"worker": {"pid": os.getpid(), "host": _socket.gethostname()}})
+        except HgmError as e:
             self._failed += 1
-            return encode_error(job.request_id, e.kind, str(e))
+            return encode_error(job.request_id, e.kind if e.kind in ERROR_KINDS else "internal", str(e))
         except Exception as e:  # a bug in the handler must not take the worker down
             self._failed += 1
             log.error("job %s failed:\n%s", job.request_id, traceback.format_exc())
             return encode_error(job.request_id, "internal", f"{type(e).__name__}: {e}")
         self._done += 1
-        fields["timings"].update(queue=started - job.received, worker_total=time.perf_counter() - t0)
-        fields["info"]["worker"] = {"pid": os.getpid(), "host": _socket.gethostname()}
-        return encode("result", job.request_id, arrays, **fields)
-
-
-def result_payload(recon: Reconstruction) -> tuple[dict[str, np.ndarray], dict]:
-    """A `Reconstruction` -> (wire arrays, header fields) per the protocol's result schema."""
-    arrays = {"gaussians": recon.gaussians.to_raw().detach().cpu().numpy().astype(np.float32, copy=False)}
-    fields: dict = {"timings": {str(k): float(v) for k, v in recon.timings.items()}, "info": dict(recon.info)}
-    if recon.skeleton is not None:
-        arrays["joints"] = np.asarray(recon.skeleton.joints, dtype=np.float32)
-        fields["skeleton"] = {"names": list(recon.skeleton.names), "bones": [list(map(int, b)) for b in recon.skeleton.bones]}
-    if recon.mesh is not None:
-        arrays["mesh_vertices"] = np.asarray(recon.mesh.vertices, dtype=np.float32)
-        arrays["mesh_faces"] = _faces_u32(recon.mesh.faces)
-        if recon.mesh.colors is not None:
-            arrays["mesh_colors"] = _colors_u8(recon.mesh.colors)
-    if recon.body_mesh is not None:
-        arrays["body_vertices"] = np.asarray(recon.body_mesh.vertices, dtype=np.float32)
-        arrays["body_faces"] = _faces_u32(recon.body_mesh.faces)
-    return arrays, fields
-
-
-def _faces_u32(faces: np.ndarray) -> np.ndarray:
-    faces = np.asarray(faces)
-    if faces.size and (faces.min() < 0 or faces.max() >= 2**32):
-        raise ValueError("mesh face indices out of uint32 range")
-    return faces.astype(np.uint32)
-
-
-def _colors_u8(colors: np.ndarray) -> np.ndarray:
-    colors = np.asarray(colors)
-    if colors.dtype == np.uint8:
-        return colors
-    return np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8)
+        return frames

@@ -1,0 +1,258 @@
+"""The reconstruct request and result of the worker protocol, encoded and checked in one place.
+
+`hgm_core.serve.protocol` (whose docstring is the wire specification) frames messages; this module
+says what a reconstruct request and its result hold. The client encodes requests and decodes results
+with it, the worker decodes requests and encodes results, and the broker forwards both untouched.
+Every check of a request's content — image, intrinsics, mask, options, limits — lives here, so the
+client refuses locally exactly what a worker would refuse remotely.
+
+Imports numpy and pyzmq only (the torch-free ROS node uses it); `encode_result` only calls methods
+of the `Reconstruction` it is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+
+from hgm_core.layout import RAW_FIELDS
+from hgm_core.serve.protocol import MAX_ID_CHARS, Message, ProtocolError, encode
+from hgm_core.types import ERROR_KINDS, STAGES, CameraInfo, ReconstructionRequest
+
+if TYPE_CHECKING:  # the result's Gaussians are torch-backed; this module only calls their methods
+    from hgm_core.types import Reconstruction
+
+REQUEST_ARRAYS = ("image", "K", "mask")
+MAX_STREAM_CHARS = MAX_ID_CHARS
+FOCAL_RANGE = (0.02, 1000.0)
+"""Focal lengths allowed in K, as multiples of the image's longer side: a pinhole of ~176° down to
+~0.06° field of view. Beyond these the body fit's projections leave float32 (a focal length of
+1e39 overflows it and crashed the fit natively) or degenerate (near zero)."""
+
+
+@dataclass
+class JobResult:
+    """A reconstruction as received. Arrays are zero-copy views of the received message.
+
+    Attributes:
+        gaussians: `[N, 14]` float32 raw rows in `hgm_core.layout.RAW_FIELDS` order, camera
+            optical frame, metres.
+        joints: `[J, 3]` float32 fitted joints (camera optical frame) or None.
+        joint_names, bones: names of the J joints and pairs of joint indices.
+        mesh_vertices `[V, 3]` float32, mesh_faces `[F, 3]` uint32, mesh_colors `[V, 3]` uint8:
+            the avatar mesh, or None.
+        timings: seconds per stage on the worker, plus "worker_total" and "roundtrip".
+        info: the pipeline's JSON extras, plus "worker" (pid, host) of the worker that ran the job.
+        body_vertices `[B, 3]` float32, body_faces `[G, 3]` uint32: the fitted body surface, or None.
+    """
+
+    gaussians: np.ndarray
+    joints: np.ndarray | None
+    joint_names: tuple[str, ...]
+    bones: tuple[tuple[int, int], ...]
+    mesh_vertices: np.ndarray | None
+    mesh_faces: np.ndarray | None
+    mesh_colors: np.ndarray | None
+    timings: dict[str, float]
+    info: dict
+    body_vertices: np.ndarray | None = None
+    body_faces: np.ndarray | None = None
+
+
+# -- requests ------------------------------------------------------------------------------------
+
+
+def encode_request(
+    request_id: str,
+    image: np.ndarray,
+    *,
+    K: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    stages: str = "prior",
+    mesh: bool | None = None,
+    stream: str = "",
+    deadline_ms: int | None = None,
+) -> list:
+    """A reconstruct request -> multipart frames, after the same checks `decode_request` makes.
+
+    Raises:
+        ProtocolError: kind "bad_input" for an unusable image, K or mask, "bad_request" for options.
+    """
+    image = np.asarray(image)
+    arrays = {"image": check_image(image, request_id)}
+    h, w = image.shape[:2]
+    if K is not None:
+        K = np.asarray(K)
+        arrays["K"] = check_camera(K.astype(np.float64) if K.dtype.kind in "iu" else K, w, h, request_id).K
+    if mask is not None:
+        mask = np.asarray(mask)
+        arrays["mask"] = check_mask(mask.astype(np.uint8) if mask.dtype == bool else mask, (h, w), request_id)
+    options = _check_options({"stages": stages, "mesh": None if mesh is None else bool(mesh), "stream": stream}, STAGES, request_id)
+    fields = {k: v for k, v in options.items() if v is not None}
+    if deadline_ms is not None:
+        fields["deadline_ms"] = deadline_ms
+    return encode("reconstruct", request_id, arrays, **fields)
+
+
+def decode_request(msg: Message, *, max_pixels: int, stages: tuple[str, ...] = STAGES) -> ReconstructionRequest:
+    """A decoded "reconstruct" message -> the pipeline's request, checked against the schema and
+    the server's limits (`max_pixels`, the `stages` it serves).
+
+    Raises:
+        ProtocolError: bad_request (schema), bad_input (unusable image, K or mask), too_large.
+    """
+    arrays, rid = msg.arrays, msg.id
+    unknown = set(arrays) - set(REQUEST_ARRAYS)
+    if unknown:
+        raise ProtocolError("bad_request", f"unknown arrays {sorted(unknown)}", rid)
+    if "image" not in arrays:
+        raise ProtocolError("bad_request", "reconstruct needs an 'image' array", rid)
+    image = check_image(arrays["image"], rid)
+    h, w = image.shape[:2]
+    if h * w > max_pixels:
+        raise ProtocolError("too_large", f"image {w}x{h} exceeds max_pixels={max_pixels}", rid)
+    camera = check_camera(arrays["K"], w, h, rid) if "K" in arrays else None
+    mask = check_mask(arrays["mask"], (h, w), rid) if "mask" in arrays else None
+    options = _check_options(msg.header, stages, rid)
+    return ReconstructionRequest(image=image, camera=camera, mask=mask, **options)
+
+
+def check_image(image: np.ndarray, request_id: str = "") -> np.ndarray:
+    """The image as sent: non-empty `[H, W, 3]` uint8 (ProtocolError "bad_input" otherwise)."""
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3 or 0 in image.shape:
+        raise ProtocolError("bad_input", f"image must be a non-empty [H, W, 3] uint8 RGB array, got {list(image.shape)} {image.dtype}", request_id)
+    return image
+
+
+def check_camera(K: np.ndarray, width: int, height: int, request_id: str = "") -> CameraInfo:
+    """`[3, 3]` pixel intrinsics the pipeline can use for a `width` x `height` image (see the
+    protocol's request arrays and `FOCAL_RANGE`), as float64. ProtocolError "bad_input" otherwise."""
+    if K.shape != (3, 3) or K.dtype.kind != "f":
+        raise ProtocolError("bad_input", f"K must be a float [3, 3] matrix, got {list(K.shape)} {K.dtype}", request_id)
+    K = K.astype(np.float64)
+    if not np.isfinite(K).all():
+        raise ProtocolError("bad_input", "K has a non-finite entry", request_id)
+    if K[2].tolist() != [0.0, 0.0, 1.0] or K[1, 0] != 0.0:
+        raise ProtocolError("bad_input", f"K must be upper triangular with last row [0, 0, 1], got {K.tolist()}", request_id)
+    side = max(width, height)
+    lo, hi = FOCAL_RANGE[0] * side, FOCAL_RANGE[1] * side
+    fx, fy, skew, cx, cy = K[0, 0], K[1, 1], K[0, 1], K[0, 2], K[1, 2]
+    if not (lo <= fx <= hi and lo <= fy <= hi):
+        raise ProtocolError("bad_input", f"focal lengths fx={fx:g}, fy={fy:g} outside [{lo:g}, {hi:g}] px for a {width}x{height} image", request_id)
+    if abs(skew) > fx:
+        raise ProtocolError("bad_input", f"skew {skew:g} exceeds fx={fx:g}", request_id)
+    if not (-width <= cx <= 2 * width and -height <= cy <= 2 * height):
+        raise ProtocolError("bad_input", f"principal point ({cx:g}, {cy:g}) is more than an image size outside a {width}x{height} image", request_id)
+    return CameraInfo(K=K, width=width, height=height)
+
+
+def check_mask(mask: np.ndarray, hw: tuple[int, int], request_id: str = "") -> np.ndarray:
+    """A `[H, W]` uint8 person mask for an image of `hw` (ProtocolError "bad_input" otherwise)."""
+    if mask.dtype != np.uint8 or mask.shape != hw:
+        raise ProtocolError("bad_input", f"mask must be uint8 {list(hw)}, got {list(mask.shape)} {mask.dtype}", request_id)
+    return mask
+
+
+def _check_options(fields: Mapping[str, Any], stages: tuple[str, ...], rid: str) -> dict[str, Any]:
+    stage = fields.get("stages", "prior")
+    if not isinstance(stage, str) or stage not in stages:
+        raise ProtocolError("bad_request", f"stages {stage!r} not served here (served: {list(stages)})", rid)
+    mesh = fields.get("mesh")
+    if mesh is not None and not isinstance(mesh, bool):
+        raise ProtocolError("bad_request", f"mesh must be true, false or absent, got {mesh!r}", rid)
+    stream = fields.get("stream", "")
+    if not isinstance(stream, str) or len(stream) > MAX_STREAM_CHARS:
+        raise ProtocolError("bad_request", f"stream must be a string of at most {MAX_STREAM_CHARS} characters", rid)
+    return {"stages": stage, "mesh": mesh, "stream": stream}
+
+
+# -- results -------------------------------------------------------------------------------------
+
+
+def encode_result(request_id: str, recon: Reconstruction, *, timings: Mapping[str, float] | None = None, info: Mapping[str, Any] | None = None) -> list:
+    """A `Reconstruction` -> "result" frames; `timings` and `info` are merged over the pipeline's."""
+    arrays = {"gaussians": recon.gaussians.to_raw().detach().cpu().numpy().astype(np.float32, copy=False)}
+    fields: dict[str, Any] = {
+        "timings": {str(k): float(v) for k, v in {**recon.timings, **(timings or {})}.items()},
+        "info": {**recon.info, **(info or {})},
+    }
+    if recon.skeleton is not None:
+        arrays["joints"] = np.asarray(recon.skeleton.joints, dtype=np.float32)
+        fields["skeleton"] = {"names": list(recon.skeleton.names), "bones": [list(map(int, b)) for b in recon.skeleton.bones]}
+    if recon.mesh is not None:
+        arrays["mesh_vertices"] = np.asarray(recon.mesh.vertices, dtype=np.float32)
+        arrays["mesh_faces"] = _faces_u32(recon.mesh.faces)
+        if recon.mesh.colors is not None:
+            arrays["mesh_colors"] = _colors_u8(recon.mesh.colors)
+    if recon.body_mesh is not None:
+        arrays["body_vertices"] = np.asarray(recon.body_mesh.vertices, dtype=np.float32)
+        arrays["body_faces"] = _faces_u32(recon.body_mesh.faces)
+    return encode("result", request_id, arrays, **fields)
+
+
+def decode_result(msg: Message) -> JobResult:
+    """A decoded "result" message -> `JobResult` (views of its frames).
+
+    Raises:
+        ProtocolError: kind "bad_request" when the result breaks the schema.
+    """
+    arrays, rid = msg.arrays, msg.id
+    gaussians = _result_array(arrays, "gaussians", np.float32, len(RAW_FIELDS), rid)
+    if gaussians is None:
+        raise ProtocolError("bad_request", "result has no 'gaussians' array", rid)
+    skeleton = msg.header.get("skeleton", {})
+    if not isinstance(skeleton, dict):
+        raise ProtocolError("bad_request", "result 'skeleton' must be an object", rid)
+    names, bones = skeleton.get("names", []), skeleton.get("bones", [])
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names)):
+        raise ProtocolError("bad_request", "result 'skeleton.names' must be a list of strings", rid)
+    if not (isinstance(bones, list) and all(isinstance(b, list) and len(b) == 2 and all(type(i) is int for i in b) for b in bones)):
+        raise ProtocolError("bad_request", "result 'skeleton.bones' must be a list of [int, int]", rid)
+    timings = msg.header.get("timings", {})
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values()):
+        raise ProtocolError("bad_request", "result 'timings' must map names to numbers", rid)
+    return JobResult(
+        gaussians=gaussians,
+        joints=_result_array(arrays, "joints", np.float32, 3, rid),
+        joint_names=tuple(names),
+        bones=tuple((a, b) for a, b in bones),
+        mesh_vertices=_result_array(arrays, "mesh_vertices", np.float32, 3, rid),
+        mesh_faces=_result_array(arrays, "mesh_faces", np.uint32, 3, rid),
+        mesh_colors=_result_array(arrays, "mesh_colors", np.uint8, 3, rid),
+        timings={k: float(v) for k, v in timings.items()},
+        info=dict(msg.header.get("info", {})),
+        body_vertices=_result_array(arrays, "body_vertices", np.float32, 3, rid),
+        body_faces=_result_array(arrays, "body_faces", np.uint32, 3, rid),
+    )
+
+
+def decode_error(msg: Message) -> tuple[str, str]:
+    """An "error" message -> (kind, message); a kind outside the protocol's list reads as "internal"."""
+    error = msg.header.get("error", {})
+    kind, message = error.get("kind"), error.get("message")
+    return (kind if kind in ERROR_KINDS else "internal"), (message if isinstance(message, str) else "")
+
+
+def _result_array(arrays: Mapping[str, np.ndarray], name: str, dtype: type, width: int, rid: str) -> np.ndarray | None:
+    a = arrays.get(name)
+    if a is None:
+        return None
+    if a.dtype != dtype or a.ndim != 2 or a.shape[1] != width:
+        raise ProtocolError("bad_request", f"result array {name!r} is {list(a.shape)} {a.dtype}, expected [*, {width}] {np.dtype(dtype)}", rid)
+    return a
+
+
+def _faces_u32(faces: np.ndarray) -> np.ndarray:
+    faces = np.asarray(faces)
+    if faces.size and (faces.min() < 0 or faces.max() >= 2**32):
+        raise ValueError("mesh face indices out of uint32 range")
+    return faces.astype(np.uint32)
+
+
+def _colors_u8(colors: np.ndarray) -> np.ndarray:
+    colors = np.asarray(colors)
+    if colors.dtype == np.uint8:
+        return colors
+    return np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8)
