@@ -70,6 +70,14 @@ class AnnyBody(BodyModel):
         regressor = anny.KeypointsRegressor.coco(self.anny, labels=list(COCO_KEYPOINT_NAMES))
         self.register_buffer("_keypoint_weights", regressor.regression_weights.to(torch.float32))
         self.register_buffer("_anny_from_body", ANNY_FROM_BODY.clone())
+        self.skinning_joint_names = tuple(bones)
+        self.skinning_parents = tuple(int(p) for p in self.anny.bone_parents)
+        dense = torch.zeros(self.anny.vertex_bone_weights.shape[0], len(bones))
+        dense.scatter_add_(1, self.anny.vertex_bone_indices.long(), self.anny.vertex_bone_weights.to(torch.float32))
+        self.register_buffer("skinning_weights", dense)
+        body_from_anny = torch.eye(4)
+        body_from_anny[:3, :3] = ANNY_FROM_BODY.T
+        self.register_buffer("_body_from_anny_4x4", body_from_anny)
 
         faces = self.anny.get_triangular_faces().long()
         rest = self.rest_params()
@@ -91,14 +99,27 @@ class AnnyBody(BodyModel):
     def shape_prior(self, shape: torch.Tensor) -> torch.Tensor:
         return (self._shape_weights * shape.square()).sum(-1)
 
-    def _body_frame(self, pose: torch.Tensor, shape: torch.Tensor) -> BodyOutput:
+    def _anny_forward(self, pose: torch.Tensor, shape: torch.Tensor) -> dict[str, torch.Tensor]:
+        """anny's own output (its frame): posed `vertices`, `bone_poses`, and the `rest_*` bind pose."""
         B = max(pose.shape[0], shape.shape[0])
         # anny's "local-ref" deltas are rotations about world-aligned axes at each bone's head:
         # the same convention as `pose`, up to the change of axes.
         rotvec_anny = pose.reshape(pose.shape[0], -1, 3) @ self._anny_from_body.T
         deltas = torch.eye(4, dtype=pose.dtype).repeat(B, self._num_bones, 1, 1)
         deltas[:, self._joint_bones[1:], :3, :3] = roma.rotvec_to_rotmat(rotvec_anny).expand(B, -1, -1, -1)
-        out = self.anny(deltas, phenotype_kwargs=self.phenotypes(shape).expand(B, -1))
+        return self.anny(deltas, phenotype_kwargs=self.phenotypes(shape).expand(B, -1))
+
+    def _posed_bones(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        return self._body_from_anny_4x4 @ self._anny_forward(pose, shape)["bone_poses"]
+
+    def _bind_pose(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # anny's bind pose is its rest mesh, not the zero-`pose` A-pose: zero deltas take every bone to
+        # its reference orientation, which differs from the rest orientation the weights were painted on.
+        out = self._anny_forward(shape.new_zeros(shape.shape[0], self.pose_dim), shape)
+        return out["rest_vertices"] @ self._anny_from_body, self._body_from_anny_4x4 @ out["rest_bone_poses"]
+
+    def _body_frame(self, pose: torch.Tensor, shape: torch.Tensor) -> BodyOutput:
+        out = self._anny_forward(pose, shape)
         body_from_anny = self._anny_from_body  # row vectors: x_body = x_anny @ A
         vertices = out["vertices"] @ body_from_anny
         joints = out["bone_poses"][:, self._joint_bones, :3, 3] @ body_from_anny

@@ -88,6 +88,15 @@ class BodyModel(torch.nn.Module, abc.ABC):
         keypoint_names: order of `BodyOutput.keypoints` (`COCO_KEYPOINT_NAMES`).
         pose_joint_names: articulated joints, one axis-angle each in `BodyParams.pose`.
         shape_dim: length of `BodyParams.shape`.
+        skinning_joint_names / skinning_parents: the model's own linear-blend-skinning bones (anny: its
+            104 bones, SMPL-X: its 55 joints), a superset of the skeleton; joint 0 is the root, whose
+            origin is the pelvis. `bone_transforms` and `bind_pose` are in this order.
+        skinning_weights: `[V, len(skinning_joint_names)]` per-vertex LBS weights, rows summing to 1.
+
+    Skinning: with `vertices, rest = bind_pose(shape)`, linear blend skinning of `vertices` by
+    `skinning_weights` and `bone_transforms(params) @ inverse(rest)` gives `forward(params).vertices`
+    (exactly for anny; for SMPL-X up to its pose-corrective blend shapes, which plain LBS leaves out).
+    See `hgm_core.body.skinning`.
     """
 
     name: str
@@ -97,6 +106,13 @@ class BodyModel(torch.nn.Module, abc.ABC):
     keypoint_names: tuple[str, ...] = COCO_KEYPOINT_NAMES
     pose_joint_names: tuple[str, ...]
     shape_dim: int
+    skinning_joint_names: tuple[str, ...]
+    skinning_parents: tuple[int, ...]
+    skinning_weights: torch.Tensor
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._surface_samples: dict[int, torch.Tensor] = {}
 
     @property
     def num_vertices(self) -> int:
@@ -116,6 +132,22 @@ class BodyModel(torch.nn.Module, abc.ABC):
         z = lambda n: torch.zeros(batch_size, n)  # noqa: E731
         return BodyParams(z(3), z(3), z(self.pose_dim), z(self.shape_dim))
 
+    def surface_samples(self, count: int) -> torch.Tensor:
+        """`[min(count, used vertices)]` int64 vertex indices spread evenly over the rest mesh
+        (farthest-point sampling), computed once per `count` and kept by this model."""
+        if count not in self._surface_samples:
+            with torch.no_grad():
+                verts = self(self.rest_params()).vertices[0]
+            used = torch.unique(self.faces)
+            verts = verts[used]
+            chosen = torch.zeros(min(count, len(used)), dtype=torch.long)
+            dist = torch.full((len(verts),), float("inf"))
+            for i in range(1, len(chosen)):
+                dist = torch.minimum(dist, (verts - verts[chosen[i - 1]]).square().sum(-1))
+                chosen[i] = torch.argmax(dist)
+            self._surface_samples[count] = used[chosen]
+        return self._surface_samples[count]
+
     @abc.abstractmethod
     def _body_frame(self, pose: torch.Tensor, shape: torch.Tensor) -> BodyOutput:
         """Posed vertices, joints, keypoints `[B, *, 3]` in the body frame (pelvis not yet at the origin)."""
@@ -133,6 +165,34 @@ class BodyModel(torch.nn.Module, abc.ABC):
         t = params.transl[:, None]
         place = lambda x: (x - root) @ R.transpose(1, 2) + t  # noqa: E731
         return BodyOutput(place(out.vertices), place(out.joints), place(out.keypoints))
+
+    @abc.abstractmethod
+    def _posed_bones(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        """`[B, J, 4, 4]` rigid world transforms of the skinning joints in the body frame (pelvis not yet at the origin)."""
+
+    @abc.abstractmethod
+    def _bind_pose(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pose the skinning weights were painted on, in the body frame (pelvis not yet at the
+        origin): vertices `[B, V, 3]` and skinning joint transforms `[B, J, 4, 4]`."""
+
+    def bone_transforms(self, params: BodyParams) -> torch.Tensor:
+        """`[B, J, 4, 4]` rigid world transforms of the skinning joints, placed like `forward` (output frame)."""
+        T = self._posed_bones(params.pose, params.shape)
+        R = roma.rotvec_to_rotmat(params.global_orient)
+        place = torch.zeros_like(T[:, 0])
+        place[:, :3, :3] = R
+        place[:, :3, 3] = params.transl - (R @ T[:, 0, :3, 3:])[..., 0]  # the pelvis lands on transl
+        place[:, 3, 3] = 1
+        return place[:, None] @ T
+
+    def bind_pose(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The canonical (bind) pose for `shape [B, S]`: vertices `[B, V, 3]` and skinning joint
+        transforms `[B, J, 4, 4]` in the body frame with the bind pose's pelvis at the origin."""
+        vertices, T = self._bind_pose(shape)
+        root = T[:, 0, :3, 3].clone()
+        T = T.clone()
+        T[:, :, :3, 3] -= root[:, None]
+        return vertices - root[:, None], T
 
     def pose_prior(self, pose: torch.Tensor) -> torch.Tensor:
         """`[B]` energy of `pose [B, P]`: squared joint-limit violations (radians) + a weak L2 pull to rest."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import roma
 import torch
 
 from hgm_core.body.base import COCO_KEYPOINT_NAMES, BodyModel, BodyOutput, JointLimits
@@ -49,6 +50,8 @@ class SmplxBody(BodyModel):
         self.joint_parents = tuple(int(p) for p in self.smplx.parents[:NUM_BODY_JOINTS].tolist())  # root: -1
         self.register_buffer("_keypoint_index", torch.tensor([JOINT_NAMES.index(k) for k in COCO_KEYPOINT_NAMES]))
         self.faces = torch.as_tensor(np.asarray(self.smplx.faces, np.int64))
+        self.skinning_joint_names = tuple(JOINT_NAMES[: len(self.smplx.parents)])
+        self.skinning_parents = tuple(int(p) for p in self.smplx.parents.tolist())
         rest = self.rest_params()
         with torch.no_grad():
             joints = self._body_frame(rest.pose, rest.shape).joints[0]
@@ -75,3 +78,37 @@ class SmplxBody(BodyModel):
         )
         joints = out.joints[:, :NUM_BODY_JOINTS]
         return BodyOutput(out.vertices, joints, out.joints[:, self._keypoint_index])
+
+    @property
+    def skinning_weights(self) -> torch.Tensor:  # type: ignore[override]
+        """`[V, 55]` SMPL-X's own LBS weights (a buffer of the wrapped module, so it follows `.to()`)."""
+        return self.smplx.lbs_weights
+
+    def _shaped(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unposed vertices `[B, V, 3]` and joints `[B, 55, 3]` of `shape [B, S]` (neutral expression)."""
+        from smplx.lbs import blend_shapes, vertices2joints
+
+        vertices = self.smplx.v_template + blend_shapes(shape, self.smplx.shapedirs)
+        return vertices, vertices2joints(self.smplx.J_regressor, vertices)
+
+    def _posed_bones(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
+        from smplx.lbs import batch_rigid_transform
+
+        B = max(pose.shape[0], shape.shape[0])
+        _, joints = self._shaped(shape.expand(B, -1))
+        rotvecs = pose.new_zeros(B, len(self.skinning_joint_names), 3)  # root, hands, jaw, eyes at rest
+        rotvecs[:, 1:NUM_BODY_JOINTS] = pose.expand(B, -1).reshape(B, -1, 3)
+        _, relative = batch_rigid_transform(roma.rotvec_to_rotmat(rotvecs), joints, self.smplx.parents, dtype=pose.dtype)
+        # smplx returns the skinning transforms (world @ rest^-1); the rest pose is [I | joint].
+        return relative @ _translations(joints)
+
+    def _bind_pose(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        vertices, joints = self._shaped(shape)
+        return vertices, _translations(joints)
+
+
+def _translations(points: torch.Tensor) -> torch.Tensor:
+    """`[..., 4, 4]` pure translations by `points [..., 3]`."""
+    T = torch.eye(4, dtype=points.dtype, device=points.device).expand(*points.shape[:-1], 4, 4).clone()
+    T[..., :3, 3] = points
+    return T
