@@ -78,6 +78,15 @@ class BodyOutput:
     keypoints: torch.Tensor
 
 
+def place(out: BodyOutput, params: BodyParams) -> BodyOutput:
+    """Body-frame output (pelvis anywhere) -> output frame: `X = R(global_orient) @ (X - pelvis) + transl`."""
+    root = out.joints[:, :1]
+    R = roma.rotvec_to_rotmat(params.global_orient)
+    t = params.transl[:, None]
+    moved = lambda x: (x - root) @ R.transpose(1, 2) + t  # noqa: E731
+    return BodyOutput(moved(out.vertices), moved(out.joints), moved(out.keypoints))
+
+
 class BodyModel(torch.nn.Module, abc.ABC):
     """A parametric body (float32, metres). Subclasses implement `_body_frame` and set the attributes.
 
@@ -159,12 +168,7 @@ class BodyModel(torch.nn.Module, abc.ABC):
                 f"{self.name}: pose must be [B, {self.pose_dim}] and shape [B, {self.shape_dim}], "
                 f"got {list(params.pose.shape)} and {list(params.shape.shape)}"
             )
-        out = self._body_frame(params.pose, params.shape)
-        root = out.joints[:, :1]
-        R = roma.rotvec_to_rotmat(params.global_orient)
-        t = params.transl[:, None]
-        place = lambda x: (x - root) @ R.transpose(1, 2) + t  # noqa: E731
-        return BodyOutput(place(out.vertices), place(out.joints), place(out.keypoints))
+        return place(self._body_frame(params.pose, params.shape), params)
 
     @abc.abstractmethod
     def _posed_bones(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:

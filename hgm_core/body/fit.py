@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-import weakref
 from dataclasses import dataclass, replace
 
 import cv2
@@ -238,24 +237,6 @@ def silhouette_distances(uv: torch.Tensor, target: _Silhouette) -> tuple[torch.T
     return d_out, d_cover
 
 
-def _surface_samples(model: BodyModel, count: int) -> torch.Tensor:
-    """Evenly spread vertex indices: farthest-point sampling on the rest mesh."""
-    with torch.no_grad():
-        verts = model(model.rest_params()).vertices[0]
-    used = torch.unique(model.faces)
-    verts = verts[used]
-    count = min(count, len(used))
-    chosen = torch.zeros(count, dtype=torch.long)
-    dist = torch.full((len(verts),), float("inf"))
-    for i in range(1, count):
-        dist = torch.minimum(dist, (verts - verts[chosen[i - 1]]).square().sum(-1))
-        chosen[i] = torch.argmax(dist)
-    return used[chosen]
-
-
-_SAMPLES: "weakref.WeakKeyDictionary[BodyModel, dict[int, torch.Tensor]]" = weakref.WeakKeyDictionary()
-
-
 # ----------------------------------------------------------------------------------------------
 # Initialisation
 
@@ -368,10 +349,8 @@ def fit_body(
     names = body_model.keypoint_names
     tg = _targets(perception, names, cfg)
 
-    cached = _SAMPLES.setdefault(body_model, {})
-    if cfg.silhouette_points not in cached:
-        cached[cfg.silhouette_points] = _surface_samples(body_model, cfg.silhouette_points)
-    problem = _Problem(body_model, Kt, tg, _silhouette_target(perception.mask, cfg.contour_points), cached[cfg.silhouette_points], cfg)
+    samples = body_model.surface_samples(cfg.silhouette_points)
+    problem = _Problem(body_model, Kt, tg, _silhouette_target(perception.mask, cfg.contour_points), samples, cfg)
 
     steps = 0
     if init is not None:
