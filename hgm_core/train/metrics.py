@@ -11,12 +11,11 @@ with open3d's `RaycastingScene`.
     NC = mean |cos| between a sample's normal and the normal of the closest point on the other
          surface, averaged over both directions (1 = identical orientation everywhere).
 
-Bodies: MPJPE and PA-MPJPE (after a similarity Procrustes alignment), in mm.
+Bodies: MPJPE and PA-MPJPE are `hgm_core.body.metrics` (`scale=1000` for mm).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass
 
@@ -24,9 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-
-class MetricError(ValueError):
-    """Inputs of mismatched shapes or empty meshes."""
+from hgm_core.body.metrics import MetricError
+from hgm_core.train.lpips import LPIPS
 
 
 def _check_images(x: torch.Tensor, y: torch.Tensor) -> None:
@@ -74,18 +72,11 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     return s.mean(dim=(1, 2, 3))
 
 
-@functools.lru_cache(maxsize=1)
-def _lpips_model():
-    from hgm_core.train.lpips import LPIPS
-
-    return LPIPS.load()
-
-
-def lpips(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """`[B]` LPIPS-VGG distances (weights from `hgm setup`)."""
+def lpips(model: LPIPS, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """`[B]` LPIPS-VGG distances by `model` (`LPIPS.load()`, loaded once and kept by the caller)."""
     _check_images(x, y)
     with torch.no_grad():
-        return _lpips_model()(x.float(), y.float())
+        return model(x.float(), y.float())
 
 
 # --------------------------------------------------------------------------------------------- meshes
@@ -143,33 +134,3 @@ def mesh_metrics(
     nc = 0.5 * (cos(p_nrm, n_on_g) + cos(g_nrm, n_on_p))
     p2s = 100 * d_pg.mean()
     return MeshMetrics(chamfer_cm=float(0.5 * (p2s + 100 * d_gp.mean())), p2s_cm=float(p2s), normal_consistency=float(nc))
-
-
-# --------------------------------------------------------------------------------------------- joints
-
-
-def mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
-    """Mean per-joint position error in mm for `[J, 3]` joints in metres."""
-    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
-    if pred.shape != gt.shape or pred.ndim != 2 or pred.shape[1] != 3:
-        raise MetricError(f"expected two [J, 3] joint sets, got {pred.shape} and {gt.shape}")
-    return float(1000 * np.linalg.norm(pred - gt, axis=1).mean())
-
-
-def procrustes_align(pred: np.ndarray, gt: np.ndarray) -> np.ndarray:
-    """`pred [J, 3]` after the similarity transform (scale, rotation, translation) that best fits `gt`."""
-    mp, mg = pred.mean(0), gt.mean(0)
-    p, g = pred - mp, gt - mg
-    U, S, Vt = np.linalg.svd(p.T @ g)
-    d = np.sign(np.linalg.det(U @ Vt))
-    D = np.diag([1.0, 1.0, d])
-    R = U @ D @ Vt
-    scale = (S * np.diag(D)).sum() / max((p**2).sum(), 1e-30)
-    return scale * p @ R + mg
-
-
-def pa_mpjpe(pred: np.ndarray, gt: np.ndarray) -> float:
-    """MPJPE in mm after Procrustes alignment (scale, rotation, translation)."""
-    pred, gt = np.asarray(pred, np.float64), np.asarray(gt, np.float64)
-    mpjpe(pred, gt)  # shape check
-    return mpjpe(procrustes_align(pred, gt), gt)
