@@ -52,10 +52,11 @@ def _read_ply_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(m.vertices, np.float64), np.asarray(m.faces, np.int64)
 
 
-def evaluate_subject(reconstructor, root: Path, sid: str, stages: str, size: int | None, backend: str) -> tuple[dict, dict]:
+def evaluate_subject(reconstructor, lpips_model, root: Path, sid: str, stages: str, size: int | None, backend: str) -> tuple[dict, dict]:
     """Metrics of one subject and the images needed for the side-by-side figure."""
     import torch
 
+    from hgm_core.body.metrics import mpjpe, pa_mpjpe
     from hgm_core.camera import Cameras
     from hgm_core.data.reader import load_subject_cameras
     from hgm_core.types import CameraInfo, ReconstructionRequest
@@ -85,7 +86,7 @@ def evaluate_subject(reconstructor, root: Path, sid: str, stages: str, size: int
 
     row: dict = {"id": sid, "seconds": seconds,
                  "psnr": float(metrics.psnr(pred, gt).mean()), "ssim": float(metrics.ssim(pred, gt).mean()),
-                 "lpips": float(metrics.lpips(pred, gt).mean())}
+                 "lpips": float(metrics.lpips(lpips_model, pred, gt).mean())}
     mesh = rec.mesh if rec.mesh is not None else rec.body_mesh
     gt_mesh_path = root / "mesh" / f"{sid}.ply"
     if mesh is not None and gt_mesh_path.exists():
@@ -102,7 +103,7 @@ def evaluate_subject(reconstructor, root: Path, sid: str, stages: str, size: int
             gt_world = np.array([kp["world"][kp["names"].index(n)] for n in names])
             gt_cam = gt_world @ E[0, :3, :3].T + E[0, :3, 3]
             pred_j = np.array([rec.skeleton.joints[rec.skeleton.names.index(n)] for n in names])
-            row |= {"mpjpe_mm": metrics.mpjpe(pred_j, gt_cam), "pa_mpjpe_mm": metrics.pa_mpjpe(pred_j, gt_cam),
+            row |= {"mpjpe_mm": mpjpe(pred_j, gt_cam, scale=1000), "pa_mpjpe_mm": pa_mpjpe(pred_j, gt_cam, scale=1000),
                     "joints": len(names)}
     shown = {v: ((pred[v - 1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), gt_imgs[v - 1])
              for v in NOVEL_VIEWS_SHOWN if v < len(E)}
@@ -175,11 +176,14 @@ def run(args: argparse.Namespace) -> int:
 
     from tqdm import tqdm
 
+    from hgm_core.train.lpips import LPIPS
+
+    lpips_model = LPIPS.load()
     rows, figures, failures = [], {}, {}
     size = args.size
     for sid in tqdm(subjects, desc="eval", unit="subj"):
         try:
-            row, fig = evaluate_subject(reconstructor, args.data, sid, stages, size, args.backend)
+            row, fig = evaluate_subject(reconstructor, lpips_model, args.data, sid, stages, size, args.backend)
         except PipelineError as e:  # a documented failure counts against the method, not the tool
             failures[sid] = f"{type(e).__name__}: {e}"
             continue
