@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hgm_core.io.ply import PlyError, parse_header
+from hgm_core.io.ply import PlyError, parse_header, write_ply_file
 
 
 def write_mesh_ply(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
@@ -47,15 +47,7 @@ def write_mesh_ply(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndar
     if colors is not None:
         header += ["property uchar red", "property uchar green", "property uchar blue"]
     header += [f"element face {len(f)}", "property list uchar int vertex_indices", "end_header"]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(("\n".join(header) + "\n").encode("ascii"))
-        fh.write(varr.tobytes())
-        fh.write(farr.tobytes())
-    os.replace(tmp, path)
-    return path
+    return write_ply_file(path, header, varr, farr)
 
 
 def read_mesh_ply(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:

@@ -55,20 +55,30 @@ def ply_array(raw: np.ndarray, sh_rest: np.ndarray | None = None) -> np.ndarray:
     return arr
 
 
-def write_ply_raw(path: str | os.PathLike, raw: np.ndarray, sh_rest: np.ndarray | None = None) -> Path:
-    """Write raw rows (see `ply_array`) as a 3DGS PLY, bit-exactly; returns the path."""
+def write_ply_file(path: str | os.PathLike, header: list[str], *payload: np.ndarray) -> Path:
+    """Write a binary PLY: the `header` lines ("ply" ... "end_header"), then each payload array's bytes.
+
+    The file is written beside `path` and renamed onto it when complete, so readers (viewers, the
+    node) never see a half-written file. Parent folders are created; returns the path.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(("\n".join(header) + "\n").encode("ascii"))
+        for array in payload:
+            f.write(array.tobytes())
+    os.replace(tmp, path)
+    return path
+
+
+def write_ply_raw(path: str | os.PathLike, raw: np.ndarray, sh_rest: np.ndarray | None = None) -> Path:
+    """Write raw rows (see `ply_array`) as a 3DGS PLY, bit-exactly; returns the path."""
     arr = ply_array(raw, sh_rest)
     header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(arr)}"]
     header += [f"property float {n}" for n in arr.dtype.names]
     header.append("end_header")
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode("ascii"))
-        f.write(arr.tobytes())
-    os.replace(tmp, path)  # readers (viewers, the node) never see a half-written file
-    return path
+    return write_ply_file(path, header, arr)
 
 
 def write_ply(path: str | os.PathLike, g: Gaussians) -> Path:
