@@ -15,7 +15,7 @@ import numpy as np
 import roma
 import torch
 
-from hgm_core.body.base import COCO_KEYPOINT_NAMES, BodyModel, BodyOutput, JointLimits
+from hgm_core.body.base import COCO_KEYPOINT_NAMES, BodyModel, BodyOutput, JointLimits, SampledBody
 
 ANNY_FROM_BODY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 """Rotation taking body-frame vectors (y up, facing +z) to anny's frame (z up, facing -y)."""
@@ -99,15 +99,24 @@ class AnnyBody(BodyModel):
     def shape_prior(self, shape: torch.Tensor) -> torch.Tensor:
         return (self._shape_weights * shape.square()).sum(-1)
 
-    def _anny_forward(self, pose: torch.Tensor, shape: torch.Tensor) -> dict[str, torch.Tensor]:
-        """anny's own output (its frame): posed `vertices`, `bone_poses`, and the `rest_*` bind pose."""
-        B = max(pose.shape[0], shape.shape[0])
+    def anny_deltas(self, pose: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """`[B, bones, 4, 4]` anny "local-ref" delta transforms for `pose [B or 1, P]`."""
         # anny's "local-ref" deltas are rotations about world-aligned axes at each bone's head:
         # the same convention as `pose`, up to the change of axes.
         rotvec_anny = pose.reshape(pose.shape[0], -1, 3) @ self._anny_from_body.T
-        deltas = torch.eye(4, dtype=pose.dtype).repeat(B, self._num_bones, 1, 1)
-        deltas[:, self._joint_bones[1:], :3, :3] = roma.rotvec_to_rotmat(rotvec_anny).expand(B, -1, -1, -1)
-        return self.anny(deltas, phenotype_kwargs=self.phenotypes(shape).expand(B, -1))
+        deltas = torch.eye(4, dtype=pose.dtype).repeat(batch_size, self._num_bones, 1, 1)
+        deltas[:, self._joint_bones[1:], :3, :3] = roma.rotvec_to_rotmat(rotvec_anny).expand(batch_size, -1, -1, -1)
+        return deltas
+
+    def _anny_forward(self, pose: torch.Tensor, shape: torch.Tensor) -> dict[str, torch.Tensor]:
+        """anny's own output (its frame): posed `vertices`, `bone_poses`, and the `rest_*` bind pose."""
+        B = max(pose.shape[0], shape.shape[0])
+        return self.anny(self.anny_deltas(pose, B), phenotype_kwargs=self.phenotypes(shape).expand(B, -1))
+
+    def _make_sampled(self, vertex_index: torch.Tensor) -> SampledBody:
+        from hgm_core.body.anny_reduced import ReducedAnny
+
+        return ReducedAnny(self, vertex_index)
 
     def _posed_bones(self, pose: torch.Tensor, shape: torch.Tensor) -> torch.Tensor:
         return self._body_from_anny_4x4 @ self._anny_forward(pose, shape)["bone_poses"]

@@ -122,6 +122,7 @@ class BodyModel(torch.nn.Module, abc.ABC):
     def __init__(self) -> None:
         super().__init__()
         self._surface_samples: dict[int, torch.Tensor] = {}
+        self._sampled: dict[int, SampledBody] = {}
 
     @property
     def num_vertices(self) -> int:
@@ -156,6 +157,17 @@ class BodyModel(torch.nn.Module, abc.ABC):
                 chosen[i] = torch.argmax(dist)
             self._surface_samples[count] = used[chosen]
         return self._surface_samples[count]
+
+    def sampled(self, count: int) -> "SampledBody":
+        """This model evaluated at `surface_samples(count)` only (the body fit's evaluator), built
+        once per `count` and kept by this model."""
+        if count not in self._sampled:
+            self._sampled[count] = self._make_sampled(self.surface_samples(count))
+        return self._sampled[count]
+
+    def _make_sampled(self, vertex_index: torch.Tensor) -> "SampledBody":
+        """A `SampledBody` on `vertex_index`; models with a cheaper exact evaluator override this."""
+        return SampledBody(self, vertex_index)
 
     @abc.abstractmethod
     def _body_frame(self, pose: torch.Tensor, shape: torch.Tensor) -> BodyOutput:
@@ -207,6 +219,31 @@ class BodyModel(torch.nn.Module, abc.ABC):
         return shape.square().sum(-1)
 
     joint_limits: "JointLimits"
+
+
+class SampledBody(torch.nn.Module):
+    """A `BodyModel`'s joints, keypoints and the vertices `vertex_index` (`[N]`), split into a shape
+    part `rest(shape)` and a pose part `posed(rest, params)`, so an optimiser that holds the shape
+    still computes the shape part once. `posed(rest(params.shape), params)` equals `model(params)`
+    with vertices `[B, N, 3]`. This generic one runs the whole model; subclasses do less work.
+    """
+
+    def __init__(self, model: BodyModel, vertex_index: torch.Tensor) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("vertex_index", vertex_index.long())
+
+    def rest(self, shape: torch.Tensor) -> object:
+        """Whatever `posed` needs from `shape [B, S]` (here the shape itself)."""
+        return shape
+
+    def posed(self, rest: object, params: BodyParams) -> BodyOutput:
+        """The bodies of `params` with the shape `rest` was made from."""
+        out = self.model(BodyParams(params.global_orient, params.transl, params.pose, rest))
+        return BodyOutput(out.vertices[:, self.vertex_index], out.joints, out.keypoints)
+
+    def forward(self, params: BodyParams) -> BodyOutput:  # type: ignore[override]
+        return self.posed(self.rest(params.shape), params)
 
 
 # Limits in degrees for the LEFT side and the spine, with the arms hanging down ("anatomical
