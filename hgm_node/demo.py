@@ -151,7 +151,7 @@ def _render(gaussians, rgb: np.ndarray, K: np.ndarray, path: Path) -> Path | Non
 
     from hgm_core.camera import Cameras
     from hgm_core.render import rasterize
-    from hgm_core.render.api import RenderError
+    from hgm_core.render.output import RenderError
 
     h, w = rgb.shape[:2]
     centre = gaussians.means.mean(0)

@@ -11,7 +11,7 @@ import torch
 from hgm_core.camera import Cameras, flip_camera_axes, intrinsics, look_at, orbit_cameras
 from hgm_core.gaussians import Gaussians
 from hgm_core.render import project_gaussians, rasterize
-from hgm_core.render.api import ALPHA_MAX, RenderError
+from hgm_core.render.output import ALPHA_MAX, RenderError
 from hgm_core.render.projection import covariance_3d
 from tests.conftest import random_gaussians
 

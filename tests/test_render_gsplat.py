@@ -7,7 +7,7 @@ import torch
 
 from hgm_core.camera import orbit_cameras
 from hgm_core.render import available_backends, rasterize
-from hgm_core.render.api import RenderError
+from hgm_core.render.output import RenderError
 from tests.conftest import random_gaussians
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (gsplat kernels)")

@@ -8,7 +8,8 @@ Backends share conventions (pinhole `Cameras` with OpenCV optical axes, EWA proj
 - `gsplat`: `gsplat.rasterization` (needs CUDA).
 """
 
-from hgm_core.render.api import RenderOutput, available_backends, rasterize
+from hgm_core.render.api import available_backends, rasterize
+from hgm_core.render.output import RenderError, RenderOutput
 from hgm_core.render.projection import project_gaussians
 
-__all__ = ["RenderOutput", "available_backends", "project_gaussians", "rasterize"]
+__all__ = ["RenderError", "RenderOutput", "available_backends", "project_gaussians", "rasterize"]

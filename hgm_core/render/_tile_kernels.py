@@ -31,7 +31,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from hgm_core.render.api import ALPHA_MAX, ALPHA_MIN, T_MIN
+from hgm_core.render.output import ALPHA_MAX, ALPHA_MIN, T_MIN
 
 TILE = 16
 MEDIAN_T = 0.5

@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from hgm_core.cli import CliError
     from hgm_core.io.ply import write_ply
     from hgm_core.render import rasterize
-    from hgm_core.render.api import RenderError
+    from hgm_core.render.output import RenderError
     from hgm_core.render.scenes import person_scene, turntable_cameras
 
     if args.num_gaussians < 1 or args.size < 16 or args.views < 1:

@@ -12,7 +12,7 @@ import torch
 
 from hgm_core.camera import Cameras
 from hgm_core.gaussians import Gaussians
-from hgm_core.render.api import RenderError, RenderOutput
+from hgm_core.render.output import RenderError, RenderOutput
 
 
 def rasterize_gsplat(

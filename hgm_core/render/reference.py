@@ -10,7 +10,7 @@ import torch
 
 from hgm_core.camera import Cameras
 from hgm_core.gaussians import Gaussians
-from hgm_core.render.api import ALPHA_MAX, ALPHA_MIN, T_MIN, RenderOutput
+from hgm_core.render.output import ALPHA_MAX, ALPHA_MIN, T_MIN, RenderOutput
 from hgm_core.render.projection import project_gaussians
 
 

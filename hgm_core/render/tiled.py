@@ -15,8 +15,8 @@ import torch
 
 from hgm_core.camera import Cameras
 from hgm_core.gaussians import Gaussians
-from hgm_core.render import _tile_kernels as K
-from hgm_core.render.api import RenderError, RenderOutput
+import hgm_core.render._tile_kernels as K
+from hgm_core.render.output import RenderError, RenderOutput
 from hgm_core.render.projection import Projected, project_gaussians
 
 _PARAMS = ("means", "quats", "scales", "opacities", "colors")
