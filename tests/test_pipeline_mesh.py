@@ -8,10 +8,10 @@ import torch
 from scipy.spatial import cKDTree
 
 from hgm_core.gaussians import Gaussians, rotmat_to_quat
+from hgm_core.io.inputs import load_camera_info, load_image
 from hgm_core.paths import ASSETS_DIR
 from hgm_core.pipeline import Reconstructor, ReconstructorConfig
 from hgm_core.types import BadInputError, ReconstructionRequest
-from hgm_core.pipeline.cli import load_camera_info, load_image
 from hgm_core.pipeline.mesh import MeshConfig, gaussians_to_mesh
 
 VOXEL = 0.01

@@ -9,8 +9,9 @@ import torch
 
 from hgm_core.camera import Cameras, cameras_from_c2w_gl, intrinsics, turntable_poses
 from hgm_core.gaussians import Gaussians
-from hgm_core.render.api import RenderOutput, rasterize
+from hgm_core.render.api import rasterize
 from hgm_core.render.images import image_grid
+from hgm_core.render.output import RenderOutput
 from hgm_core.types import Skeleton
 
 WHITE = (1.0, 1.0, 1.0)
