@@ -9,10 +9,10 @@ import plyfile
 import pytest
 
 from hgm_core.cli import main as hgm_main
+from hgm_core.io.inputs import load_camera_info, load_image
 from hgm_core.paths import ASSETS_DIR
 from hgm_core.pipeline import Reconstructor, ReconstructorConfig
 from hgm_core.types import CameraInfo, CropTooSmallError, NoPersonError, ReconstructionRequest, StageUnavailableError
-from hgm_core.pipeline.cli import load_camera_info, load_image
 
 SAMPLE = ASSETS_DIR / "sample" / "person.jpg"
 SAMPLE_CAMERA = ASSETS_DIR / "sample" / "camera_info.yaml"
