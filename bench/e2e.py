@@ -40,7 +40,7 @@ from _results import write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from hgm_node.demo import DEFAULT_IMAGE  # noqa: E402
+from hgm_demo.cli import DEFAULT_IMAGE  # noqa: E402
 from hgm_node.qos import LATCHED_QOS, SENSOR_QOS  # noqa: E402
 
 

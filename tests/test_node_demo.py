@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hgm_node.demo import DEFAULT_IMAGE
+from hgm_demo.cli import DEFAULT_IMAGE
 
 REPO = Path(__file__).resolve().parents[1]
 

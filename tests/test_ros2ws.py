@@ -14,9 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 PKG = REPO / "ros2_ws" / "src" / "hgm"
-# Imports of hgm_node that are not ROS packages (no exec_depend of their own name). torch: only
-# hgm_node.demo, the `hgm demo` process, renders with hgm_core (the node modules never import it).
-NON_ROS = {"hgm_core", "hgm_node", "numpy", "cv2", "zmq", "torch"}
+# Imports of hgm_node that are not ROS packages (no exec_depend of their own name). Never torch:
+# the `hgm demo` process, which renders with it, is the separate package hgm_demo.
+NON_ROS = {"hgm_core", "hgm_node", "numpy", "cv2", "zmq"}
 
 
 def _manifest() -> ET.Element:

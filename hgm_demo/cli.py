@@ -12,8 +12,8 @@ capture of the live stream, as an app would ("scan me now"). The AR client decod
 from the input camera and from the side (out/avatar_from_topic.png); then the demo prints what
 happened: worker stage timings, frame -> avatar latency, message size.
 
-This module is the demo process, which may use all of hgm_core (torch included); the node's own
-modules stay torch-free.
+This is the demo process: it runs the node (`hgm_node`) and also renders what the AR client got with
+hgm_core's rasterizer (torch), which is why it lives outside the torch-free `hgm_node` package.
 """
 
 from __future__ import annotations
@@ -59,17 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import cv2
-
+    from hgm_core.io.inputs import load_camera_info, load_image
     from hgm_core.perception import default_intrinsics
-    from hgm_core.pipeline.cli import load_camera_info
+    from hgm_core.types import BadInputError
 
-    bgr = cv2.imread(str(args.image), cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise CliError(f"cannot read an image from {args.image}")
-    rgb = np.ascontiguousarray(bgr[:, :, ::-1])
     camera_info = args.camera_info or (DEFAULT_CAMERA_INFO if args.image == DEFAULT_IMAGE else None)
-    K = load_camera_info(str(camera_info)).K if camera_info else default_intrinsics(rgb.shape[1], rgb.shape[0])
+    try:
+        rgb = load_image(args.image)
+        K = load_camera_info(camera_info).K if camera_info else default_intrinsics(rgb.shape[1], rgb.shape[0])
+    except BadInputError as e:
+        raise CliError(str(e)) from None
 
     rclpy.init(args=[])
     executor = MultiThreadedExecutor(num_threads=4)
@@ -149,20 +148,18 @@ def _render(gaussians, rgb: np.ndarray, K: np.ndarray, path: Path) -> Path | Non
     import cv2
     import torch
 
-    from hgm_core.camera import Cameras
-    from hgm_core.render import rasterize
     from hgm_core.render.output import RenderError
+    from hgm_core.render.views import render_input_view
 
     h, w = rgb.shape[:2]
     centre = gaussians.means.mean(0)
     a = math.pi / 2  # about the camera's vertical (optical -y) axis, through the avatar's centre
     R = torch.tensor([[math.cos(a), 0, math.sin(a)], [0, 1, 0], [-math.sin(a), 0, math.cos(a)]], dtype=gaussians.dtype)
     turned = gaussians.transform(R, centre - R @ centre)
-    cameras = Cameras(K=torch.as_tensor(K, dtype=torch.float32)[None], viewmats=torch.eye(4)[None], width=w, height=h)
     views = []
     for g in (gaussians, turned):
         try:
-            out = rasterize(g, cameras, background=(1.0, 1.0, 1.0))
+            out = render_input_view(g, K, w, h)
         except RenderError:
             return None
         views.append((out.rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8))
