@@ -1,7 +1,7 @@
 """`hgm_node`: camera frames in, a Gaussian avatar out (DESIGN §1-§3).
 
-Subscribes (remappable, best effort, depth 1): `image` (sensor_msgs/Image) or `image/compressed`
-(sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`. Publishes (reliable,
+Subscribes (remappable, depth 1, reliable unless the publisher is best effort: `hgm_node.qos.InputSubscription`):
+`image` (sensor_msgs/Image) or `image/compressed` (sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`. Publishes (reliable,
 TRANSIENT_LOCAL, depth 1): `human_gaussians` (PointCloud2), `human_body` (MarkerArray skeleton),
 `human_body/joints` (PoseArray), `human_mesh` (Marker TRIANGLE_LIST, with parameter `mesh`, when the worker makes a
 mesh), all stamped with the source image's header; and `/diagnostics`.
@@ -43,7 +43,7 @@ from hgm_node.conversions import (
 )
 from hgm_node.diagnostics import ERROR, OK, WARN, PipelineStats, diagnostic_array
 from hgm_node.params import NodeParams, declare_parameters
-from hgm_node.qos import DIAGNOSTICS_QOS, LATCHED_QOS, SENSOR_QOS
+from hgm_node.qos import DIAGNOSTICS_QOS, LATCHED_QOS, InputSubscription
 from hgm_node.worker_link import WorkerLink, WorkerStatus
 
 SEVERE_WORKER_ERRORS = ("timeout", "internal", "unavailable", "protocol")
@@ -93,12 +93,12 @@ class HgmNode(Node):
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
 
         if p.image_transport == "raw":
-            self._image_sub = self.create_subscription(Image, "image", self._on_image, SENSOR_QOS)
+            self._image_sub = InputSubscription(self, Image, "image", self._on_image)
         else:
-            self._image_sub = self.create_subscription(CompressedImage, "image/compressed", self._on_image, SENSOR_QOS)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, SENSOR_QOS)
+            self._image_sub = InputSubscription(self, CompressedImage, "image/compressed", self._on_image)
+        self._info_sub = InputSubscription(self, CameraInfo, "camera_info", self._on_camera_info)
         if p.use_mask:
-            self.create_subscription(Image, "mask", self._on_mask, SENSOR_QOS)
+            self._mask_sub = InputSubscription(self, Image, "mask", self._on_mask)
         if p.trigger == "service":
             self.create_service(Trigger, "~/capture", self._on_capture)
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
