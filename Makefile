@@ -60,7 +60,7 @@ bench: setup
 
 # Pyflakes-level checks (unused/undefined names, syntax): the ones that catch real bugs.
 lint: setup
-	$(BIN)/python -m ruff check --select F,E9 hgm_core hgm_node bench tests launch
+	$(BIN)/python -m ruff check --select F,E9 hgm_core hgm_node hgm_demo bench tests launch
 
 clean-venv:
 	rm -rf $(VENV) $(HGM_CACHE_DIR)/.assets
