@@ -152,7 +152,7 @@ def bind(gaussians: Gaussians, body_vertices: torch.Tensor, faces: torch.Tensor,
         raise GaussiansError("skinning rotates Gaussians; higher-order SH cannot follow: drop `sh` first")
     joint_index, joint_weight = surface_weights(gaussians.means, body_vertices, faces, weights, k)
     G = bone_transforms @ torch.linalg.inv(rest_transforms)
-    M = (joint_weight[..., None, None] * G[joint_index, :3]).sum(1)  # [N, 3, 4]
+    M = _blend(joint_index, joint_weight, G)
     A_inv = torch.linalg.inv(M[:, :, :3])
     means = (A_inv @ (gaussians.means - M[:, :, 3])[..., None])[..., 0]
     R = polar_rotation(A_inv @ quat_to_rotmat(gaussians.quats))
@@ -160,7 +160,7 @@ def bind(gaussians: Gaussians, body_vertices: torch.Tensor, faces: torch.Tensor,
         gaussians,
         means=means,
         quats=rotmat_to_quat(R),
-        scales=gaussians.scales / torch.linalg.vector_norm(M[:, :, :3] @ R, dim=-2),  # posing multiplies them back
+        scales=gaussians.scales / _column_norms(M[:, :, :3] @ R),  # posing multiplies them back
     )
     return Binding(canonical, joint_index, joint_weight, rest_transforms, tuple(joint_names), tuple(joint_parents))
 
@@ -182,14 +182,24 @@ def pose(binding: Binding, bone_transforms: torch.Tensor) -> Gaussians:
     """
     g = binding.canonical
     G = bone_transforms.to(g.dtype) @ torch.linalg.inv(binding.rest_transforms.to(g.dtype))
-    M = (binding.joint_weight[..., None, None] * G[binding.joint_index, :3]).sum(1)  # [N, 3, 4]
+    M = _blend(binding.joint_index, binding.joint_weight, G)
     AR = M[:, :, :3] @ quat_to_rotmat(g.quats)
     return replace(
         g,
         means=(M[:, :, :3] @ g.means[..., None])[..., 0] + M[:, :, 3],
         quats=rotmat_to_quat(polar_rotation(AR)),
-        scales=g.scales * torch.linalg.vector_norm(AR, dim=-2),
+        scales=g.scales * _column_norms(AR),
     )
+
+
+def _blend(joint_index: torch.Tensor, joint_weight: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
+    """`[N, 3, 4]` per-Gaussian affine maps: `transforms [J, 4, 4]` summed over `[N, K]` influences."""
+    return torch.einsum("nk,nkab->nab", joint_weight, transforms[joint_index, :3])
+
+
+def _column_norms(M: torch.Tensor) -> torch.Tensor:
+    """`[..., 3]` lengths of the columns of `[..., 3, 3]` matrices."""
+    return M.square().sum(-2).sqrt()
 
 
 def lbs(points: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor) -> torch.Tensor:
@@ -201,14 +211,14 @@ def lbs(points: torch.Tensor, weights: torch.Tensor, transforms: torch.Tensor) -
 def polar_rotation(A: torch.Tensor, iterations: int = POLAR_ITERATIONS) -> torch.Tensor:
     """`[..., 3, 3]` rotation factor of the polar decomposition A = Q P, by scaled Newton iteration
     (the same steps as `hgm_core.io.live_stream.polar_rotation`)."""
-    X = A.double()
+    X = A.clone()
     for _ in range(iterations):
         r0, r1, r2 = X.unbind(-2)
         cof = torch.stack((torch.cross(r1, r2, dim=-1), torch.cross(r2, r0, dim=-1), torch.cross(r0, r1, dim=-1)), -2)
         det = (r0 * cof[..., 0, :]).sum(-1)[..., None, None]
         g = det.abs().pow(-1.0 / 3.0)
         X = 0.5 * (g * X + cof / (g * det))
-    return X.to(A.dtype)
+    return X
 
 
 def save_binding(binding: Binding, ply_path: str | os.PathLike, binding_path: str | os.PathLike,

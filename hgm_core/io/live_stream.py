@@ -196,27 +196,40 @@ def _polar(A: np.ndarray, iterations: int = POLAR_ITERATIONS) -> np.ndarray:
     g = |det X|^(-1/3): quadratic convergence from any det A > 0. The inverse-transpose is the
     cofactor matrix (rows: cross products of the other two rows) over the determinant."""
     X = np.array(A, np.float32)
+    cof = np.empty_like(X)
     for _ in range(iterations):
-        cof = np.stack((_cross(X[1], X[2]), _cross(X[2], X[0]), _cross(X[0], X[1])))
-        det = (X[0] * cof[0]).sum(0)
-        g = np.cbrt(np.abs(det)) ** -1
-        X = 0.5 * (g * X + cof / (g * det))
+        for i, (a, b) in enumerate(((1, 2), (2, 0), (0, 1))):
+            _cross(X[a], X[b], out=cof[i])
+        det = X[0, 0] * cof[0, 0] + X[0, 1] * cof[0, 1] + X[0, 2] * cof[0, 2]
+        g = np.cbrt(np.abs(det))  # 1 / the scale factor
+        X *= 0.5 / g
+        cof *= 0.5 * g / det
+        X += cof
     return X
 
 
-def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Cross product of `[3, ...]` component-major vectors."""
-    return np.stack((a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0]))
+def _cross(a: np.ndarray, b: np.ndarray, out: np.ndarray) -> np.ndarray:
+    """Cross product of `[3, ...]` component-major vectors, written into `out`."""
+    np.multiply(a[1], b[2], out=out[0])
+    out[0] -= a[2] * b[1]
+    np.multiply(a[2], b[0], out=out[1])
+    out[1] -= a[0] * b[2]
+    np.multiply(a[0], b[1], out=out[2])
+    out[2] -= a[1] * b[0]
+    return out
 
 
 def _quat_to_rotmat(q: np.ndarray) -> np.ndarray:
-    """`[4, ...]` quaternions (w, x, y, z; normalised here) -> `[3, 3, ...]` rotation matrices."""
-    w, x, y, z = q / np.sqrt((q * q).sum(0))
-    return np.stack((
-        np.stack((1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y))),
-        np.stack((2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x))),
-        np.stack((2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y))),
-    ))  # fmt: skip
+    """`[4, ...]` quaternions (w, x, y, z; any length, not zero) -> `[3, 3, ...]` rotation matrices."""
+    w, x, y, z = q
+    s = 2 / (w * w + x * x + y * y + z * z)  # the 2 of the unit formula, over |q|^2
+    xs, ys, zs = x * s, y * s, z * s
+    wx, wy, wz, xx, xy, xz, yy, yz, zz = w * xs, w * ys, w * zs, x * xs, x * ys, x * zs, y * ys, y * zs, z * zs
+    R = np.empty((3, 3, *q.shape[1:]), np.float32)
+    R[0, 0], R[0, 1], R[0, 2] = 1 - (yy + zz), xy - wz, xz + wy
+    R[1, 0], R[1, 1], R[1, 2] = xy + wz, 1 - (xx + zz), yz - wx
+    R[2, 0], R[2, 1], R[2, 2] = xz - wy, yz + wx, 1 - (xx + yy)
+    return R
 
 
 def _rotmat_to_quat(R: np.ndarray) -> np.ndarray:
