@@ -87,6 +87,15 @@ def rotmat_to_quat(R: torch.Tensor) -> torch.Tensor:
     return q.reshape(*R.shape[:-2], 4)
 
 
+def quat_from_z(normals: torch.Tensor) -> torch.Tensor:
+    """`[..., 3]` unit vectors -> `[..., 4]` unit quaternions (w, x, y, z) turning +z onto them (the
+    shortest arc; a half turn about x for -z, where the shortest arc is not unique)."""
+    nx, ny, nz = normals.unbind(-1)
+    q = torch.stack((1 + nz, -ny, nx, torch.zeros_like(nz)), -1)
+    q = torch.where((1 + nz)[..., None] < 1e-6, torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=q.dtype, device=q.device), q)
+    return torch.nn.functional.normalize(q, dim=-1)
+
+
 @dataclass(frozen=True)
 class Gaussians:
     """A set of N 3D Gaussians with activated parameters.

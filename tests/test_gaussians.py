@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hgm_core.gaussians import (
-    RAW_FIELDS, Gaussians, GaussiansError, quat_multiply, quat_to_rotmat, rgb_to_sh0, rotmat_to_quat, sh0_to_rgb,
+    RAW_FIELDS, Gaussians, GaussiansError, quat_from_z, quat_multiply, quat_to_rotmat, rgb_to_sh0, rotmat_to_quat, sh0_to_rgb,
 )
 from tests.conftest import random_gaussians
 
@@ -107,3 +107,11 @@ def test_quat_multiply_composes_rotations():
     A, B = _rot("x", 30), _rot("z", 70)
     q = quat_multiply(rotmat_to_quat(A), rotmat_to_quat(B))
     torch.testing.assert_close(quat_to_rotmat(q), A @ B, atol=1e-6, rtol=0)
+
+
+def test_quat_from_z_turns_z_onto_each_normal():
+    n = torch.nn.functional.normalize(torch.randn(200, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2)), dim=-1)
+    n = torch.cat((n, torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, -1.0]], dtype=torch.float64)))  # both poles
+    q = quat_from_z(n)
+    torch.testing.assert_close(q.norm(dim=-1), torch.ones(len(n), dtype=torch.float64))
+    torch.testing.assert_close(quat_to_rotmat(q)[:, :, 2], n)

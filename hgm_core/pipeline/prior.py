@@ -29,7 +29,7 @@ import torch
 from scipy import ndimage
 
 from hgm_core.camera import crop_intrinsics, pixel_rays
-from hgm_core.gaussians import Gaussians
+from hgm_core.gaussians import Gaussians, quat_from_z
 from hgm_core.types import BadInputError, NoPersonError
 
 
@@ -133,11 +133,9 @@ def _normals(points: np.ndarray) -> np.ndarray:
 def _disc_quats(normals: np.ndarray) -> np.ndarray:
     """`[M, 3]` unit normals -> `[M, 4]` quaternions (w first) turning local +z onto ±normal.
 
-    A flat disc is symmetric, so the normal is flipped to z >= 0, which keeps w >= 1 before
-    normalisation (no degenerate half-turns)."""
-    n = np.where(normals[:, 2:3] < 0, -normals, normals)
-    q = np.stack((1.0 + n[:, 2], -n[:, 1], n[:, 0], np.zeros(len(n))), -1)
-    return q / np.linalg.norm(q, axis=-1, keepdims=True)
+    A flat disc is symmetric, so the normal is flipped to z >= 0: the turn stays far from the
+    ambiguous half turn of -z."""
+    return quat_from_z(torch.from_numpy(np.where(normals[:, 2:3] < 0, -normals, normals))).numpy()
 
 
 def working_grid(mask: np.ndarray, K: np.ndarray, config: PriorConfig) -> tuple[tuple[float, float, float, float], np.ndarray, int]:

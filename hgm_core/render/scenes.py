@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from hgm_core.camera import Cameras, orbit_cameras
-from hgm_core.gaussians import Gaussians
+from hgm_core.gaussians import Gaussians, quat_from_z
 
 SKIN, HAIR, SHIRT, TROUSERS, SHOES = (0.86, 0.67, 0.55), (0.23, 0.15, 0.09), (0.20, 0.42, 0.72), (0.22, 0.22, 0.28), (0.10, 0.08, 0.07)
 
@@ -85,15 +85,6 @@ def _body_parts() -> list[_Ellipsoid | _Capsule]:
     return parts
 
 
-def _quat_from_z(normal: torch.Tensor) -> torch.Tensor:
-    """`[N, 3]` unit normals -> `[N, 4]` quaternions (w, x, y, z) rotating +z onto them."""
-    nx, ny, nz = normal.unbind(-1)
-    q = torch.stack((1 + nz, -ny, nx, torch.zeros_like(nz)), -1)
-    # For n = -z the half-way construction degenerates; any 180° turn about a horizontal axis works.
-    q = torch.where((1 + nz)[:, None] < 1e-6, torch.tensor([0.0, 1.0, 0.0, 0.0], dtype=q.dtype), q)
-    return torch.nn.functional.normalize(q, dim=-1)
-
-
 def person_scene(n: int = 65536, seed: int = 0) -> Gaussians:
     """A person-shaped set of `n` Gaussians (float32, activated values).
 
@@ -122,7 +113,7 @@ def person_scene(n: int = 65536, seed: int = 0) -> Gaussians:
     tangential = spacing * (0.7 + 0.3 * torch.rand(n, 1, generator=gen, dtype=torch.float64))
     scales = torch.cat((tangential.expand(n, 2), 0.15 * tangential), -1)
     opacities = 0.75 + 0.2 * torch.rand(n, generator=gen, dtype=torch.float64)
-    g = Gaussians(means=means, quats=_quat_from_z(normals), scales=scales, opacities=opacities, colors=colors)
+    g = Gaussians(means=means, quats=quat_from_z(normals), scales=scales, opacities=opacities, colors=colors)
     return g.to(dtype=torch.float32)
 
 
