@@ -90,6 +90,33 @@ def canonical_transform(extrinsics: np.ndarray, distance: float = 2.0) -> tuple[
     return M @ c2w, M @ S
 
 
+def count_views(root: Path, sid: str) -> int:
+    """Views of one subject (`img/{sid}_{v:03d}` for v = 0, 1, ... without a gap), without listing the layout."""
+    n = 0
+    while (Path(root) / "img" / f"{sid}_{n:03d}").is_dir():
+        n += 1
+    return n
+
+
+def load_view(root: Path, sid: str, v: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Raw view: rgb `[H, W, 3]` float in [0, 1] composited on white, mask `[H, W]` in [0, 1], E `[4, 4]`, K `[3, 3]`."""
+    import cv2
+
+    view = f"{sid}_{v:03d}"
+    root = Path(root)
+    bgr = cv2.imread(str(root / "img" / view / "0.jpg"), cv2.IMREAD_COLOR)
+    mask = cv2.imread(str(root / "mask" / view / "0.png"), cv2.IMREAD_UNCHANGED)
+    if bgr is None or mask is None:
+        raise DatasetLayoutError(f"missing image or mask for {sid} view {v} under {root}")
+    mask = (mask if mask.ndim == 2 else mask[..., 0]).astype(np.float32) / (65535.0 if mask.dtype == np.uint16 else 255.0)
+    rgb = bgr[..., ::-1].astype(np.float32) / 255.0
+    rgb = rgb * mask[..., None] + (1 - mask[..., None])
+    E = np.eye(4)
+    E[:3, :] = np.load(root / "parm" / view / "0_extrinsic.npy")[:3, :]
+    K = np.load(root / "parm" / view / "0_intrinsic.npy").astype(np.float64)
+    return rgb, mask, E, K
+
+
 class MultiViewDataset(Dataset):
     """Subjects of a render layout as HGM training samples.
 
@@ -117,26 +144,9 @@ class MultiViewDataset(Dataset):
     def __len__(self) -> int:
         return len(self.subjects)
 
-    def _view_dir(self, kind: str, sid: str, v: int) -> Path:
-        return self.root / kind / f"{sid}_{v:03d}"
-
     def load_view(self, sid: str, v: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Raw view: rgb `[H, W, 3]` float in [0, 1] composited on white, mask `[H, W]` in [0, 1], E `[4, 4]`, K `[3, 3]`."""
-        import cv2
-
-        img_path = self._view_dir("img", sid, v) / "0.jpg"
-        bgr = cv2.imread(str(img_path), cv2.IMREAD_COLOR)
-        mask = cv2.imread(str(self._view_dir("mask", sid, v) / "0.png"), cv2.IMREAD_UNCHANGED)
-        if bgr is None or mask is None:
-            raise DatasetLayoutError(f"missing image or mask for {sid} view {v} under {self.root}")
-        mask = (mask if mask.ndim == 2 else mask[..., 0]).astype(np.float32) / (65535.0 if mask.dtype == np.uint16 else 255.0)
-        rgb = bgr[..., ::-1].astype(np.float32) / 255.0
-        rgb = rgb * mask[..., None] + (1 - mask[..., None])
-        parm = self._view_dir("parm", sid, v)
-        E = np.eye(4)
-        E[:3, :] = np.load(parm / "0_extrinsic.npy")[:3, :]
-        K = np.load(parm / "0_intrinsic.npy").astype(np.float64)
-        return rgb, mask, E, K
+        """Raw view (see `load_view`)."""
+        return load_view(self.root, sid, v)
 
     def __getitem__(self, index: int) -> dict:
         cfg = self.config
@@ -207,5 +217,5 @@ def load_subject_cameras(root: Path, sid: str) -> tuple[np.ndarray, np.ndarray, 
     return E, Ks, size
 
 
-__all__ = ["MultiViewDataset", "ReaderConfig", "canonical_transform", "subject_distance", "cameras", "list_subjects", "load_subject_cameras",
+__all__ = ["MultiViewDataset", "ReaderConfig", "canonical_transform", "count_views", "load_view", "subject_distance", "cameras", "list_subjects", "load_subject_cameras",
            "DatasetLayoutError"]

@@ -23,8 +23,13 @@ from hgm_core.camera import flip_camera_axes
 
 BODY_OPACITY_LOGIT = 2.0
 """sigmoid(2) = 0.88: the body set starts as an opaque skin."""
-PIXEL_OPACITY_LOGIT = (0.0, -2.0)
-"""Start of the pixel-aligned set inside / outside the body's footprint: 0.5 and 0.12, both well above 1/255."""
+PIXEL_OPACITY_LOGIT = (0.0, -2.0, -7.0)
+"""Start of the pixel-aligned set on the body's footprint (0.5), in a band of `BAND_PX` splat pixels
+around it (0.12: loose clothes and hair live there; still well above 1/255, so it gets gradient),
+and beyond (0.001: off). Seen edge-on from a side view a sheet of 0.12 Gaussians 64 pixels wide
+stacks to an opaque stripe, which is why the far background starts off."""
+BAND_PX = 3
+"""Width of the band around the body footprint, in splat pixels (~5% of the image at 64^2)."""
 BODY_SCALE_PER_HEIGHT = 0.0045
 """Isotropic body-Gaussian scale as a share of the body's height (~0.6 of anny's ~1.1 cm vertex spacing)."""
 PIXEL_SCALE_PER_FOOTPRINT = 0.6
@@ -77,13 +82,14 @@ def body_colours(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, 
 
 def body_depth_map(vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, image_size: int, splat_size: int
                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Z-buffer of the projected vertices on each view's splat grid.
+    """Z-buffer of the projected vertices on each view's splat grid, grown into a band around the body.
 
     Args:
         vertices: `[B, Nv, 3]` canonical; K: `[B, V, 3, 3]` at `image_size`; c2w: `[B, V, 4, 4]` OpenGL.
     Returns:
-        depth `[B, V, S, S]` (camera z; holes of one pixel closed from their neighbours, pixels off
-        the body at the view's median body depth) and footprint `[B, V, S, S]` bool (on the body).
+        depth `[B, V, S, S]` (camera z: the nearest vertex per pixel; pixels up to `BAND_PX` off the
+        body take their nearest body depth, farther ones the view's median body depth) and
+        region `[B, V, S, S]` long: 0 on the body (holes of one pixel closed), 1 in the band, 2 beyond.
     """
     B, V = K.shape[:2]
     S = splat_size
@@ -97,16 +103,17 @@ def body_depth_map(vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, i
     flat = torch.full((B * V * S * S,), far, dtype=z.dtype, device=z.device)
     base = torch.arange(B * V, device=z.device).reshape(B, V, 1) * S * S
     index = (base + uv[..., 1] * S + uv[..., 0])[ok]
-    flat = flat.scatter_reduce(0, index, z[ok], reduce="amin")
-    depth = flat.reshape(B, V, S, S)
-    hit = depth < far
-    neighbour = -F.max_pool2d(-depth.reshape(B * V, 1, S, S), 3, 1, 1).reshape(B, V, S, S)
-    footprint = hit | (neighbour < far)
-    depth = torch.where(hit, depth, neighbour)
+    depth = flat.scatter_reduce(0, index, z[ok], reduce="amin").reshape(B * V, 1, S, S)
+    region = torch.full(depth.shape, 2, dtype=torch.long, device=z.device)
+    for ring in range(BAND_PX + 1):  # ring 0 closes one-pixel holes; later rings grow the band
+        grown = -F.max_pool2d(-depth, 3, 1, 1)
+        region = torch.where((region == 2) & (grown < far), torch.full_like(region, 0 if ring == 0 else 1), region)
+        depth = torch.where(depth < far, depth, grown)
     zs = torch.where(ok, z, torch.nan)
     median = zs.nanmedian(-1).values  # [B, V]; NaN when no vertex is in view
-    fallback = torch.where(torch.isnan(median), c2w[..., :3, 3].norm(dim=-1), median)
-    return torch.where(footprint, depth, fallback[..., None, None]), footprint
+    fallback = torch.where(torch.isnan(median), c2w[..., :3, 3].norm(dim=-1), median).reshape(B * V, 1, 1, 1)
+    depth = torch.where(depth < far, depth, fallback)
+    return depth.reshape(B, V, S, S), region.reshape(B, V, S, S)
 
 
 def splat_rays(K: torch.Tensor, c2w: torch.Tensor, image_size: int, splat_size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -145,20 +152,19 @@ def pixel_prior(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c
 
     Returns:
         centres `[B, V*S*S, 3]`: each splat pixel's ray at the body's depth (canonical), and
-        raw `[B, V*S*S, 14]` attributes (xyz channels 0): opacity start by footprint, pixel-sized,
+        raw `[B, V*S*S, 14]` attributes (xyz channels 0): opacity start by region, pixel-sized,
         the pixel's colour. View-major then row-major, as the UNet set.
     """
     B, V, _, H, _ = images.shape
     S = splat_size
-    depth, footprint = body_depth_map(vertices, K, c2w, H, S)
+    depth, region = body_depth_map(vertices, K, c2w, H, S)
     origin, dirs = splat_rays(K, c2w, H, S)
     centres = (origin + depth[..., None] * dirs).reshape(B, V * S * S, 3)
     fy_splat = K[..., 1, 1] * S / H  # [B, V]
     footprint_size = depth / fy_splat[..., None, None]
     colour = F.adaptive_avg_pool2d(images.reshape(B * V, 3, H, H), S).reshape(B, V, 3, S, S).permute(0, 1, 3, 4, 2)
     raw = images.new_zeros(B, V, S, S, 14)
-    inside, outside = PIXEL_OPACITY_LOGIT
-    raw[..., 3] = torch.where(footprint, torch.full_like(depth, inside), torch.full_like(depth, outside))
+    raw[..., 3] = torch.tensor(PIXEL_OPACITY_LOGIT, dtype=raw.dtype, device=raw.device)[region]
     raw[..., 4:7] = inverse_scale(PIXEL_SCALE_PER_FOOTPRINT * footprint_size)[..., None]
     raw[..., 7] = 1.0
     raw[..., 11:14] = inverse_colour(colour)

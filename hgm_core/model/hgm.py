@@ -99,6 +99,14 @@ class HGMOutput:
         return to_gaussians(getattr(self, which)[index])
 
 
+def body_colour_baseline(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> torch.Tensor:
+    """The body-colour baseline avatar: activated `[B, Nv, 14]`, one Gaussian per vertex coloured from
+    the input image(s) (the body-guided network's starting point; a trained network must beat it).
+
+    Args as `HGM.forward` (images `[B, V, 3, H, W]` in [0, 1], canonical vertices, K, OpenGL c2w)."""
+    return torch.cat((vertices, activate_attributes(body_prior(images, vertices, K, c2w))), -1)
+
+
 def default_views(config: HGMConfig, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """HGM's input views: front at (0, 0, 1.5) and, for two views, the back at azimuth 180°.
 

@@ -1,0 +1,319 @@
+"""The training loop of `hgm train`: steps, losses, resumable state, periodic validation.
+
+A run folder holds
+    config.json        the `TrainConfig` (written once; a resumed run must match it)
+    state.pt           weights, Adam state, step, RNG states, CPU seconds (every `checkpoint_minutes`)
+    best/              `save_pretrained` of the best validation foreground PSNR so far
+    val.jsonl          one line per validation: step, CPU seconds, model and baseline metrics
+    val_latest.png     the latest validation grid (input | GT, network, baseline at views 3, 6, 9)
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hgm_core.data.cache import complete_subjects, load_cached_subject
+from hgm_core.model import HGM, ModelCard, config_for, to_gaussians
+from hgm_core.render import rasterize
+from hgm_core.train.config import RESERVED_SEEDS, TrainConfig, TrainConfigError
+from hgm_core.train.sample import Sample, draw_views, make_sample
+
+STATE_NAME = "state.pt"
+
+
+class TrainError(RuntimeError):
+    """A run that cannot start or resume (no data, mismatched config, reserved seed in the data)."""
+
+
+@dataclass
+class StepTimes:
+    """Seconds spent in one step, by phase."""
+
+    data: float = 0.0
+    forward: float = 0.0
+    render: float = 0.0
+    loss: float = 0.0
+    backward: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.data + self.forward + self.render + self.loss + self.backward
+
+
+@dataclass
+class StepResult:
+    loss: float
+    parts: dict[str, float]
+    times: StepTimes = field(default_factory=StepTimes)
+
+
+# --------------------------------------------------------------------------------------------- data
+
+
+def layout_seed(root: Path) -> int | None:
+    """The datagen seed recorded in `root/dataset.json` (None for layouts without one, e.g. THuman2.0)."""
+    index = Path(root) / "dataset.json"
+    return json.loads(index.read_text()).get("seed") if index.exists() else None
+
+
+def check_layout_seeds(config: TrainConfig) -> None:
+    """Refuse layouts generated from a reserved evaluation seed, or training data equal to the validation data."""
+    for root in (*config.train_data, config.val_data):
+        seed = layout_seed(Path(root))
+        if seed in RESERVED_SEEDS:
+            raise TrainConfigError(f"{root} was generated with seed {seed}, reserved for evaluation {RESERVED_SEEDS}")
+    if Path(config.val_data).resolve() in {Path(r).resolve() for r in config.train_data}:
+        raise TrainConfigError("the validation layout is also a training layout")
+
+
+class SubjectPool:
+    """Training subjects of several layouts, rescanned while a layout is still being generated."""
+
+    def __init__(self, roots: tuple[str, ...], image_size: int, cache_dir: Path) -> None:
+        self.roots = [Path(r) for r in roots]
+        self.image_size, self.cache_dir = image_size, Path(cache_dir)
+        self.items: list[tuple[Path, str]] = []
+        self.rescan()
+
+    def rescan(self) -> int:
+        self.items = [(root, sid) for root in self.roots for sid in complete_subjects(root)]
+        return len(self.items)
+
+    def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
+        if not self.items:
+            raise TrainError(f"no complete subjects in {[str(r) for r in self.roots]}")
+        root, sid = self.items[int(rng.integers(len(self.items)))]
+        return load_cached_subject(root, sid, self.image_size, self.cache_dir)
+
+
+def training_sample(pool: SubjectPool, config: TrainConfig, rng: np.random.Generator) -> Sample:
+    subject = pool.draw(rng)
+    p = np.asarray(config.input_view_probs, np.float64)
+    n = len(subject["extrinsics"])
+    input_view = int(config.input_views[int(rng.choice(len(p), p=p / p.sum()))]) % n
+    views = draw_views(n, input_view, config.supervision_views, rng)
+    return make_sample(subject, input_view, views, config.num_views, config.body_noise, rng)
+
+
+# --------------------------------------------------------------------------------------------- one step
+
+
+def render_sets(out_body: torch.Tensor, out_merged: torch.Tensor, sample: Sample):
+    """Render the avatar (body set + merged set, activated `[N, 14]` each) from the sample's cameras."""
+    g = to_gaussians(torch.cat((out_body, out_merged)))
+    return rasterize(g, sample.cameras, background=(1.0, 1.0, 1.0), backend="auto")
+
+
+def person_crop(mask: torch.Tensor, size: int, rng: np.random.Generator) -> tuple[slice, slice]:
+    """A `size x size` window (clamped to the image) centred on a random pixel of `mask [S, S]` (> 0.5)."""
+    S = mask.shape[-1]
+    if size >= S:
+        return slice(0, S), slice(0, S)
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    if len(ys) == 0:
+        cy = cx = S // 2
+    else:
+        k = int(rng.integers(len(ys)))
+        cy, cx = int(ys[k]), int(xs[k])
+    y0 = min(max(cy - size // 2, 0), S - size)
+    x0 = min(max(cx - size // 2, 0), S - size)
+    return slice(y0, y0 + size), slice(x0, x0 + size)
+
+
+def loss_terms(rgb: torch.Tensor, alpha: torch.Tensor, sample: Sample, config: TrainConfig, lpips_model,
+               rng: np.random.Generator) -> dict[str, torch.Tensor]:
+    """The paper's losses: L2 RGB, L2 mask and LPIPS-VGG on `lpips_views` random supervision views
+    (each on a `lpips_crop` window on the person: VGG is the dearest part of a CPU step).
+
+    rgb `[C, S, S, 3]`, alpha `[C, S, S, 1]` (renders) against the sample's targets."""
+    terms = {"rgb": ((rgb - sample.target_rgb) ** 2).mean(), "mask": ((alpha - sample.target_mask) ** 2).mean()}
+    if config.lpips_views and config.lambda_lpips > 0:
+        crops_p, crops_t = [], []
+        for i in rng.choice(rgb.shape[0], config.lpips_views, replace=False):
+            ys, xs = person_crop(sample.target_mask[i, ..., 0], config.lpips_crop, rng)
+            crops_p.append(rgb[i, ys, xs])
+            crops_t.append(sample.target_rgb[i, ys, xs])
+        terms["lpips"] = lpips_model(torch.stack(crops_p).permute(0, 3, 1, 2), torch.stack(crops_t).permute(0, 3, 1, 2)).mean()
+    return terms
+
+
+def train_step(model: HGM, optimizer: torch.optim.Optimizer, sample: Sample, config: TrainConfig, lpips_model,
+               rng: np.random.Generator) -> StepResult:
+    """Forward, render, loss, backward and one optimiser step; timings per phase (data time is the caller's)."""
+    times = StepTimes()
+    t = time.perf_counter()
+    out = model(sample.images, sample.vertices, sample.K, sample.c2w)
+    times.forward = time.perf_counter() - t
+    t = time.perf_counter()
+    r = render_sets(out.body[0], out.merged[0], sample)
+    times.render = time.perf_counter() - t
+    t = time.perf_counter()
+    terms = loss_terms(r.rgb, r.alpha, sample, config, lpips_model, rng)
+    weights = {"rgb": config.lambda_rgb, "mask": config.lambda_mask, "lpips": config.lambda_lpips}
+    loss = sum(weights[k] * v for k, v in terms.items())
+    times.loss = time.perf_counter() - t
+    t = time.perf_counter()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    times.backward = time.perf_counter() - t
+    return StepResult(float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}, times)
+
+
+def build_optimizer(model: HGM, config: TrainConfig) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+
+
+def learning_rate(step: int, config: TrainConfig) -> float:
+    """Linear warm-up to `config.lr`, then constant."""
+    return config.lr * min(1.0, (step + 1) / max(config.warmup_steps, 1))
+
+
+# --------------------------------------------------------------------------------------------- state
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    cpu_seconds: float = 0.0
+    best_fg_psnr: float = -float("inf")
+
+
+def save_state(run_dir: Path, model: HGM, optimizer: torch.optim.Optimizer, state: RunState,
+               rng: np.random.Generator) -> None:
+    """Atomically write weights, optimiser, step, RNG states and bookkeeping to `run_dir/state.pt`."""
+    blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
+            "cpu_seconds": state.cpu_seconds, "best_fg_psnr": state.best_fg_psnr, "numpy_rng": rng.bit_generator.state,
+            "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "model_config": model.config.to_dict()}
+    tmp = run_dir / (STATE_NAME + ".tmp")
+    torch.save(blob, tmp)
+    tmp.replace(run_dir / STATE_NAME)
+
+
+def load_state(run_dir: Path, model: HGM, optimizer: torch.optim.Optimizer, rng: np.random.Generator) -> RunState:
+    """Restore what `save_state` wrote into the given objects."""
+    blob = torch.load(run_dir / STATE_NAME, map_location="cpu", weights_only=False)
+    if blob["model_config"] != model.config.to_dict():
+        raise TrainError(f"{run_dir / STATE_NAME} was saved with another model config")
+    model.load_state_dict(blob["model"])
+    optimizer.load_state_dict(blob["optimizer"])
+    rng.bit_generator.state = blob["numpy_rng"]
+    torch.set_rng_state(blob["torch_rng"])
+    random.setstate(blob["python_rng"])
+    return RunState(blob["step"], blob["cpu_seconds"], blob["best_fg_psnr"])
+
+
+def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict) -> ModelCard:
+    m, b = val["model"]["all"], val["baseline"]["all"]
+    metrics = {f"val_{k}": v for k, v in m.items()} | {f"val_baseline_{k}": v for k, v in b.items()}
+    metrics |= {f"val_back_{k}": v for k, v in val["model"].get("back", {}).items()}
+    return ModelCard(
+        training_data=(f"hgm datagen v2 (anny bodies, proxy clothes, HDRI light), train seeds {list(config.train_seeds)} "
+                       f"({subjects} subjects, 12 views, cached at {config.image_size}^2), validation seed {config.val_seed} "
+                       f"({val['subjects']} subjects); seeds {list(RESERVED_SEEDS)} reserved for evaluation"),
+        steps=state.step,
+        metrics=metrics,
+        notes=(f"{state.cpu_seconds / 3600:.2f} CPU-hours (one thread). Input: GT body with fitting-like noise "
+               f"({config.body_noise}). Loss: L2 RGB + L2 mask + LPIPS-VGG ({config.lpips_views} view/step), "
+               f"{config.supervision_views} views/step. Validation: view 0 in, views 1-11 scored at "
+               f"{config.image_size}^2, fixed noisy bodies; baseline = body vertices coloured from the input."),
+    )
+
+
+# --------------------------------------------------------------------------------------------- loop
+
+
+def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
+    """Train until `config.max_steps`, checkpointing and validating on the way (see the module docstring)."""
+    from tqdm import tqdm
+
+    from hgm_core.train.lpips import LPIPS
+    from hgm_core.train.validate import validate
+
+    check_layout_seeds(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = run_dir / "config.json"
+    if resume:
+        if not (run_dir / STATE_NAME).exists():
+            raise TrainError(f"nothing to resume in {run_dir} (no {STATE_NAME})")
+        saved = TrainConfig.load(config_path)
+        if saved != config:
+            raise TrainError(f"{config_path} differs from this run's config; resume with --config {config_path}")
+    elif (run_dir / STATE_NAME).exists():
+        raise TrainError(f"{run_dir} already holds a run; pass --resume to continue it")
+    else:
+        config.save(config_path)
+
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    model = HGM(config_for(config.preset, num_views=config.num_views)).train()
+    if model.config.input_size != config.image_size:
+        raise TrainConfigError(f"image_size {config.image_size} must equal the {config.preset} input size {model.config.input_size}")
+    optimizer = build_optimizer(model, config)
+    state = load_state(run_dir, model, optimizer, rng) if resume else RunState()
+    cpu_base = state.cpu_seconds - time.process_time()  # every CPU second of this process counts, validation too
+    lpips_model = LPIPS.load()
+    pool = SubjectPool(config.train_data, config.image_size, Path(config.cache_dir))
+    val_ids = sorted(complete_subjects(Path(config.val_data)))[: config.val_subjects]
+    val_subjects = [load_cached_subject(Path(config.val_data), s, config.image_size, Path(config.cache_dir)) for s in val_ids]
+
+    def run_validation() -> None:
+        state.cpu_seconds = cpu_base + time.process_time()
+        result, grid = validate(model, val_subjects, config.body_noise, lpips_model)
+        line = {"step": state.step, "cpu_hours": state.cpu_seconds / 3600, "train_subjects": len(pool.items)} | result
+        with open(run_dir / "val.jsonl", "a") as f:
+            f.write(json.dumps(line) + "\n")
+        _write_png(run_dir / "val_latest.png", grid)
+        fg = result["model"]["all"]["fg_psnr"]
+        if fg > state.best_fg_psnr:
+            state.best_fg_psnr = fg
+            model.save_pretrained(run_dir / "best", model_card(config, state, len(pool.items), result))
+        m, b = result["model"]["all"], result["baseline"]["all"]
+        tqdm.write(f"step {state.step}: val PSNR {m['psnr']:.2f} fg {m['fg_psnr']:.2f} LPIPS {m['lpips']:.4f} "
+                   f"(baseline {b['psnr']:.2f} / {b['fg_psnr']:.2f} / {b['lpips']:.4f}); {len(pool.items)} train subjects")
+
+    if state.step == 0:
+        run_validation()
+    last_ckpt = last_val = last_scan = time.monotonic()
+    bar = tqdm(total=config.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    while state.step < config.max_steps:
+        t = time.perf_counter()
+        sample = training_sample(pool, config, rng)
+        data_s = time.perf_counter() - t
+        for g in optimizer.param_groups:
+            g["lr"] = learning_rate(state.step, config)
+        result = train_step(model, optimizer, sample, config, lpips_model, rng)
+        result.times.data = data_s
+        state.step += 1
+        state.cpu_seconds = cpu_base + time.process_time()
+        bar.update(1)
+        bar.set_postfix(loss=f"{result.loss:.4f}", rgb=f"{result.parts['rgb']:.4f}", s_step=f"{result.times.total:.2f}")
+        now = time.monotonic()
+        if now - last_scan > 60 * config.rescan_minutes:
+            pool.rescan()
+            last_scan = now
+        if now - last_val > 60 * config.val_minutes:
+            run_validation()
+            last_val = time.monotonic()
+        if now - last_ckpt > 60 * config.checkpoint_minutes or state.step == config.max_steps:
+            save_state(run_dir, model, optimizer, state, rng)
+            last_ckpt = time.monotonic()
+    bar.close()
+    run_validation()
+    save_state(run_dir, model, optimizer, state, rng)
+    return state
+
+
+def _write_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
