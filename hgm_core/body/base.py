@@ -87,6 +87,17 @@ def place(out: BodyOutput, params: BodyParams) -> BodyOutput:
     return BodyOutput(moved(out.vertices), moved(out.joints), moved(out.keypoints))
 
 
+def place_bones(bones: torch.Tensor, params: BodyParams) -> torch.Tensor:
+    """Body-frame joint transforms `[B, J, 4, 4]` (joint 0 at the pelvis, anywhere) -> output frame,
+    the placement `place` applies to points."""
+    R = roma.rotvec_to_rotmat(params.global_orient)
+    M = torch.zeros_like(bones[:, 0])
+    M[:, :3, :3] = R
+    M[:, :3, 3] = params.transl - (R @ bones[:, 0, :3, 3:])[..., 0]  # the pelvis lands on transl
+    M[:, 3, 3] = 1
+    return M[:, None] @ bones
+
+
 class BodyModel(torch.nn.Module, abc.ABC):
     """A parametric body (float32, metres). Subclasses implement `_body_frame` and set the attributes.
 
@@ -193,13 +204,7 @@ class BodyModel(torch.nn.Module, abc.ABC):
 
     def bone_transforms(self, params: BodyParams) -> torch.Tensor:
         """`[B, J, 4, 4]` rigid world transforms of the skinning joints, placed like `forward` (output frame)."""
-        T = self._posed_bones(params.pose, params.shape)
-        R = roma.rotvec_to_rotmat(params.global_orient)
-        place = torch.zeros_like(T[:, 0])
-        place[:, :3, :3] = R
-        place[:, :3, 3] = params.transl - (R @ T[:, 0, :3, 3:])[..., 0]  # the pelvis lands on transl
-        place[:, 3, 3] = 1
-        return place[:, None] @ T
+        return place_bones(self._posed_bones(params.pose, params.shape), params)
 
     def bind_pose(self, shape: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The canonical (bind) pose for `shape [B, S]`: vertices `[B, V, 3]` and skinning joint
