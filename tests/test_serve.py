@@ -20,6 +20,7 @@ import zmq
 
 from hgm_core.types import NoPersonError, ReconstructionRequest
 from hgm_core.serve.client import WorkerCancelled, WorkerClient, WorkerError, WorkerTimeout
+from hgm_core.serve.isolate import ComputeSpec
 from hgm_core.serve.protocol import DTYPES, ProtocolError, decode, encode
 from hgm_core.types import ERROR_KINDS, HgmError
 from hgm_core.serve.worker import WorkerConfig
@@ -294,6 +295,38 @@ def test_handler_failures_become_error_replies(error, kind):
         assert client.reconstruct(test_image()).gaussians.shape[0] == 24 * 32
         health = client.health()
         assert (health["jobs_failed"], health["jobs_done"]) == (1, 1)
+
+
+def test_a_native_crash_in_isolated_compute_costs_one_job_and_twice_quarantines_it(monkeypatch):
+    monkeypatch.chdir(REPO)  # the compute child imports `tests.handlers`
+    spec = ComputeSpec("tests.handlers:PixelSplatHandler", {"crash_stream": "poison"}, start_timeout_s=120)
+    with running_worker(spec) as worker, WorkerClient(worker.endpoint, timeout_s=120, retries=0) as client:
+        for _ in range(1200):
+            if (health := client.health())["ok"]:
+                break
+            time.sleep(0.1)
+        first = health["compute"]["pid"]
+        assert health["compute"]["ready"] and first not in (None, os.getpid())
+        result = client.reconstruct(test_image())
+        assert result.info["worker"] == {"compute_pid": first, "pid": os.getpid(), "host": result.info["worker"]["host"]}
+        assert result.timings["queue"] >= 0 and result.timings["worker_total"] > 0
+
+        with pytest.raises(WorkerError, match="SIGSEGV") as info:  # the child died of it, the worker did not
+            client.reconstruct(test_image(), stream="poison")
+        assert info.value.kind == "internal" and "quarantined" not in str(info.value)
+        health = client.health()
+        assert health["ok"] and health["compute"]["crashes"] == 1 and health["compute"]["starts"] == 2
+        assert health["compute"]["pid"] not in (None, first)
+        assert client.reconstruct(test_image(), stream="cam").info["worker"]["compute_pid"] == health["compute"]["pid"]
+
+        with pytest.raises(WorkerError, match="quarantined"):  # the same job again: second crash
+            client.reconstruct(test_image(), stream="poison")
+        with pytest.raises(WorkerError, match="quarantined"):  # and now refused without running
+            client.reconstruct(test_image(), stream="poison")
+        assert client.reconstruct(test_image(8, 8), stream="cam").gaussians.shape == (64, 14)
+        health = client.health()
+        assert health["compute"]["crashes"] == 2 and health["jobs_quarantined"] == 1
+        assert (health["jobs_done"], health["jobs_failed"]) == (3, 3)
 
 
 def test_client_rejects_bad_input_before_sending():

@@ -314,14 +314,20 @@ def test_hgm_serve_reports_user_errors_in_one_line(args, message, capsys):
     assert err.startswith("hgm serve: error:") and message in err and "\n" not in err
 
 
-def test_hgm_serve_with_the_real_reconstructor(tmp_path):
+@pytest.mark.parametrize("isolate", [[], ["--isolate"]], ids=["in_process", "isolated"])
+def test_hgm_serve_with_the_real_reconstructor(tmp_path, isolate):
     endpoint = f"ipc://{tmp_path}/hgm.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "hgm_core", "serve", "--bind", endpoint], cwd=REPO, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "hgm_core", "serve", "--bind", endpoint, *isolate], cwd=REPO, stderr=subprocess.PIPE, text=True)
     image = _sample_person_image()
     try:
         with WorkerClient(endpoint, timeout_s=240, retries=0) as client:
             health = wait_health(client, lambda h: h["ok"], timeout_s=240, process=proc)
             assert health["role"] == "worker" and "prior" in health["stages"]
+            assert ("compute" in health) == bool(isolate)
+            h, w = image.shape[:2]
+            with pytest.raises(WorkerError) as info:  # inf in float32 once segfaulted the fit; refused as the worker would
+                client.reconstruct(image, K=np.array([[1e39, 0, w / 2], [0, 1e39, h / 2], [0, 0, 1]]))
+            assert info.value.kind == "bad_input"
             result = client.reconstruct(image, stages="prior", mesh=True)
         assert result.mesh_vertices.shape[1] == 3 and result.mesh_faces.max() < len(result.mesh_vertices)
         assert result.timings["mesh"] > 0

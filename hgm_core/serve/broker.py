@@ -16,7 +16,6 @@ and its reply, empty for READY / heartbeat. Workers need no other knowledge of t
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import threading
@@ -36,6 +35,7 @@ from hgm_core.serve.protocol import (
     decode_header,
     encode,
     encode_error,
+    encode_header,
     new_id,
 )
 
@@ -282,7 +282,7 @@ class Broker:
             return job.frames[0]
         header = decode_header(job.frames[0])
         header["deadline_ms"] = max(1, int((job.deadline - now) * 1000))
-        return json.dumps(header, separators=(",", ":")).encode()
+        return encode_header(header)
 
     def _send_worker(self, wid: bytes, frames: list) -> None:
         try:

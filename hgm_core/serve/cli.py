@@ -3,6 +3,7 @@
     hgm serve                                        # worker on tcp://127.0.0.1:5555
     hgm keys -o keys --clients node,worker           # CURVE key pairs for the examples below
     hgm serve --bind ipc:///tmp/hgm.sock             # local worker for the ROS node
+    hgm serve --isolate                              # the model in a supervised child process
     hgm serve --broker --bind tcp://0.0.0.0:5555 --backend tcp://0.0.0.0:5556 \\
               --curve-secret-key keys/server.key_secret --curve-clients keys/authorized_clients
     hgm serve --connect tcp://broker:5556 --curve-server-key keys/server.key \\
@@ -41,6 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fit-iterations", type=int, default=None, help="(worker) body-fit iterations (default: the pipeline's)")
     parser.add_argument("--mesh", action="store_true", help="(worker) also send the avatar's surface mesh (~1.5 s per job)")
     parser.add_argument("--threads", type=int, default=1, help="(worker) compute threads (default: 1, fastest for the body fit on a loaded machine)")
+    parser.add_argument("--isolate", action="store_true",
+                        help="(worker) run the model in a supervised child process: a native crash costs one job an 'internal' reply, not the worker")
     parser.add_argument("--stages", default=None, help="(worker) comma-separated stages to accept (default: all)")
     parser.add_argument("--max-pixels", type=int, default=4096 * 4096, help="largest accepted image, H*W (default: 4096^2)")
     parser.add_argument("--max-message-mb", type=float, default=256.0, help="largest accepted message in MiB (default: 256)")
@@ -101,35 +104,56 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
     server_keys = None if args.connect else _server_keys(args)
     if args.threads < 1:
         raise CliError("--threads must be at least 1")
-    from hgm_core.runtime import set_compute_threads
+    if args.isolate:
+        # The child loads the model (and sets its thread count); a level it cannot run is answered
+        # "stage_unavailable" by the pipeline there.
+        from hgm_core.serve.isolate import ComputeSpec
 
-    set_compute_threads(args.threads)  # the entry point, not the library, owns the thread count
-    reconstructor = _load_reconstructor(args)
-    available = tuple(reconstructor.available_stages)
+        config = _reconstructor_config(args).to_dict()
+        handler, available = ComputeSpec("hgm_core.serve.cli:isolated_handler", {"config": config}, threads=args.threads), STAGES
+    else:
+        from hgm_core.runtime import set_compute_threads
+
+        set_compute_threads(args.threads)  # the entry point, not the library, owns the thread count
+        reconstructor = _load_reconstructor(args)
+        handler, available = reconstructor.run, tuple(reconstructor.available_stages)
     if wanted is not None and not set(wanted) <= set(available):
         raise CliError(f"stages {sorted(set(wanted) - set(available))} are not available here (only {', '.join(available)}); see --checkpoint")
-    config = WorkerConfig(
+    worker_config = WorkerConfig(
         max_message_bytes=max_bytes,
         max_pixels=args.max_pixels,
         queue_depth=4 if args.queue_depth is None else args.queue_depth,
         stages=wanted or available,
         heartbeat_interval_s=args.heartbeat_s,
     )
-    return Worker(reconstructor.run, config, curve_server=server_keys, curve_client=client_keys)
+    return Worker(handler, worker_config, curve_server=server_keys, curve_client=client_keys)
+
+
+def _reconstructor_config(args: argparse.Namespace):
+    try:
+        from hgm_core.pipeline.cli import reconstructor_config
+    except ImportError as e:
+        raise CliError(f"the reconstruction pipeline is not available ({e})") from None
+    return reconstructor_config(args)
 
 
 def _load_reconstructor(args: argparse.Namespace):
     """The warm model: built once here, before the worker accepts jobs."""
-    try:
-        from hgm_core.pipeline import Reconstructor
-        from hgm_core.pipeline.cli import reconstructor_config
-    except ImportError as e:
-        raise CliError(f"the reconstruction pipeline is not available ({e})") from None
-    config = reconstructor_config(args)
+    from hgm_core.pipeline import Reconstructor
+
+    config = _reconstructor_config(args)
     try:
         return Reconstructor.from_config(config)
     except Exception as e:  # a broken config or missing asset: one line, not a traceback
         raise CliError(f"cannot load the reconstructor: {type(e).__name__}: {e}") from None
+
+
+def isolated_handler(config: dict):
+    """The compute child's handler under `hgm serve --isolate` (`ComputeSpec.factory`): the
+    reconstructor of `config` (`ReconstructorConfig.to_dict()`)."""
+    from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+
+    return Reconstructor.from_config(ReconstructorConfig.from_dict(config)).run
 
 
 def _server_keys(args: argparse.Namespace):

@@ -162,7 +162,12 @@ def encode(kind: str, request_id: str, arrays: Mapping[str, np.ndarray] | None =
         specs.append({"name": name, "dtype": array.dtype.name, "shape": list(array.shape)})
         buffers.append(array)
     header = {"protocol": PROTOCOL_VERSION, "id": request_id, "kind": kind, "arrays": specs, **fields}
-    return [json.dumps(header, separators=(",", ":"), default=_json_fallback).encode()] + buffers
+    return [encode_header(header)] + buffers
+
+
+def encode_header(header: dict[str, Any]) -> bytes:
+    """Frame 0 of a header dict (e.g. one from `decode_header`, changed by a server that forwards it)."""
+    return json.dumps(header, separators=(",", ":"), default=_json_fallback).encode()
 
 
 def encode_error(request_id: str, kind: str, message: str) -> list:

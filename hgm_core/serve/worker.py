@@ -8,7 +8,9 @@ Two modes, one code path:
   silent (the Paranoid Pirate worker of the ZeroMQ guide).
 
 The socket is served by one thread and the handler runs in another, so health requests and
-heartbeats are answered while a job runs. Every request is validated (`hgm_core.serve.schema`)
+heartbeats are answered while a job runs. Given a `ComputeSpec` instead of a handler, the worker runs
+the handler in a child process it supervises (`hgm_core.serve.isolate`): a native crash of the
+compute costs the job that caused it an "internal" reply, not the worker. Every request is validated (`hgm_core.serve.schema`)
 before it is queued; a malformed or oversized request, a handler exception, or a bug in the worker
 itself becomes an error reply — never a dead worker.
 """
@@ -28,7 +30,9 @@ from typing import Callable
 import zmq
 
 from hgm_core.serve import curve
-from hgm_core.serve.protocol import PROTOCOL_VERSION, ProtocolError, decode, encode, encode_error, new_id
+from hgm_core.serve.isolate import ChildCompute, ComputeDied, ComputeSpec
+from hgm_core.serve.protocol import PROTOCOL_VERSION, Message, ProtocolError, decode, decode_header, encode, encode_error, encode_header, new_id
+from hgm_core.serve.quarantine import Quarantine, fingerprint
 from hgm_core.serve.schema import decode_request, encode_result
 from hgm_core.types import ERROR_KINDS, STAGES, HgmError, Reconstruction, ReconstructionRequest
 
@@ -65,17 +69,23 @@ class WorkerConfig:
 @dataclass
 class _Job:
     envelope: list
-    request_id: str
+    message: Message
+    frames: list  # the request as received (header + arrays), what a compute child is sent
     request: ReconstructionRequest
     received: float
     expires: float | None
+
+    @property
+    def request_id(self) -> str:
+        return self.message.id
 
 
 class Worker:
     """Serves `handler` on one endpoint until `stop()`.
 
     Args:
-        handler: the warm model, e.g. a `hgm_core.pipeline.Reconstructor` instance's `run`.
+        handler: the warm model, e.g. a `hgm_core.pipeline.Reconstructor` instance's `run`; or a
+            `ComputeSpec` to build it in a supervised child process (crash isolation).
         config: limits and timing.
         curve_server: key pair (and allowed clients) to require CURVE on a bound endpoint.
         curve_client: keys to reach a CURVE broker in connect mode.
@@ -83,7 +93,7 @@ class Worker:
 
     def __init__(
         self,
-        handler: Handler,
+        handler: Handler | ComputeSpec,
         config: WorkerConfig | None = None,
         *,
         curve_server: curve.CurveServerKeys | None = None,
@@ -103,6 +113,8 @@ class Worker:
         self._failed = 0
         self._started = time.monotonic()
         self._broker_mode = False
+        self._child: ChildCompute | None = None  # set while serving with a ComputeSpec
+        self._quarantine = Quarantine()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -116,6 +128,8 @@ class Worker:
         pipe_addr = f"inproc://hgm-worker-results-{id(self)}"
         pipe = ctx.socket(zmq.PAIR)
         pipe.bind(pipe_addr)
+        if isinstance(self.handler, ComputeSpec):
+            self._child = ChildCompute(self.handler, ctx)
         compute = threading.Thread(target=self._compute_loop, args=(ctx, pipe_addr), name="hgm-worker-compute", daemon=True)
         compute.start()
         try:
@@ -132,6 +146,8 @@ class Worker:
             if compute.is_alive():  # a handler call is still running; the process is exiting anyway
                 log.warning("worker stopped while a job was running")
             else:
+                if self._child is not None:
+                    self._child.close()
                 ctx.term()
 
     def stop(self) -> None:
@@ -139,8 +155,14 @@ class Worker:
         self._stop.set()
 
     def health_info(self) -> dict:
+        child = self._child
+        compute = {} if child is None else {
+            "compute": {"pid": child.pid, "ready": child.ready, "starts": child.starts, "crashes": child.crashes},
+            "jobs_quarantined": len(self._quarantine),
+        }
         return {
-            "ok": True,
+            # An isolated worker is ok once its compute child has loaded (and through its restarts).
+            "ok": child is None or child.starts > 1 or child.ready,
             "role": "worker",
             "protocol": PROTOCOL_VERSION,
             "stages": list(self.config.stages),
@@ -153,6 +175,7 @@ class Worker:
             "max_message_bytes": self.config.max_message_bytes,
             "uptime_s": round(time.monotonic() - self._started, 3),
             "pid": os.getpid(),
+            **compute,
         }
 
     # -- socket thread ----------------------------------------------------------------------------
@@ -267,7 +290,7 @@ class Worker:
         deadline = msg.header.get("deadline_ms")
         expires = now + deadline / 1000 if deadline is not None else None
         self._pending += 1
-        self._jobs.put(_Job(envelope, rid, request, now, expires))
+        self._jobs.put(_Job(envelope, msg, frames, request, now, expires))
 
     def _reply(self, sock: zmq.Socket, envelope: list, frames: list) -> None:
         sock.send_multipart(envelope + frames, copy=False)
@@ -286,11 +309,20 @@ class Worker:
     # -- compute thread ---------------------------------------------------------------------------
 
     def _compute_loop(self, ctx: zmq.Context, pipe_addr: str) -> None:
+        # The compute child is started from this thread: its PDEATHSIG fires when this thread ends.
         pipe = ctx.socket(zmq.PAIR)
         pipe.connect(pipe_addr)
         try:
+            if self._child is not None:
+                self._start_child()
             while (job := self._jobs.get()) is not None:
-                pipe.send_multipart(job.envelope + self._run(job), copy=False)
+                try:
+                    reply = self._run(job)
+                except Exception as e:  # last resort: the compute thread must outlive any job
+                    log.error("job %s failed in the worker:\n%s", job.request_id, traceback.format_exc())
+                    self._failed += 1
+                    reply = encode_error(job.request_id, "internal", f"{type(e).__name__}: {e}")
+                pipe.send_multipart(job.envelope + reply, copy=False)
         finally:
             pipe.close()
 
@@ -299,17 +331,52 @@ class Worker:
         if job.expires is not None and started > job.expires:
             self._failed += 1
             return encode_error(job.request_id, "timeout", f"job expired after {started - job.received:.2f} s in the queue")
-        t0 = time.perf_counter()
-        try:
-            recon = self.handler(job.request)
-            timings = {"queue": started - job.received, "worker_total": time.perf_counter() - t0}
-            frames = encode_result(job.request_id, recon, timings=timings, info={"worker": {"pid": os.getpid(), "host": _socket.gethostname()}})
-        except HgmError as e:
+        frames = self._compute(job)
+        try:  # what the client will check: a result the protocol cannot carry is the server's bug
+            header = decode_header(frames[0])
+        except ProtocolError as e:
             self._failed += 1
-            return encode_error(job.request_id, e.kind if e.kind in ERROR_KINDS else "internal", str(e))
-        except Exception as e:  # a bug in the handler must not take the worker down
+            return encode_error(job.request_id, "internal", f"the result breaks the protocol: {e}")
+        if header["kind"] != "result":
             self._failed += 1
-            log.error("job %s failed:\n%s", job.request_id, traceback.format_exc())
-            return encode_error(job.request_id, "internal", f"{type(e).__name__}: {e}")
+            return frames
         self._done += 1
-        return frames
+        header["timings"]["queue"] = started - job.received
+        header["info"].setdefault("worker", {}).update(pid=os.getpid(), host=_socket.gethostname())
+        return [encode_header(header), *frames[1:]]
+
+    def _compute(self, job: _Job) -> list:
+        """The job's reply frames, from the handler in this process or from the compute child."""
+        if self._child is None:
+            return run_job(self.handler, job.request_id, job.request)
+        digest = fingerprint(job.message)
+        if (reason := self._quarantine.reason(digest)) is not None:
+            return encode_error(job.request_id, "internal", reason)
+        try:
+            return self._child.run(job.frames)
+        except ComputeDied as e:
+            log.error("job %s: %s", job.request_id, e)
+            reason = self._quarantine.strike(digest, "the compute process")
+            self._start_child()
+            return encode_error(job.request_id, "internal", reason or f"{e} while running this job; it was restarted")
+
+    def _start_child(self) -> None:
+        try:
+            self._child.start()
+        except ComputeDied as e:  # the next job tries again and reports it
+            log.error("cannot start the compute process: %s", e)
+
+
+def run_job(handler: Handler, request_id: str, request: ReconstructionRequest) -> list:
+    """Run one job: "result" frames, or "error" frames for a documented (`HgmError`) or
+    unexpected failure of the handler. Timings get "worker_total"; info "worker": {"compute_pid"}."""
+    t0 = time.perf_counter()
+    try:
+        recon = handler(request)
+        timings = {"worker_total": time.perf_counter() - t0}
+        return encode_result(request_id, recon, timings=timings, info={"worker": {"compute_pid": os.getpid()}})
+    except HgmError as e:
+        return encode_error(request_id, e.kind if e.kind in ERROR_KINDS else "internal", str(e))
+    except Exception as e:  # a bug in the handler must not take the worker down
+        log.error("job %s failed:\n%s", request_id, traceback.format_exc())
+        return encode_error(request_id, "internal", f"{type(e).__name__}: {e}")
