@@ -3,7 +3,7 @@ import open3d as o3d
 import plyfile
 import pytest
 
-from hgm_core.io.mesh import read_mesh_ply, write_mesh_ply
+from hgm_core.io.mesh import outward_faces, read_mesh_ply, write_mesh_ply
 from hgm_core.io.ply import PlyError
 
 TETRA_V = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], np.float32)
@@ -40,3 +40,15 @@ def test_rejects_bad_meshes(tmp_path):
         write_mesh_ply(tmp_path / "x.ply", TETRA_V, TETRA_F + 1)
     with pytest.raises(PlyError, match="colors"):
         write_mesh_ply(tmp_path / "x.ply", TETRA_V, TETRA_F, np.zeros((2, 3)))
+
+
+def test_outward_faces_point_normals_away_from_the_inside():
+    v = np.array([[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]) + 5.0  # off the origin
+    inward = np.array([[0, 1, 2], [0, 3, 1], [0, 2, 3], [1, 3, 2]])  # every normal points into the tetrahedron
+    for faces in (inward, inward[:, ::-1]):
+        out = outward_faces(v, faces)
+        assert out.dtype == np.int64
+        centre = v.mean(0)
+        p0, p1, p2 = (v[out[:, i]] for i in range(3))
+        assert (np.einsum("ij,ij->i", np.cross(p1 - p0, p2 - p0), p0 - centre) > 0).all()
+    assert outward_faces(v, np.zeros((0, 3), np.int32)).shape == (0, 3)

@@ -16,6 +16,8 @@ import roma
 import torch
 
 from hgm_core.body.base import COCO_KEYPOINT_NAMES, BodyModel, BodyOutput, JointLimits, SampledBody
+from hgm_core.body.priors import anny_adult_population
+from hgm_core.io.mesh import outward_faces
 
 ANNY_FROM_BODY = torch.tensor([[1.0, 0.0, 0.0], [0.0, 0.0, -1.0], [0.0, 1.0, 0.0]])
 """Rotation taking body-frame vectors (y up, facing +z) to anny's frame (z up, facing -y)."""
@@ -83,9 +85,10 @@ class AnnyBody(BodyModel):
         rest = self.rest_params()
         with torch.no_grad():
             out = self._body_frame(rest.pose, rest.shape)
-        self.faces = _outward_faces(out.vertices[0], faces)
+        self.faces = torch.from_numpy(outward_faces(out.vertices[0].numpy(), faces.numpy()))
         rest_joints = dict(zip(self.joint_names, out.joints[0].numpy().astype(np.float64)))
         self.joint_limits = JointLimits(self.pose_joint_names, rest_joints)
+        self.shape_population = anny_adult_population(self)
 
     def phenotypes(self, shape: torch.Tensor) -> torch.Tensor:
         """`[B, 6]` anny phenotype values in [0, 1] for `shape [B, 6]`."""
@@ -142,10 +145,3 @@ def _nearest_kept_ancestor(parents: list[int], kept: list[int], bone: int) -> in
     while p >= 0 and p not in kept:
         p = parents[p]
     return kept.index(p) if p >= 0 else -1
-
-
-def _outward_faces(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
-    """`faces` wound counter-clockwise seen from outside (positive signed volume)."""
-    a, b, c = vertices[faces].unbind(1)
-    volume = (a * torch.cross(b, c, dim=-1)).sum()
-    return faces if volume > 0 else faces[:, [0, 2, 1]]

@@ -14,6 +14,17 @@ import numpy as np
 from hgm_core.io.ply import PlyError, parse_header, write_ply_file
 
 
+def outward_faces(vertices: np.ndarray, faces: np.ndarray) -> np.ndarray:
+    """`faces [F, 3]` as int64, wound counter-clockwise seen from outside (the enclosed signed volume
+    of the closed mesh `vertices [V, 3]` is positive, so face normals point out), as viewers expect."""
+    f = np.asarray(faces, np.int64)
+    if len(f) == 0:
+        return f
+    v = np.asarray(vertices, np.float64)
+    p0, p1, p2 = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
+    return f if np.einsum("ij,ij->", p0, np.cross(p1, p2)) >= 0 else f[:, [0, 2, 1]]
+
+
 def write_mesh_ply(path: str | os.PathLike, vertices: np.ndarray, faces: np.ndarray,
                    colors: np.ndarray | None = None) -> Path:
     """Write a mesh.

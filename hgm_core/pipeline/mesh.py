@@ -29,6 +29,7 @@ import torch
 
 from hgm_core.camera import cameras_from_c2w_gl, intrinsics_from_fov, look_at
 from hgm_core.gaussians import Gaussians
+from hgm_core.io.mesh import outward_faces
 from hgm_core.types import BadInputError, Mesh
 
 
@@ -99,7 +100,7 @@ def gaussians_to_mesh(
     voxels = _fuse_tsdf(depth, color, cameras, voxel, float(config.truncation_voxels), far)
     v, f, c = _marching_cubes(*voxels, voxel, config.weight_threshold)
     v, f, c = _clean(v, f, c, config.min_cluster_fraction, config.smooth_iterations)
-    return Mesh(vertices=v.astype(np.float32), faces=_outward(v, f), colors=c.astype(np.float32))
+    return Mesh(vertices=v.astype(np.float32), faces=outward_faces(v, f), colors=c.astype(np.float32))
 
 
 def _principal_frame(points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -269,12 +270,3 @@ def _clean(v: np.ndarray, f: np.ndarray, c: np.ndarray, min_fraction: float,
     if smooth_iterations > 0:
         m = m.filter_smooth_taubin(number_of_iterations=smooth_iterations)
     return np.asarray(m.vertices), np.asarray(m.triangles).astype(np.int64), np.clip(np.asarray(m.vertex_colors), 0, 1)
-
-
-def _outward(v: np.ndarray, f: np.ndarray) -> np.ndarray:
-    """Faces `[F, 3]` int64 wound so the enclosed signed volume is positive (normals point out)."""
-    if len(f) == 0:
-        return f.astype(np.int64)
-    p0, p1, p2 = v[f[:, 0]], v[f[:, 1]], v[f[:, 2]]
-    volume = np.einsum("ij,ij->i", p0, np.cross(p1, p2)).sum() / 6
-    return (f if volume >= 0 else f[:, ::-1]).astype(np.int64)
