@@ -38,8 +38,9 @@ from hgm_core.io.live_stream import POLAR_ITERATIONS, BindingArrays, read_bindin
 from hgm_core.io.ply import read_ply, write_ply
 
 CANDIDATE_TRIANGLES = 16
-"""Triangles (nearest by centroid) searched for each Gaussian's closest surface point. On a body
-mesh's near-uniform triangles the closest one is among them; where it is not, its neighbour's
+"""Triangles (nearest by centroid) searched for each Gaussian's closest surface point. On anny's
+mesh, for points within a few cm of the surface, 0.1-0.3% of them get a point at most 1.4 mm
+farther than the true closest one (against 128 candidates): a neighbouring triangle, whose
 weights differ little."""
 
 
@@ -82,7 +83,7 @@ def closest_surface_points(points: torch.Tensor, vertices: torch.Tensor, faces: 
     Returns:
         triangle `[N]` int64 and barycentric `[N, 3]` (non-negative, summing to 1).
     """
-    tri = vertices.double()[faces]  # [F, 3, 3]
+    tri = vertices.detach().double()[faces]  # [F, 3, 3]
     k = min(CANDIDATE_TRIANGLES, len(faces))
     _, cand = cKDTree(tri.mean(1).numpy()).query(points.detach().double().numpy(), k=k)
     cand = torch.as_tensor(cand.reshape(len(points), k))
