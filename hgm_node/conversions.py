@@ -22,6 +22,8 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from hgm_core.io.pointcloud import pack_gaussians
+from hgm_core.serve.protocol import ProtocolError
+from hgm_core.serve.schema import check_camera
 
 # encoding -> (channels, bytes per channel, index of R, G, B in the stored channels)
 IMAGE_ENCODINGS: dict[str, tuple[int, int, tuple[int, int, int]]] = {
@@ -118,16 +120,20 @@ def compressed_to_rgb(msg: CompressedImage, max_pixels: int) -> np.ndarray:
 
 
 def camera_info_to_K(msg: CameraInfo, width: int, height: int) -> np.ndarray | None:
-    """CameraInfo -> `[3, 3]` float64 intrinsics for a `width` x `height` image, or None if uncalibrated.
+    """CameraInfo -> `[3, 3]` float64 intrinsics for a `width` x `height` image, or None if
+    uncalibrated (all zeros) or unusable: intrinsics the worker would refuse
+    (`hgm_core.serve.schema.check_camera`: non-finite, a focal length far out of range, ...).
 
     A CameraInfo of another size (e.g. a resized stream) is scaled to the image.
     """
     K = np.asarray(msg.k, np.float64).reshape(3, 3)
-    if K[0, 0] <= 0 or K[1, 1] <= 0 or not np.isfinite(K).all():
-        return None
     if msg.width and msg.height and (msg.width, msg.height) != (width, height):
-        K = np.diag([width / msg.width, height / msg.height, 1.0]) @ K
-    return K
+        with np.errstate(all="ignore"):  # inf * 0 in a hostile K: check_camera refuses the result
+            K = np.diag([width / msg.width, height / msg.height, 1.0]) @ K
+    try:
+        return check_camera(K, width, height).K
+    except ProtocolError:
+        return None
 
 
 def _check_size(width: int, height: int, max_pixels: int) -> None:

@@ -169,6 +169,8 @@ def test_camera_info_to_K():
     np.testing.assert_array_equal(camera_info_to_K(info, 640, 480), K)
     np.testing.assert_allclose(camera_info_to_K(info, 320, 240), [[250, 0, 160], [0, 255, 120], [0, 0, 1]])
     assert camera_info_to_K(CameraInfo(width=640, height=480), 640, 480) is None  # uncalibrated: all zeros
+    for fx in (1e39, 1e-30, -500.0, float("nan")):  # what the worker would refuse is dropped here
+        assert camera_info_to_K(CameraInfo(width=640, height=480, k=[fx, 0.0, 320, 0, fx, 240, 0, 0, 1]), 640, 480) is None
 
 
 def _header() -> Header:
