@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, TypeVar
 
 import numpy as np
 import torch
+
+Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 CANONICAL_CAM_RADIUS = 1.5
 """Distance of HGM's input camera from the canonical origin (reference doc §1.1)."""
@@ -85,13 +87,28 @@ class Cameras:
             uv `[C, N, 2]` pixel coordinates (continuous, pixel centres at +0.5) and depth `[C, N]` (camera z).
         """
         pc = points @ self.viewmats[:, :3, :3].transpose(1, 2) + self.viewmats[:, None, :3, 3]
-        z = pc[..., 2]
-        uvw = pc @ self.K.transpose(1, 2)
-        return uvw[..., :2] / uvw[..., 2:3], z
+        return project_points(pc, self.K), pc[..., 2]
 
     def resized(self, width: int, height: int) -> "Cameras":
         """The same cameras for an image resized to `width x height` (intrinsics scale with the pixels)."""
         return Cameras(scale_intrinsics(self.K, width / self.width, height / self.height), self.viewmats, width, height)
+
+
+def project_points(points: Array, K: Array, min_depth: float | None = None) -> Array:
+    """Pinhole projection of camera-frame points (OpenCV axes), numpy arrays or torch tensors alike.
+
+    Args:
+        points: `[..., 3]` points in the camera frame.
+        K: `[..., 3, 3]` intrinsics, broadcast against `points`' leading dimensions (e.g. `[C, 3, 3]`
+            with points `[C, N, 3]`).
+        min_depth: when given, depths below it are raised to it before dividing, which keeps points
+            at or behind the camera finite (an optimiser's iterate may pass through the camera plane).
+    Returns:
+        `[..., 2]` pixel coordinates (continuous, pixel centres at +0.5).
+    """
+    uvw = points @ K.swapaxes(-1, -2)
+    depth = uvw[..., 2:3] if min_depth is None else uvw[..., 2:3].clip(min=min_depth)
+    return uvw[..., :2] / depth
 
 
 def intrinsics(fx: float, fy: float, cx: float, cy: float, *, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -1,11 +1,12 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from hgm_core.camera import (
     CameraError, Cameras, cameras_from_c2w_gl, crop_intrinsics, flip_camera_axes, intrinsics, intrinsics_from_fov, look_at,
-    orbit_cameras, orbit_poses, plucker_rays, plucker_rays_from_K, scale_intrinsics,
+    orbit_cameras, orbit_poses, plucker_rays, plucker_rays_from_K, project_points, scale_intrinsics,
 )
 
 
@@ -123,3 +124,15 @@ def test_intrinsics_from_fov_spans_the_height_or_the_longer_side():
         assert K[0, 0] == K[1, 1] and (K[0, 2], K[1, 2]) == (320, 240)
     # Portrait: the longer side is the height, so both conventions agree.
     torch.testing.assert_close(intrinsics_from_fov(480, 640, 55.0, across="longer"), intrinsics_from_fov(480, 640, 55.0))
+
+
+def test_project_points_numpy_and_torch_agree_and_clamp_depth():
+    K = np.array([[100.0, 0.0, 32.0], [0.0, 120.0, 24.0], [0.0, 0.0, 1.0]])
+    pts = np.array([[0.0, 0.0, 2.0], [0.2, -0.1, 1.0], [0.1, 0.1, -0.5]])
+    uv = project_points(pts, K)
+    np.testing.assert_allclose(uv[:2], [[32.0, 24.0], [52.0, 12.0]])
+    torch.testing.assert_close(project_points(torch.from_numpy(pts), torch.from_numpy(K)), torch.from_numpy(uv))
+    # A depth floor divides K @ X by the floor instead of the (negative) depth: (10 - 16, 12 - 12) / 0.01.
+    assert project_points(pts, K, min_depth=1e-2)[2].tolist() == pytest.approx([-600.0, 0.0])
+    batched = project_points(torch.from_numpy(pts).expand(2, 3, 3), torch.from_numpy(K).expand(2, 3, 3))
+    torch.testing.assert_close(batched[1], torch.from_numpy(uv))
