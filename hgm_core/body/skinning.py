@@ -88,8 +88,9 @@ def closest_surface_points(points: torch.Tensor, vertices: torch.Tensor, faces: 
     _, cand = cKDTree(tri.mean(1).numpy()).query(points.detach().double().numpy(), k=k)
     cand = torch.as_tensor(cand.reshape(len(points), k))
     bary = _closest_on_triangles(points.detach().double()[:, None], tri[cand])  # [N, C, 3]
-    closest = (bary[..., None] * tri[cand]).sum(-2)
-    best = (closest - points.double()[:, None]).square().sum(-1).argmin(-1)
+    closest = (bary[..., None] * tri[cand]).sum(-2)  # [N, C, 3]
+    off = closest - points.detach().double()[:, None]
+    best = _dot(off, off).argmin(-1)
     rows = torch.arange(len(points))
     return cand[rows, best], bary[rows, best].to(points.dtype)
 
@@ -101,22 +102,30 @@ def _closest_on_triangles(p: torch.Tensor, tri: torch.Tensor) -> torch.Tensor:
     """
     a, b, c = tri.unbind(-2)
     e0, e1, v = b - a, c - a, p - a
-    d00, d01, d11 = (e0 * e0).sum(-1), (e0 * e1).sum(-1), (e1 * e1).sum(-1)
-    d20, d21 = (v * e0).sum(-1), (v * e1).sum(-1)
+    d00, d01, d11, d20, d21 = _dot(e0, e0), _dot(e0, e1), _dot(e1, e1), _dot(v, e0), _dot(v, e1)
     den = (d00 * d11 - d01 * d01).clamp_min(1e-30)
     bv = (d11 * d20 - d01 * d21) / den
     bw = (d00 * d21 - d01 * d20) / den
     inside = torch.stack((1 - bv - bw, bv, bw), -1)
-    options, dists = [], []
+    best_dist, best = None, None
     for i, j in ((0, 1), (1, 2), (2, 0)):  # edge from corner i to corner j
         s, e = tri[..., i, :], tri[..., j, :]
-        t = (((p - s) * (e - s)).sum(-1) / (e - s).square().sum(-1).clamp_min(1e-30)).clamp(0, 1)
+        t = (_dot(p - s, e - s) / _dot(e - s, e - s).clamp_min(1e-30)).clamp(0, 1)
+        off = s + t[..., None] * (e - s) - p
+        dist = _dot(off, off)
         w = torch.zeros_like(inside)
         w[..., i], w[..., j] = 1 - t, t
-        options.append(w)
-        dists.append((s + t[..., None] * (e - s) - p).square().sum(-1))
-    edge = torch.stack(options, -2).gather(-2, torch.stack(dists, -1).argmin(-1)[..., None, None].expand(*inside.shape[:-1], 1, 3))[..., 0, :]
-    return torch.where((inside >= 0).all(-1, keepdim=True), inside, edge)
+        if best is None:
+            best_dist, best = dist, w
+        else:
+            closer = dist < best_dist
+            best_dist, best = torch.where(closer, dist, best_dist), torch.where(closer[..., None], w, best)
+    return torch.where((inside >= 0).all(-1, keepdim=True), inside, best)
+
+
+def _dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """`[...]` dot products of `[..., 3]` vectors (unrolled: a strided sum over 3 is slow on CPU)."""
+    return a[..., 0] * b[..., 0] + a[..., 1] * b[..., 1] + a[..., 2] * b[..., 2]
 
 
 def surface_weights(points: torch.Tensor, vertices: torch.Tensor, faces: torch.Tensor, weights: torch.Tensor,
