@@ -266,9 +266,13 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
     val_ids = sorted(complete_subjects(Path(config.val_data)))[: config.val_subjects]
     val_subjects = [load_cached_subject(Path(config.val_data), s, config.image_size, Path(config.cache_dir)) for s in val_ids]
 
+    baseline: dict = {}
+
     def run_validation() -> None:
         state.cpu_seconds = cpu_base + time.process_time()
-        result, grid = validate(model, val_subjects, config.body_noise, lpips_model)
+        result, grid = validate(model, val_subjects, config.body_noise, lpips_model, with_baseline=not baseline)
+        baseline.update(result.pop("baseline", {}))
+        result["baseline"] = baseline
         line = {"step": state.step, "cpu_hours": state.cpu_seconds / 3600, "train_subjects": len(pool.items)} | result
         with open(run_dir / "val.jsonl", "a") as f:
             f.write(json.dumps(line) + "\n")

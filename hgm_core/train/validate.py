@@ -63,12 +63,14 @@ def _summary(rows: list[dict[str, np.ndarray]], groups: list[str]) -> dict[str, 
 
 
 @torch.no_grad()
-def validate(model: HGM, subjects: list[dict[str, np.ndarray]], noise: BodyNoise, lpips_model: LPIPS) -> tuple[dict, np.ndarray]:
-    """Score `model` and the body-colour baseline on cached `subjects`.
+def validate(model: HGM, subjects: list[dict[str, np.ndarray]], noise: BodyNoise, lpips_model: LPIPS,
+             with_baseline: bool = True) -> tuple[dict, np.ndarray]:
+    """Score `model` (and, with `with_baseline`, the body-colour baseline) on cached `subjects`.
 
     Returns:
-        `{"model": {group: {metric: mean}}, "baseline": {...}, "subjects": n}` and an image grid
-        (uint8) of the first four subjects: input | GT, network, baseline at views 3, 6, 9.
+        `{"model": {group: {metric: mean}}, ["baseline": {...},] "subjects": n}` and an image grid
+        (uint8) of the first four subjects: input | GT, network, baseline at views 3, 6, 9. The
+        baseline depends only on the data and the fixed noise seeds, so a trainer scores it once.
     """
     was_training = model.training
     model.eval()
@@ -79,14 +81,20 @@ def validate(model: HGM, subjects: list[dict[str, np.ndarray]], noise: BodyNoise
         views = list(range(1, n))
         sample = make_sample(subject, 0, views, model.config.num_views, noise, np.random.default_rng(i))
         pred = render_rgb(avatar(model, sample), sample)
-        base = render_rgb(body_colour_baseline(sample.images, sample.vertices, sample.K, sample.c2w)[0], sample)
         rows_m.append(score(pred, sample.target_rgb, sample.target_mask, lpips_model))
-        rows_b.append(score(base, sample.target_rgb, sample.target_mask, lpips_model))
         groups = [view_group(v, n) for v in views]
+        base = None
+        if with_baseline or i < 4:
+            base = render_rgb(body_colour_baseline(sample.images, sample.vertices, sample.K, sample.c2w)[0], sample)
+        if with_baseline:
+            rows_b.append(score(base, sample.target_rgb, sample.target_mask, lpips_model))
         if i < 4:
             shown = [views.index(v) for v in GRID_VIEWS if v in views]
             tiles.append(torch.cat([sample.images[0, 0].permute(1, 2, 0)[None], sample.target_rgb[shown], pred[shown],
                                     base[shown]]))
     model.train(was_training)
     grid = image_grid(torch.cat(tiles), columns=tiles[0].shape[0]) if tiles else np.zeros((1, 1, 3), np.uint8)
-    return {"model": _summary(rows_m, groups), "baseline": _summary(rows_b, groups), "subjects": len(subjects)}, grid
+    result = {"model": _summary(rows_m, groups), "subjects": len(subjects)}
+    if with_baseline:
+        result["baseline"] = _summary(rows_b, groups)
+    return result, grid

@@ -1,0 +1,158 @@
+"""Run the HGM network on one camera image: crop/normalise exactly as training did, predict, map back.
+
+`predict_avatar` is what the pipeline's `coarse` stage calls. Training (`hgm train`) sees each
+subject from a camera whose optical axis passes through the subject's centre, at focal length
+`TRAIN_FOCAL_RATIO * size`, with the person composited on white, in HGM's canonical frame (camera at
+`(0, 0, 1.5)`, OpenGL axes). For a live image the same view is made by *rotating* the real camera
+about its centre until it looks at the fitted body's centre (a homography: no depth needed), and
+resampling the image at the network's size and focal ratio; `CanonicalFrame.from_look_at` is that
+rotation plus the metres-per-unit scale, so the network's Gaussians map back into the real optical
+frame exactly.
+
+`check_avatar` is the cheap test the caller uses to fall back to another stage: finite values,
+enough visible Gaussians, and those lying near the body.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hgm_core.camera import CANONICAL_CAM_RADIUS
+from hgm_core.gaussians import Gaussians
+from hgm_core.model.frames import CanonicalFrame, canonical_to_optical, optical_to_canonical_points
+from hgm_core.model.hgm import HGM, InputError, to_gaussians
+from hgm_core.paths import ASSETS_DIR
+
+TRAIN_FOCAL_RATIO = 0.8
+"""fx = fy = 0.8 * size in the training renders (`hgm_core.data.render.RenderConfig.focal_ratio`)."""
+DEFAULT_CHECKPOINT = ASSETS_DIR / "checkpoints" / "tiny_1view"
+"""The embedded checkpoint (the best `tiny` one-view network so far; replaced in place)."""
+
+
+def default_checkpoint_dir() -> Path:
+    """Folder of the embedded checkpoint (`HGM.from_pretrained` reads it)."""
+    return DEFAULT_CHECKPOINT
+
+
+def load_default_model(map_location: str | torch.device = "cpu") -> HGM:
+    """The embedded network in eval mode, as float32 (the file stores fp16)."""
+    return HGM.from_pretrained(DEFAULT_CHECKPOINT, map_location=map_location).float().eval()
+
+
+@dataclass(frozen=True)
+class NetworkView:
+    """The network's input view of one image.
+
+    Attributes:
+        image: `[S, S, 3]` float32 RGB in [0, 1], the person on white, S = the network's input size.
+        K: `[3, 3]` float64 intrinsics of `image` (fx = fy = TRAIN_FOCAL_RATIO * S, centred).
+        frame: canonical -> real optical frame (`CanonicalFrame.from_look_at` of the body centre).
+    """
+
+    image: np.ndarray
+    K: np.ndarray
+    frame: CanonicalFrame
+
+
+@dataclass(frozen=True)
+class AvatarCheck:
+    ok: bool
+    reason: str
+
+
+def body_centre(body_vertices: np.ndarray) -> np.ndarray:
+    """`[3]` centre of the body's bounding box (optical frame): the look-at point, as the training
+    renders aim at the subject's mid-height on its vertical axis."""
+    v = np.asarray(body_vertices, np.float64)
+    return 0.5 * (v.min(0) + v.max(0))
+
+
+def network_view(image: np.ndarray, mask: np.ndarray, K: np.ndarray, body_vertices: np.ndarray, size: int) -> NetworkView:
+    """Resample `image` into the virtual camera that looks at the body centre (see the module docstring).
+
+    Args:
+        image: `[H, W, 3]` uint8 RGB; mask: `[H, W]` person mask (bool, uint8 0/255 or float in [0, 1]);
+        K: `[3, 3]` intrinsics in pixels; body_vertices: `[Nv, 3]` metres in the optical frame (REP 103).
+    """
+    import cv2
+
+    image, mask, K = np.asarray(image), np.asarray(mask), np.asarray(K, np.float64)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise InputError(f"image must be [H, W, 3] uint8, got {image.dtype} {list(image.shape)}")
+    if mask.shape != image.shape[:2]:
+        raise InputError(f"mask must be [H, W] = {list(image.shape[:2])}, got {list(mask.shape)}")
+    if K.shape != (3, 3) or not (K[0, 0] > 0 and K[1, 1] > 0):
+        raise InputError(f"K must be a [3, 3] pinhole matrix with positive focal lengths, got {K.tolist()}")
+    frame = CanonicalFrame.from_look_at(torch.from_numpy(body_centre(body_vertices)))
+    R = frame.rotation.numpy()  # virtual optical axes -> real optical axes
+    Kv = np.array([[TRAIN_FOCAL_RATIO * size, 0, size / 2], [0, TRAIN_FOCAL_RATIO * size, size / 2], [0, 0, 1.0]])
+
+    alpha = mask.astype(np.float32)
+    alpha = alpha / 255.0 if mask.dtype == np.uint8 else alpha
+    rgb = image.astype(np.float32) / 255.0 * alpha[..., None] + (1 - alpha[..., None])  # on white, as trained
+    # Shrink first when the virtual pixels are much larger than the real ones (warpPerspective does not filter).
+    shrink = min(1.0, 2.0 * Kv[0, 0] / K[0, 0])
+    if shrink < 1.0:
+        w, h = max(1, round(rgb.shape[1] * shrink)), max(1, round(rgb.shape[0] * shrink))
+        rgb = cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA)
+        K = np.diag([w / image.shape[1], h / image.shape[0], 1.0]) @ K
+    H = Kv @ R.T @ np.linalg.inv(K)  # real pixel -> virtual pixel (pure rotation about the camera centre)
+    # OpenCV's pixel grid has centres at integers; ours at +0.5: shift in and out.
+    shift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])
+    H_cv = np.linalg.inv(shift) @ H @ shift
+    out = cv2.warpPerspective(rgb, H_cv, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                              borderValue=(1.0, 1.0, 1.0))
+    return NetworkView(np.clip(out, 0, 1).astype(np.float32), Kv, frame)
+
+
+@torch.no_grad()
+def predict_avatar(model: HGM, image: np.ndarray, mask: np.ndarray, K: np.ndarray, body_vertices: np.ndarray) -> Gaussians:
+    """One-view avatar from one image.
+
+    Args:
+        model: a one-view `HGM` (e.g. `load_default_model()`), in eval mode.
+        image: `[H, W, 3]` uint8 RGB; mask: `[H, W]` person mask (bool, uint8 0/255 or float in [0, 1]).
+        K: `[3, 3]` intrinsics in pixels (pixel centres at +0.5).
+        body_vertices: `[Nv, 3]` fitted body vertices of the model's body model (`model.config.body_model`),
+            metres, in the input camera's optical frame (REP 103: x right, y down, z forward).
+    Returns:
+        `Gaussians` in the same optical frame (metres): the body set (one per vertex) followed by the
+        pixel-aligned merged set, float32.
+    """
+    cfg = model.config
+    if cfg.num_views != 1:
+        raise InputError(f"predict_avatar takes one image; this network has num_views={cfg.num_views}")
+    verts = np.asarray(body_vertices, np.float64)
+    if verts.ndim != 2 or verts.shape != (cfg.num_vertices, 3) or not np.isfinite(verts).all():
+        raise InputError(f"body_vertices must be finite [{cfg.num_vertices}, 3] ({cfg.body_model}), got {list(verts.shape)}")
+    view = network_view(image, mask, K, verts, cfg.input_size)
+    vertices = optical_to_canonical_points(torch.from_numpy(verts), view.frame).float()
+    c2w = torch.eye(4)
+    c2w[2, 3] = CANONICAL_CAM_RADIUS
+    images = torch.from_numpy(view.image).permute(2, 0, 1)[None, None]
+    out = model(images, vertices[None], torch.from_numpy(view.K).float()[None, None], c2w[None, None])
+    avatar = to_gaussians(torch.cat((out.body[0], out.merged[0])))
+    return canonical_to_optical(avatar.to(dtype=torch.float64), view.frame).to(dtype=torch.float32)
+
+
+def check_avatar(gaussians: Gaussians, body_vertices: np.ndarray, min_visible: int = 1000, max_distance_m: float = 0.15,
+                 min_opacity: float = 0.05) -> AvatarCheck:
+    """Is the network's avatar usable? Finite, at least `min_visible` Gaussians with opacity above
+    `min_opacity`, and 95% of those within `max_distance_m` of a body vertex (same frame, metres)."""
+    from scipy.spatial import cKDTree
+
+    fields = (gaussians.means, gaussians.scales, gaussians.quats, gaussians.opacities, gaussians.colors)
+    if not all(bool(torch.isfinite(f).all()) for f in fields):
+        return AvatarCheck(False, "non-finite values in the network output")
+    visible = gaussians.means[gaussians.opacities > min_opacity].double().numpy()
+    if len(visible) < min_visible:
+        return AvatarCheck(False, f"only {len(visible)} Gaussians above opacity {min_opacity} (need {min_visible})")
+    dist, _ = cKDTree(np.asarray(body_vertices, np.float64)).query(visible)
+    p95 = float(np.percentile(dist, 95))
+    if p95 > max_distance_m:
+        return AvatarCheck(False, f"95% of visible Gaussians lie within {p95:.2f} m of the body (limit {max_distance_m} m)")
+    return AvatarCheck(True, f"{len(visible)} visible Gaussians, 95% within {p95:.3f} m of the body")

@@ -1,0 +1,102 @@
+"""predict_avatar / network_view / check_avatar with a randomly initialised `tiny` network: shapes,
+the optical <-> canonical round trip against the body, the crop's homography, the validity check."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hgm_core.gaussians import Gaussians
+from hgm_core.model import HGM, InputError, config_for
+from hgm_core.model.predict import TRAIN_FOCAL_RATIO, body_centre, check_avatar, network_view, predict_avatar
+
+CENTRE = np.array([0.35, -0.1, 2.6])  # metres, optical frame: right of and above the axis, 2.6 m away
+SIZE = 320
+
+
+def optical_body(n: int, seed: int = 0) -> np.ndarray:
+    """`[n, 3]` points on a standing body-sized ellipsoid (1.7 m tall along optical -y) around CENTRE."""
+    g = np.random.default_rng(seed)
+    d = g.normal(size=(n, 3))
+    d /= np.linalg.norm(d, axis=1, keepdims=True)
+    return d * np.array([0.25, 0.85, 0.15]) + CENTRE
+
+
+def photo(body: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A `SIZE^2` image of the body's silhouette (red on grey), its mask and K (55° across)."""
+    f = (SIZE / 2) / np.tan(np.radians(55) / 2)
+    K = np.array([[f, 0, SIZE / 2], [0, f, SIZE / 2], [0, 0, 1.0]])
+    uv = body @ K.T
+    uv = (uv[:, :2] / uv[:, 2:]).astype(int)
+    mask = np.zeros((SIZE, SIZE), np.uint8)
+    ok = (uv >= 0).all(1) & (uv < SIZE).all(1)
+    mask[uv[ok, 1], uv[ok, 0]] = 255
+    image = np.full((SIZE, SIZE, 3), 90, np.uint8)
+    image[mask > 0] = (200, 30, 30)
+    return image, mask, K
+
+
+@pytest.fixture(scope="module")
+def model() -> HGM:
+    torch.manual_seed(0)
+    return HGM(config_for("tiny")).eval()
+
+
+def test_prediction_shapes_and_frame_round_trip(model):
+    body = optical_body(model.config.num_vertices)
+    image, mask, K = photo(body)
+    g = predict_avatar(model, image, mask, K, body)
+    assert len(g) == model.config.num_vertices + model.config.num_gaussians
+    g.validate()
+    # The untrained body set sits on its vertices (offsets start near zero): canonical -> optical
+    # must put it back on the input body, in metres.
+    err = np.linalg.norm(g.means[: len(body)].double().numpy() - body, axis=1)
+    assert np.median(err) < 0.01 and err.max() < 0.05
+    # The pixel-aligned set lies on the input rays at the body's depth: in front of the camera, near the body.
+    pix = g.means[len(body):][g.opacities[len(body):] > 0.05].double().numpy()
+    assert len(pix) > 100 and (pix[:, 2] > CENTRE[2] - 0.5).all() and (pix[:, 2] < CENTRE[2] + 0.5).all()
+    assert check_avatar(g, body).ok
+
+
+def test_network_view_looks_at_the_body_centre(model):
+    body = optical_body(model.config.num_vertices)
+    image, mask, K = photo(body)
+    view = network_view(image, mask, K, body, 128)
+    assert view.image.shape == (128, 128, 3) and view.K[0, 0] == TRAIN_FOCAL_RATIO * 128
+    red = (view.image[..., 0] > 0.6) & (view.image[..., 1] < 0.3)
+    ys, xs = np.nonzero(red)
+    # The body's centre projects to the image centre of the virtual camera, so the silhouette is centred there.
+    assert abs(np.mean(xs) - 64) < 3 and abs(np.mean(ys) - 64) < 3
+    # Background is white (the person is composited on white, as in training).
+    assert view.image[0, 0].min() > 0.99
+    # Its size is the metric size at the training focal ratio: 1.7 m at the centre's distance.
+    height_px = ys.max() - ys.min()
+    expected = TRAIN_FOCAL_RATIO * 128 * 1.7 / np.linalg.norm(body_centre(body))
+    assert abs(height_px - expected) < 0.1 * expected
+
+
+def test_check_avatar_rejects_garbage():
+    body = optical_body(2000)
+    n = len(body)
+    good = Gaussians(means=torch.from_numpy(body).float(), quats=torch.tensor([1.0, 0, 0, 0]).expand(n, 4).clone(),
+                     scales=torch.full((n, 3), 0.01), opacities=torch.full((n,), 0.9), colors=torch.full((n, 3), 0.5))
+    assert check_avatar(good, body, min_visible=1000).ok
+    far = Gaussians(**{**good.__dict__, "means": good.means + torch.tensor([0.0, 0.0, 1.0])})
+    assert not check_avatar(far, body).ok
+    faint = Gaussians(**{**good.__dict__, "opacities": torch.full((n,), 0.01)})
+    assert "opacity" in check_avatar(faint, body).reason
+    nan = good.means.clone()
+    nan[0, 0] = float("nan")
+    assert "non-finite" in check_avatar(Gaussians(**{**good.__dict__, "means": nan}), body).reason
+
+
+def test_bad_inputs_fail_clearly(model):
+    body = optical_body(model.config.num_vertices)
+    image, mask, K = photo(body)
+    with pytest.raises(InputError, match="body_vertices"):
+        predict_avatar(model, image, mask, K, body[:100])
+    with pytest.raises(InputError, match="uint8"):
+        predict_avatar(model, image.astype(np.float32), mask, K, body)
+    with pytest.raises(InputError, match="mask"):
+        predict_avatar(model, image, mask[:10], K, body)
