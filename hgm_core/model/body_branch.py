@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hgm_core.camera import project_points
+
 
 def project_to_grid(points: torch.Tensor, K: torch.Tensor, viewmats: torch.Tensor, image_size: int) -> torch.Tensor:
     """Full perspective projection into each input view, as `grid_sample` coordinates.
@@ -24,8 +26,7 @@ def project_to_grid(points: torch.Tensor, K: torch.Tensor, viewmats: torch.Tenso
         `[B, V, P, 2]` in [-1, 1] (align_corners=False convention), clamped at the border.
     """
     cam = torch.einsum("bvij,bpj->bvpi", viewmats[..., :3, :3], points) + viewmats[:, :, None, :3, 3]
-    uvw = torch.einsum("bvij,bvpj->bvpi", K, cam)
-    uv = uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)
+    uv = project_points(cam, K, min_depth=1e-6)
     return (2 * uv / image_size - 1).clamp(-1, 1)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from hgm_core.camera import flip_camera_axes
+from hgm_core.camera import flip_camera_axes, project_points
 
 BODY_OPACITY_LOGIT = 2.0
 """sigmoid(2) = 0.88: the body set starts as an opaque skin."""
@@ -70,8 +70,7 @@ def body_colours(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, 
     """
     B, V, _, H, W = images.shape
     cam = camera_points(vertices, c2w)  # [B, V, Nv, 3]
-    uvw = torch.einsum("bvij,bvpj->bvpi", K, cam)
-    uv = uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)
+    uv = project_points(cam, K, min_depth=1e-6)
     grid = torch.stack((2 * uv[..., 0] / W - 1, 2 * uv[..., 1] / H - 1), -1).clamp(-1, 1)
     s = F.grid_sample(images.reshape(B * V, 3, H, W), grid.reshape(B * V, -1, 1, 2), mode="bilinear",
                       padding_mode="border", align_corners=False)[..., 0]  # [B*V, 3, Nv]
@@ -96,8 +95,7 @@ def body_depth_map(vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, i
     cam = camera_points(vertices, c2w)
     z = cam[..., 2]
     Ks = K * torch.tensor([[S / image_size], [S / image_size], [1.0]], dtype=K.dtype, device=K.device)
-    uvw = torch.einsum("bvij,bvpj->bvpi", Ks, cam)
-    uv = torch.floor(uvw[..., :2] / uvw[..., 2:3].clamp_min(1e-6)).long()
+    uv = torch.floor(project_points(cam, Ks, min_depth=1e-6)).long()
     ok = (z > 1e-3) & (uv >= 0).all(-1) & (uv < S).all(-1)
     far = torch.finfo(z.dtype).max
     flat = torch.full((B * V * S * S,), far, dtype=z.dtype, device=z.device)
