@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hgm_core.camera import pixel_rays
+from hgm_core.camera import pixel_rays, project_points
 from hgm_core.data.synth import MeshPart, SubjectGeometry, sample_texture
 from hgm_core.io.mesh import write_mesh_ply
 
@@ -224,8 +224,7 @@ class SubjectScene:
 def _subject_box(scene: "SubjectScene", K: np.ndarray, E: np.ndarray, size: int) -> tuple[int, int, int, int]:
     """Pixel box that contains every projected vertex (plus a margin); rays outside it cannot hit."""
     pts = np.concatenate([p.vertices for p in scene.parts])
-    pc = pts @ E[:3, :3].T + E[:3, 3]
-    uv = pc[:, :2] / pc[:, 2:3] * K[[0, 1], [0, 1]] + K[:2, 2]
+    uv = project_points(pts @ E[:3, :3].T + E[:3, 3], K)
     x0, y0 = np.floor(uv.min(0)).astype(int) - 2
     x1, y1 = np.ceil(uv.max(0)).astype(int) + 2
     return max(x0, 0), max(y0, 0), min(max(x1, 1), size), min(max(y1, 1), size)
@@ -346,17 +345,11 @@ def write_subject(root: Path, subject_id: str, geom: SubjectGeometry, config: Re
     with open(root / "body" / f"{subject_id}.npz", "wb") as f:  # np.savez_compressed stamps zip times; plain savez does not
         np.savez(f, vertices=geom.body_vertices.astype(np.float32), faces=geom.body_faces.astype(np.int32),
                  keypoints=geom.keypoints.astype(np.float32))
-    uv = np.stack([_project(K, E[v], geom.keypoints) for v in range(len(E))])
+    uv = np.stack([project_points(geom.keypoints @ E[v, :3, :3].T + E[v, :3, 3], K) for v in range(len(E))])
     kp = {"names": geom.keypoint_names, "world": np.round(geom.keypoints, 6).tolist(), "pixels": np.round(uv, 3).tolist()}
     (root / "keypoints" / f"{subject_id}.json").write_text(json.dumps(kp, sort_keys=True))
     _imwrite(root / "sheet" / f"{subject_id}.png", contact_sheet([v.rgb for v in views])[..., ::-1])
     return views
-
-
-def _project(K: np.ndarray, E: np.ndarray, pts: np.ndarray) -> np.ndarray:
-    pc = pts @ E[:3, :3].T + E[:3, 3]
-    uv = pc @ K.T
-    return uv[:, :2] / uv[:, 2:3]
 
 
 def contact_sheet(images: list[np.ndarray], cols: int = 6, tile: int = 256) -> np.ndarray:
