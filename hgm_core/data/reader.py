@@ -19,9 +19,8 @@ import torch
 from torch.utils.data import Dataset
 
 from hgm_core.camera import CANONICAL_CAM_RADIUS, Cameras, cameras_from_c2w_gl, plucker_rays
+from hgm_core.model.hgm import IMAGENET_MEAN, IMAGENET_STD
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 _VIEW_DIR = re.compile(r"^(?P<id>.+)_(?P<view>\d{3})$")
 
 
