@@ -29,12 +29,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from hgm_core.body.anny_body import ANNY_FROM_BODY
 
 GENERATOR_VERSION = "2"
 """Bump when a change alters what a seed produces."""
-
-ANNY_TO_WORLD = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, -1.0, 0.0]])
-"""anny (x = subject's left, y = back, z = up) -> dataset world (+y up, subject facing +z)."""
 
 JOINT_LIMITS_DEG: dict[str, tuple[float, float]] = {
     # name: (min, max); every sampled angle is clipped into its range.
@@ -456,8 +454,9 @@ def build_subject(spec: SubjectSpec, texture_size: int = 512) -> SubjectGeometry
         keypoints = assets["keypoints"](posed)[0].numpy()
     verts_anny = posed["vertices"][0].numpy()
 
-    # anny -> world: axis change, yaw about +y, feet on y = 0, pelvis on the y axis.
-    rot = _rotation(np.array([0.0, 1.0, 0.0]), spec.yaw_deg) @ ANNY_TO_WORLD
+    # anny -> world: axis change (the world is the body frame: +y up, facing +z), yaw about +y, feet
+    # on y = 0, pelvis on the y axis.
+    rot = _rotation(np.array([0.0, 1.0, 0.0]), spec.yaw_deg) @ ANNY_FROM_BODY.double().numpy().T
     v = verts_anny @ rot.T
     root = heads[assets["bone_index"]["root"]] @ rot.T
     shift = np.array([-root[0], -v[:, 1].min(), -root[2]])
