@@ -3,6 +3,7 @@
     hgm train --run runs/tiny_1view --train-data data/train_s1000 --train-seeds 1000 \\
               --val-data data/val_s5555 --val-seed 5555 --cache data/cache
     hgm train --run runs/tiny_1view --resume          # continue from runs/tiny_1view/state.pt
+    hgm train --run runs/tiny_1view --export hgm_core/assets/checkpoints/tiny_1view   # fp16 + card
 
 Flags override the defaults of `TrainConfig`; `--config FILE` starts from a saved config.json. A
 resumed run uses its own config.json.
@@ -20,6 +21,8 @@ HELP = "train the HGM network (resumable; validation JSON + image grids in the r
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", type=Path, required=True, help="run folder (config.json, state.pt, best/, val.jsonl)")
     p.add_argument("--resume", action="store_true", help="continue the run in --run with its saved config")
+    p.add_argument("--export", type=Path, default=None, metavar="DIR",
+                   help="only export the run's best checkpoint to DIR (fp16 + model card with the validation curve)")
     p.add_argument("--config", type=Path, default=None, help="start from this config.json (flags still override)")
     p.add_argument("--train-data", type=Path, nargs="+", default=None, help="training render layouts")
     p.add_argument("--train-seeds", type=int, nargs="+", default=None, help="datagen seeds of the training layouts")
@@ -60,6 +63,15 @@ def run(args: argparse.Namespace) -> int:
     from hgm_core.train.trainer import TrainError, train
 
     set_compute_threads(args.threads)
+    if args.export:
+        from hgm_core.train.export import ExportError, export_checkpoint
+
+        try:
+            out = export_checkpoint(args.run, args.export)
+        except ExportError as e:
+            raise CliError(str(e)) from e
+        print(f"exported {args.run / 'best'} to {out}")
+        return 0
     try:
         if args.resume:
             config = TrainConfig.load(args.run / "config.json")
