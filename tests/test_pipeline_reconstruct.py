@@ -20,7 +20,8 @@ SAMPLE_CAMERA = ASSETS_DIR / "sample" / "camera_info.yaml"
 
 @pytest.fixture(scope="module")
 def reconstructor():
-    return Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 60}))
+    # No network stage: these tests are about perception, the fit and the prior.
+    return Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 60, "coarse.checkpoint": None}))
 
 
 def test_sample_frame_gives_a_metric_avatar_in_the_camera_frame(reconstructor):

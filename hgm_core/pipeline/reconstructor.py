@@ -46,15 +46,29 @@ class BodyConfig:
     track: TrackConfig = field(default_factory=TrackConfig)
 
 
+EMBEDDED = "embedded"
+"""`CoarseConfig.checkpoint` value meaning the checkpoint shipped inside the package, when there is one."""
+
+
 @dataclass(frozen=True)
 class CoarseConfig:
     """The one-view HGM network stage.
 
     Attributes:
-        checkpoint: folder of an HGM checkpoint (`hgm_core.model`); None: no network stage.
+        checkpoint: folder of an HGM checkpoint (`hgm_core.model`); "embedded" (default) uses the
+            one shipped in the package if it exists; None builds no network stage.
     """
 
-    checkpoint: str | None = None
+    checkpoint: str | None = EMBEDDED
+
+    def resolve(self) -> Path | None:
+        """The checkpoint folder to load, or None when the network stage is off (or nothing is embedded)."""
+        if self.checkpoint != EMBEDDED:
+            return None if self.checkpoint is None else Path(self.checkpoint)
+        from hgm_core.model.predict import default_checkpoint_dir
+
+        embedded = default_checkpoint_dir()
+        return embedded if embedded.is_dir() else None
 
 
 @dataclass(frozen=True)
@@ -125,10 +139,11 @@ class Reconstructor:
             PriorStage(config.prior),
             MeshStage(config.mesh),
         ]
-        if config.coarse.checkpoint:
+        checkpoint = config.coarse.resolve()
+        if checkpoint is not None:
             from hgm_core.pipeline.coarse import CoarseStage
 
-            stages.append(CoarseStage.from_checkpoint(config.coarse.checkpoint, fallback=stages[2]))
+            stages.append(CoarseStage.from_checkpoint(checkpoint, fallback=stages[2], body_model=config.body.model))
         return cls(stages, config)
 
     @property

@@ -1,0 +1,96 @@
+"""The `coarse` stage with a real (randomly initialised) `tiny` checkpoint on the sample frame.
+
+The weights are random, so these tests check the pipeline's honesty, not the avatar's quality: a
+configured checkpoint runs the network and says so; without one the level is refused; a network
+whose output is unusable falls back to the prior and the result says that too.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hgm_core.model import HGM, config_for
+from hgm_core.paths import ASSETS_DIR
+from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+from hgm_core.io.inputs import load_camera_info, load_image
+from hgm_core.pipeline.coarse import CoarseStage
+from hgm_core.pipeline.components import PriorStage
+from hgm_core.types import ReconstructionRequest, StageUnavailableError
+
+SAMPLE = ASSETS_DIR / "sample" / "person.jpg"
+SAMPLE_CAMERA = ASSETS_DIR / "sample" / "camera_info.yaml"
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    return HGM(config_for("tiny")).save_pretrained(tmp_path_factory.mktemp("ckpt") / "tiny_random_weights")
+
+
+@pytest.fixture(scope="module")
+def request_():
+    return ReconstructionRequest(load_image(str(SAMPLE)), camera=load_camera_info(str(SAMPLE_CAMERA)), stages="coarse")
+
+
+@pytest.fixture(scope="module")
+def with_network(random_checkpoint):
+    config = ReconstructorConfig().override({"body.fit.iterations": 40, "coarse.checkpoint": str(random_checkpoint)})
+    return Reconstructor.from_config(config)
+
+
+def test_a_configured_checkpoint_runs_the_network_and_labels_it(with_network, request_, random_checkpoint):
+    assert with_network.available_stages == ("prior", "coarse")
+    out = with_network.run(request_)
+    assert out.stages == "coarse" and out.info["stages_run"] == ["perceive", "fit_body", "coarse"]
+    report = out.info["coarse"]
+    assert report["checkpoint"] == str(random_checkpoint) and report["used"] in ("network", "prior")
+    cfg = config_for("tiny")
+    if report["used"] == "network":  # the network's own set: one per body vertex plus one per splat pixel
+        assert len(out.gaussians) == cfg.num_vertices + cfg.num_gaussians
+        z = out.gaussians.means[:, 2].median().item()
+        assert 1.5 < z < 2.5  # in the camera's optical frame, where the sample's person stands (2.0 m)
+    else:
+        assert any("coarse" in w for w in out.info["warnings"])
+    assert out.info["config"]["coarse"]["checkpoint"] == str(random_checkpoint)
+    json.dumps(out.info)
+
+
+def test_prior_requests_do_not_run_the_network(with_network, request_):
+    out = with_network.run(ReconstructionRequest(request_.image, camera=request_.camera, stages="prior"))
+    assert out.info["stages_run"] == ["perceive", "fit_body", "prior"] and "coarse" not in out.info
+
+
+def test_without_a_checkpoint_coarse_is_refused(request_):
+    rec = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 40, "coarse.checkpoint": None}))
+    assert rec.available_stages == ("prior",)
+    with pytest.raises(StageUnavailableError, match="coarse"):
+        rec.run(request_)
+
+
+def test_an_unusable_network_output_falls_back_to_the_prior_and_says_so(with_network, request_):
+    broken = HGM(config_for("tiny"))
+    with torch.no_grad():  # every head pushes opacity (channel 3) to ~0: an invisible avatar
+        for head in (broken.conv, broken.body_head.mlp[-1], broken.fusion.head):
+            head.bias[3] = -30.0
+    prior = with_network.stages["prior"]
+    stages = [s for name, s in with_network.stages.items() if name != "coarse"]
+    rec = Reconstructor([*stages, CoarseStage(broken, prior, "invisible weights")], with_network.config)
+    out = rec.run(request_)
+    assert out.info["stages_run"] == ["perceive", "fit_body", "coarse"]
+    assert out.info["coarse"]["used"] == "prior" and "above opacity" in out.info["coarse"]["check"]
+    assert any("unusable" in w for w in out.info["warnings"])
+    assert torch.isfinite(out.gaussians.means).all()
+
+
+def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path, random_checkpoint):
+    prior = PriorStage()
+    with pytest.raises(StageUnavailableError, match="cannot load"):
+        CoarseStage.from_checkpoint(tmp_path / "missing", prior, "anny")
+    with pytest.raises(StageUnavailableError, match="body model"):
+        CoarseStage.from_checkpoint(random_checkpoint, prior, "smplx")
+    two_view = HGM(config_for("tiny", num_views=2)).save_pretrained(tmp_path / "two")
+    with pytest.raises(StageUnavailableError, match="2-view"):
+        CoarseStage.from_checkpoint(two_view, prior, "anny")
