@@ -34,11 +34,20 @@ class PersonCrop:
         return self.image.shape[0]
 
 
-def square_box(bbox: tuple[int, int, int, int], margin: float) -> tuple[int, int, int, int]:
-    """Integer square box centred on `bbox`, its side the longer bbox side times `1 + 2 * margin`."""
+def square_box(
+    bbox: tuple[float, float, float, float], margin: float, *, whole_pixels: bool = True
+) -> tuple[float, float, float, float]:
+    """Square box `(x0, y0, x1, y1)` centred on `bbox`, its side the longer bbox side times `1 + 2 * margin`.
+
+    With `whole_pixels` (a crop of the image) the side is rounded up and the corner down to integers;
+    without, the box is exact (floats), for resampling on a grid of its own.
+    """
     x0, y0, x1, y1 = bbox
-    side = int(np.ceil(max(x1 - x0, y1 - y0) * (1 + 2 * margin)))
+    side = max(x1 - x0, y1 - y0) * (1 + 2 * margin)
     cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    if not whole_pixels:
+        return cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+    side = int(np.ceil(side))
     bx, by = int(np.floor(cx - side / 2)), int(np.floor(cy - side / 2))
     return bx, by, bx + side, by + side
 

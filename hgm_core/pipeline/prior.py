@@ -30,6 +30,7 @@ from scipy import ndimage
 
 from hgm_core.camera import crop_intrinsics, pixel_rays
 from hgm_core.gaussians import Gaussians, quat_from_z
+from hgm_core.perception.crop import square_box
 from hgm_core.types import BadInputError, NoPersonError
 
 
@@ -147,11 +148,8 @@ def working_grid(mask: np.ndarray, K: np.ndarray, config: PriorConfig) -> tuple[
     ys, xs = np.nonzero(mask)
     if len(xs) == 0:
         raise NoPersonError("the person mask is empty")
-    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
-    side = max(x1 - x0, y1 - y0) * (1 + 2 * config.margin)
-    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
-    box = (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2)
-    R = int(min(config.resolution, max(8, round(side))))
+    box = square_box((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1), config.margin, whole_pixels=False)
+    R = int(min(config.resolution, max(8, round(box[2] - box[0]))))
     Kg = crop_intrinsics(torch.as_tensor(K, dtype=torch.float64), box, (R, R)).numpy()
     return box, Kg, R
 
