@@ -1,6 +1,6 @@
 """Pinhole cameras, axis conventions, crops, HGM orbit rings and Plücker ray embeddings.
 
-Conventions (DESIGN §3, reference doc §1):
+Conventions (docs/architecture.md, "Conventions"):
 - `Cameras.viewmats` are world-to-camera `[C, 4, 4]` in the *OpenCV / REP-103 optical* camera axes
   (x right, y down, z forward). This is what the rasterizer and gsplat consume.
 - Poses in the HGM canonical frame are camera-to-world in *OpenGL* camera axes (x right, y up,
@@ -21,7 +21,7 @@ import torch
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 CANONICAL_CAM_RADIUS = 1.5
-"""Distance of HGM's input camera from the canonical origin (reference doc §1.1)."""
+"""Distance of HGM's input camera from the canonical origin: view 0 sits at (0, 0, 1.5)."""
 
 GL_FROM_CV = torch.diag(torch.tensor([1.0, -1.0, -1.0]))
 """Maps camera-axis vectors between OpenCV optical (x right, y down, z fwd) and OpenGL (y up, z back).
@@ -117,7 +117,12 @@ def intrinsics(fx: float, fy: float, cx: float, cy: float, *, dtype: torch.dtype
 
 
 def intrinsics_from_fov(
-    width: int, height: int, fov_deg: float, *, across: Literal["height", "longer"] = "height", dtype: torch.dtype = torch.float32
+    width: int,
+    height: int,
+    fov_deg: float,
+    *,
+    across: Literal["height", "longer"] = "height",
+    dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """`[3, 3]` K with square pixels, a centred principal point and the field of view `fov_deg`.
 
@@ -218,7 +223,7 @@ def orbit_cameras(
 
 
 def plucker_rays(c2w_gl: torch.Tensor, height: int, width: int, fovy_deg: float) -> torch.Tensor:
-    """Plücker ray embedding exactly as HGM/LGM `get_rays` (reference doc §1.2).
+    """Plücker ray embedding exactly as HGM/LGM `get_rays`.
 
     The principal point is taken as the image centre and one focal length `f = (H/2)/tan(fovy/2)`
     is used for both axes. Pixel direction `((u - W/2 + 0.5)/f, -(v - H/2 + 0.5)/f, -1)` is rotated by

@@ -1,4 +1,4 @@
-"""The `Gaussians` container: activated 3D Gaussian parameters in memory (DESIGN §3).
+"""The `Gaussians` container: activated 3D Gaussian parameters in memory (docs/architecture.md, "Conventions").
 
 In memory every attribute is *activated*: linear scales, opacities in (0, 1), unit quaternions
 (w, x, y, z), colours in [0, 1] (SH degree 0 as RGB). On disk and on the wire the *raw* parameters

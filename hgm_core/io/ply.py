@@ -1,9 +1,9 @@
 """The reference 3DGS PLY (graphdeco-inria layout), written and read with numpy only.
 
-Layout (DESIGN §3): `x y z nx ny nz f_dc_0..2 [f_rest_0..3K-1] opacity scale_0..2 rot_0..3`, float32,
-binary little endian; opacity stored as a logit, scales as logs, quaternions w-first,
-`f_dc = (rgb - 0.5) / SH_C0`, `f_rest` channel-major (all K coefficients of red, then green, then blue).
-Normals are written as zeros, as the reference does. The reader accepts any property order and
+Layout (docs/architecture.md, "Conventions"): `x y z nx ny nz f_dc_0..2 [f_rest_0..3K-1] opacity
+scale_0..2 rot_0..3`, float32, binary little endian; opacity stored as a logit, scales as logs,
+quaternions w-first, `f_dc = (rgb - 0.5) / SH_C0`, `f_rest` channel-major (all K coefficients of
+red, then green, then blue). Normals are written as zeros, as the reference does. The reader accepts any property order and
 extra properties (e.g. HGM's uint8 `red green blue`), ascii or binary of either endianness.
 """
 
