@@ -10,7 +10,7 @@ import pytest
 import roma
 import torch
 
-from hgm_core.body import AnnyBody, BodyFit, BodyParams, fit_body
+from hgm_core.body import AnnyBody, BodyFit, BodyParams, FitConfig, fit_body
 from hgm_core.body.fit import warm_start_params
 from hgm_core.perception import Perception, default_intrinsics
 from tests.test_fit import IMAGE_SIZE, SHAPES, _errors, render_case, synthetic_case
@@ -62,7 +62,7 @@ def test_warm_fit_matches_cold_fit_in_a_fraction_of_the_steps(anny_body: AnnyBod
             f"PA {pa_warm:.1f} mm, {warm.keypoint_error_px:.2f} px, IoU {warm.silhouette_iou:.3f}, {warm.iterations} it, {warm.seconds:.2f} s"
         )
     assert warm.warm_started and not cold.warm_started
-    assert warm.iterations == 40 and cold.iterations == 200
+    assert warm.iterations == FitConfig().warm_iterations and cold.iterations == FitConfig().camera_iterations + FitConfig().iterations
     assert e_warm <= e_cold + 5.0
     assert warm.keypoint_error_px < 3.0 and warm.silhouette_iou > 0.88
     # Shape is frozen while warm; the pose did move towards frame B (A's own pose explains B worse).
@@ -80,7 +80,7 @@ def test_bad_warm_result_falls_back_to_the_cold_fit(anny_body: AnnyBody, frames:
     bad = BodyParams(roma.rotmat_to_rotvec(turned)[None], a.transl.clone(), a.pose.clone(), a.shape.clone())
     fit = fit_body(frames.b, frames.K, anny_body, init=bad)
     assert not fit.warm_started
-    assert fit.iterations == 40 + 200  # the discarded warm attempt is counted
+    assert fit.iterations == FitConfig().warm_iterations + FitConfig().camera_iterations + FitConfig().iterations  # the discarded warm attempt is counted
     np.testing.assert_allclose(fit.vertices, frames.cold_b.vertices, atol=1e-5)  # exactly the cold fit
 
 

@@ -23,6 +23,8 @@ import numpy as np
 import roma
 import torch
 
+from hgm_core.body.priors import ShapePopulation
+
 COCO_KEYPOINT_NAMES: tuple[str, ...] = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
     "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",
@@ -112,6 +114,9 @@ class BodyModel(torch.nn.Module, abc.ABC):
             104 bones, SMPL-X: its 55 joints), a superset of the skeleton; joint 0 is the root, whose
             origin is the pelvis. `bone_transforms` and `bind_pose` are in this order.
         skinning_weights: `[V, len(skinning_joint_names)]` per-vertex LBS weights, rows summing to 1.
+        shape_population: the adult population's shape distribution when the model has one (anny:
+            its calibrated phenotypes); the body fit reports its stature spread as the relative
+            uncertainty of the distance (one image does not show a person's size).
 
     Skinning: with `vertices, rest = bind_pose(shape)`, linear blend skinning of `vertices` by
     `skinning_weights` and `bone_transforms(params) @ inverse(rest)` gives `forward(params).vertices`
@@ -129,6 +134,7 @@ class BodyModel(torch.nn.Module, abc.ABC):
     skinning_joint_names: tuple[str, ...]
     skinning_parents: tuple[int, ...]
     skinning_weights: torch.Tensor
+    shape_population: ShapePopulation | None = None
 
     def __init__(self) -> None:
         super().__init__()
