@@ -5,10 +5,13 @@
 Data: `hgm datagen --seed 7070 --subjects 24 --size 512 --views 1 -o /work/data/fitbench` (seed 7070
 is reserved for this benchmark, never for training). Each subject's view 0 goes through the real
 `perceive` (mediapipe landmarks, the ground-truth mask and intrinsics given, as `hgm eval` does) and
-then through two fits from the same perception, in the same process, one torch thread:
+then through three fits from the same perception, in the same process, one torch thread:
 - `today`: `hgm_core/body/fit.py` as of `BASELINE_REV` (loaded from git, so the baseline is the code
   users had, not a re-creation of it);
-- `new`: the working tree's `fit_body` with its default `FitConfig`.
+- `new`: the working tree's `fit_body` with its default `FitConfig`, from the image alone;
+- `new_depth`: the same with the subject's rendered depth as an RGB-D camera would give it
+  (`hgm_core.body.depth.simulate_sensor`: distance-dependent noise, no return at depth edges,
+  dropouts, millimetres; seeded by the subject's index).
 Figures per fit, against the generator's ground truth in view 0's optical frame (23 COCO-WholeBody
 keypoints from anny's regressor, the same regressor the fit uses, and the body vertices):
 - `mpjpe_mm`: keypoints as placed (metric placement included);
@@ -16,6 +19,8 @@ keypoints from anny's regressor, the same regressor the fit uses, and the body v
 - `pa_mpjpe_mm`: after the best similarity transform (pose only);
 - `distance_error_mm`: distance from the camera of the fitted body's vertex centroid minus the true
   one (signed: negative = too near); `|distance|` rows average its magnitude;
+- `surface_mm`: median distance between the fitted body's visible vertices (a per-pixel z-buffer)
+  and the rendered, noise-free depth of the clothed person at their pixels;
 - `seconds`: wall time of the whole `fit_body` call.
 `new` rows also give the fit's own distance uncertainty (`distance_sigma_mm`) and whether the true
 distance lies within two of it. Means and medians over subjects; `ratio` = today / new seconds.
@@ -63,6 +68,7 @@ def load_subject(root: Path, sid: str) -> dict:
     import cv2
 
     from hgm_core.data.reader import load_subject_cameras
+    from hgm_core.data.render import decode_depth
 
     E, Ks, _ = load_subject_cameras(root, sid)
     image = cv2.imread(str(root / "img" / f"{sid}_000" / "0.jpg"))[..., ::-1].copy()
@@ -71,7 +77,8 @@ def load_subject(root: Path, sid: str) -> dict:
     kp = json.loads((root / "keypoints" / f"{sid}.json").read_text())
     body = np.load(root / "body" / f"{sid}.npz")
     meta = json.loads((root / "body" / f"{sid}.json").read_text())
-    return {"id": sid, "image": image, "mask": mask, "K": Ks[0], "keypoint_names": kp["names"],
+    depth = decode_depth(cv2.imread(str(root / "depth" / f"{sid}_000" / "1.0.png"), cv2.IMREAD_UNCHANGED))
+    return {"id": sid, "image": image, "mask": mask, "K": Ks[0], "keypoint_names": kp["names"], "depth": depth,
             "keypoints": to_cam(np.asarray(kp["world"], np.float64)), "vertices": to_cam(body["vertices"].astype(np.float64)),
             "height_m": meta["height_m"]}  # fmt: skip
 
@@ -85,10 +92,23 @@ def score(fit, subject: dict) -> dict:
     gt = subject["keypoints"]
     hips = np.isin(names, ["left_hip", "right_hip"])
     distance = np.linalg.norm(fit.vertices.mean(0)) - np.linalg.norm(subject["vertices"].mean(0))
-    return {"mpjpe_mm": 1000 * mpjpe(pred, gt), "root_mpjpe_mm": 1000 * mpjpe(pred, gt, hips),
+    return {"surface_mm": 1000 * surface_error(fit.vertices, subject["K"], subject["depth"]),"mpjpe_mm": 1000 * mpjpe(pred, gt), "root_mpjpe_mm": 1000 * mpjpe(pred, gt, hips),
             "pa_mpjpe_mm": 1000 * pa_mpjpe(pred, gt), "distance_error_mm": 1000 * float(distance),
             "seconds": fit.seconds, "iterations": fit.iterations, "keypoint_error_px": fit.keypoint_error_px,
             "silhouette_iou": fit.silhouette_iou}  # fmt: skip
+
+
+def surface_error(vertices: np.ndarray, K: np.ndarray, depth: np.ndarray) -> float:
+    """Median |z| difference (metres) between the vertices nearest the camera in each pixel and `depth` there."""
+    h, w = depth.shape
+    uvw = vertices @ K.T
+    u, v = np.floor(uvw[:, 0] / uvw[:, 2]).astype(int), np.floor(uvw[:, 1] / uvw[:, 2]).astype(int)
+    inside = (u >= 0) & (u < w) & (v >= 0) & (v < h) & (uvw[:, 2] > 0)
+    zbuf = np.full(h * w, np.inf)
+    np.minimum.at(zbuf, v[inside] * w + u[inside], uvw[inside, 2])
+    zbuf = zbuf.reshape(h, w)
+    both = np.isfinite(zbuf) & (depth > 0)
+    return float(np.median(np.abs(zbuf[both] - depth[both]))) if both.any() else float("nan")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -109,6 +129,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from hgm_core.body import AnnyBody, fit_body
+    from hgm_core.body.depth import simulate_sensor
     from hgm_core.perception import PoseEstimator, perceive
     from hgm_core.types import CameraInfo
 
@@ -123,21 +144,24 @@ def main() -> None:
         s = load_subject(args.data, sid)
         h, w = s["mask"].shape
         perception = perceive(s["image"], mask=s["mask"], camera=CameraInfo(s["K"], w, h), estimator=estimator)
-        old = score(today.fit_body(perception, None, body), s)
-        fit = fit_body(perception, None, body)
-        new = score(fit, s)
-        sigma = 1000 * fit.distance_sigma_m
-        new |= {"distance_sigma_mm": sigma, "distance_within_2_sigma": abs(new["distance_error_mm"]) <= 2 * sigma}
-        row = {"id": sid, "height_m": round(s["height_m"], 3), "gt_distance_m": round(float(np.linalg.norm(s["vertices"].mean(0))), 3),
-               "today": {k: round(v, 3) if isinstance(v, float) else v for k, v in old.items()},
-               "new": {k: round(v, 3) if isinstance(v, float) else v for k, v in new.items()}}  # fmt: skip
+        sensor = simulate_sensor(s["depth"], np.random.default_rng(int(sid)))
+        fits = {"today": today.fit_body(perception, None, body), "new": fit_body(perception, None, body),
+                "new_depth": fit_body(perception, None, body, depth=sensor)}  # fmt: skip
+        row = {"id": sid, "height_m": round(s["height_m"], 3), "gt_distance_m": round(float(np.linalg.norm(s["vertices"].mean(0))), 3)}
+        for side, fit in fits.items():
+            r = score(fit, s)
+            if side != "today":
+                sigma = 1000 * fit.distance_sigma_m
+                r |= {"distance_sigma_mm": sigma, "distance_within_2_sigma": abs(r["distance_error_mm"]) <= 2 * sigma}
+            row[side] = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
         result["rows"].append(row)
-        print(f"{sid}: today {old['mpjpe_mm']:.0f}/{old['root_mpjpe_mm']:.0f}/{old['pa_mpjpe_mm']:.0f} mm "
-              f"d {old['distance_error_mm']:+.0f} mm {old['seconds']:.2f} s | new {new['mpjpe_mm']:.0f}/{new['root_mpjpe_mm']:.0f}/"
-              f"{new['pa_mpjpe_mm']:.0f} mm d {new['distance_error_mm']:+.0f}±{sigma:.0f} mm {new['seconds']:.2f} s", file=sys.stderr)  # fmt: skip
-    for side in ("today", "new"):
+        print(f"{sid}: " + " | ".join(f"{side} {r['mpjpe_mm']:.0f}/{r['root_mpjpe_mm']:.0f}/{r['pa_mpjpe_mm']:.0f} mm d {r['distance_error_mm']:+.0f}"
+                                      f"±{r.get('distance_sigma_mm', float('nan')):.0f} mm surf {r['surface_mm']:.0f} mm {r['seconds']:.2f} s"
+                                      for side, r in ((k, row[k]) for k in fits)), file=sys.stderr)  # fmt: skip
+    for side in ("today", "new", "new_depth"):
         result[side] = summarise([r[side] for r in result["rows"]])
     result["ratio_seconds_median"] = round(result["today"]["median_seconds"] / result["new"]["median_seconds"], 2)
+    result["ratio_seconds_median_depth"] = round(result["today"]["median_seconds"] / result["new_depth"]["median_seconds"], 2)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     write_results("fit", result)
@@ -147,10 +171,11 @@ def main() -> None:
 def markdown(result: dict) -> str:
     """The before/after table of the issue note."""
     cols = (("mean_mpjpe_mm", "MPJPE mm"), ("mean_root_mpjpe_mm", "root-aligned mm"), ("mean_pa_mpjpe_mm", "PA-MPJPE mm"),
+            ("median_mpjpe_mm", "median MPJPE mm"), ("median_pa_mpjpe_mm", "median PA-MPJPE mm"),
             ("mean_abs_distance_error_mm", "|distance| mm"), ("mean_distance_error_mm", "distance (signed) mm"),
-            ("median_seconds", "s / cold fit (median)"))  # fmt: skip
+            ("median_surface_mm", "surface vs depth mm (median)"), ("median_seconds", "s / cold fit (median)"))  # fmt: skip
     lines = ["| fit | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for side in ("today", "new"):
+    for side in ("today", "new", "new_depth"):
         lines.append(f"| {side} | " + " | ".join(f"{result[side][c[0]]:.3g}" if "seconds" in c[0] else f"{result[side][c[0]]:.0f}" for c in cols) + " |")
     return "\n".join(lines)
 

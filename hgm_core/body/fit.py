@@ -30,6 +30,7 @@ import torch
 from scipy.spatial import cKDTree
 
 from hgm_core.body.base import BodyModel, BodyOutput, BodyParams, SampledBody
+from hgm_core.body.depth import DepthTarget, depth_metres, depth_target, surface_residuals, visible
 from hgm_core.camera import project_points
 from hgm_core.perception.perceive import LANDMARK_NAMES, Perception
 from hgm_core.types import NoPersonError, Skeleton
@@ -69,6 +70,13 @@ class FitConfig:
             `pose_prior_weight * 10` to `pose_prior_weight` over stage 2, as in SMPLify.
         stature_sd: relative spread of adult stature for models without a `shape_population`
             (anny's calibration gives 0.055), used for `BodyFit.distance_sigma_m`.
+        depth_weight / depth_sigma_m: weight and Geman-McClure scale (metres) of the depth term:
+            the visible surface samples against an aligned depth image (`fit_body(depth=...)`).
+        depth_clothing_m: how far the measured surface lies in front of the body's skin (clothes).
+        depth_cell / depth_thickness_m: a sample counts as visible when it is within this depth of
+            the nearest sample in its image cell, `depth_cell` person-box heights wide.
+        depth_sigma_floor_m: the distance uncertainty with depth never drops below this (what
+            clothing and the body model's fit of a clothed person leave).
         silhouette_points: surface vertices projected for the silhouette terms.
         contour_points: at most this many mask contour pixels are matched to them.
         warm_iterations / warm_lr: steps and Adam rate of the warm-started fit (`fit_body(init=...)`),
@@ -99,6 +107,12 @@ class FitConfig:
     shape_prior_weight: float = 0.002
     landmarks_3d_weight: float = 0.02
     stature_sd: float = 0.055
+    depth_weight: float = 0.3
+    depth_sigma_m: float = 0.05
+    depth_clothing_m: float = 0.015
+    depth_cell: float = 0.025
+    depth_thickness_m: float = 0.03
+    depth_sigma_floor_m: float = 0.03
     silhouette_points: int = 2000
     contour_points: int = 1000
     warm_iterations: int = 40
@@ -129,9 +143,11 @@ class BodyFit:
         warm_started: the result is a warm-started refinement of `fit_body(init=...)`; False for a
             cold fit, including the automatic fallback when the warm result failed its check.
         distance_sigma_m: one standard deviation of the body's distance from the camera (metres).
-            The image fixes the body's direction and its size-to-distance ratio; its size comes
-            from the population prior, so the distance is uncertain by the population's stature
-            spread (`ShapePopulation.stature_sd` or `FitConfig.stature_sd`) times the distance.
+            From one image: the image fixes the body's direction and its size-to-distance ratio,
+            not its size, so the distance is uncertain by the adult stature spread
+            (`ShapePopulation.stature_sd` or `FitConfig.stature_sd`) times the distance. With
+            depth: the spread of the visible surface's depth residuals over the square root of
+            their number, floored at `FitConfig.depth_sigma_floor_m`.
     """
 
     body_model: str
@@ -335,6 +351,7 @@ def fit_body(
     *,
     config: FitConfig | None = None,
     init: BodyParams | None = None,
+    depth: np.ndarray | None = None,
 ) -> BodyFit:
     """Fit `body_model` to the person of `perception` (single view, metric, camera frame).
 
@@ -348,9 +365,14 @@ def fit_body(
             `config.warm_iterations` steps instead of the cold schedule; if that result fails the
             `warm_max_keypoint_error` / `warm_min_iou` check, the cold fit runs instead
             (`BodyFit.warm_started` tells which result was returned).
+        depth: optional `[H, W]` depth image aligned with the landmarks' image (same K): float
+            metres or uint16 millimetres, 0 / NaN = no measurement (`hgm_core.body.depth`). The
+            fit then matches its visible surface to the measured one, which fixes the distance
+            and the body's size; without usable depth on the person it fits from the image alone.
     Raises:
         NoPersonError: the shoulders are not visible (nothing to anchor the body to).
-        ValueError: `init` is not a batch-1 parameter set of `body_model` (e.g. another model's).
+        ValueError: `init` is not a batch-1 parameter set of `body_model` (e.g. another model's),
+            or `depth` is not an image of the mask's size.
     """
     cfg = config or FitConfig()
     start = time.perf_counter()
@@ -360,7 +382,8 @@ def fit_body(
     tg = _targets(perception, names, cfg)
 
     sampled = body_model.sampled(cfg.silhouette_points)
-    problem = _Problem(sampled, Kt, tg, _silhouette_target(perception.mask, cfg.contour_points), cfg)
+    measured = None if depth is None else depth_target(depth_metres(depth), perception.mask)
+    problem = _Problem(sampled, Kt, tg, _silhouette_target(perception.mask, cfg.contour_points), measured, cfg)
 
     steps = 0
     if init is not None:
@@ -368,7 +391,7 @@ def fit_body(
         R0 = roma.rotvec_to_rotmat(init.global_orient[0].detach())
         params, out = problem.optimise(R0, init.detach(), [(2, cfg.warm_iterations, cfg.warm_pose_prior_scale)], cfg.warm_lr, cfg.warm_iterations if cfg.warm_shape else 0)
         steps = cfg.warm_iterations
-        fit = _make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, cfg)
+        fit = _make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, problem.distance_sigma(params))
         if fit.keypoint_error_px <= cfg.warm_max_keypoint_error * tg.scale and fit.silhouette_iou >= cfg.warm_min_iou:
             return replace(fit, warm_started=True)
 
@@ -380,7 +403,7 @@ def fit_body(
     stages = [(1, cfg.camera_iterations, 1.0), (2, cfg.iterations, 10.0)]
     params, out = problem.optimise(R0, _initial_params(body_model, tg, Kt, R0), stages, cfg.lr, cfg.shape_iterations)
     steps += cfg.camera_iterations + cfg.iterations
-    return _make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, cfg)
+    return _make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, problem.distance_sigma(params))
 
 
 def _check_init(init: BodyParams, model: BodyModel) -> None:
@@ -400,7 +423,27 @@ class _Problem:
     K: torch.Tensor  # [3, 3]
     tg: _Targets
     silhouette: _Silhouette
+    depth: DepthTarget | None  # usable aligned depth of the person, if any
     cfg: FitConfig
+
+    def _depth_residuals(self, points: torch.Tensor) -> torch.Tensor:
+        """`[M]` measured minus modelled depth (metres, clothing included) of the visible samples `points [N, 3]`."""
+        uv = project_points(points, self.K, min_depth=1e-4)
+        show = visible(points, uv, self.cfg.depth_cell * self.tg.scale, self.cfg.depth_thickness_m)
+        return surface_residuals(points, uv, self.depth, show) + self.cfg.depth_clothing_m
+
+    def distance_sigma(self, params: BodyParams) -> float:
+        """`BodyFit.distance_sigma_m` of the body `params` (see there)."""
+        model, cfg = self.body.model, self.cfg
+        with torch.no_grad():
+            points = self.body(params).vertices[0]
+        if self.depth is not None:
+            r = self._depth_residuals(points)
+            if len(r) >= 10:
+                spread = 1.4826 * float((r - r.median()).abs().median()) / math.sqrt(len(r))
+                return math.hypot(cfg.depth_sigma_floor_m, spread)
+        stature_sd = cfg.stature_sd if model.shape_population is None else model.shape_population.stature_sd
+        return float(points.mean(0).norm()) * stature_sd
 
     def optimise(
         self, R0: torch.Tensor, init: BodyParams, stages: list[tuple[int, int, float]], lr: float, shape_steps: int
@@ -453,6 +496,10 @@ class _Problem:
                     ref = tg.xyz - tg.xyz[hip_sel].mean(0)
                     d2 = (centred - ref).square().sum(-1) / 0.1**2
                     loss = loss + cfg.landmarks_3d_weight * (w3d * d2).sum() / w3d.sum()
+                if self.depth is not None:
+                    r = self._depth_residuals(out.vertices[0])
+                    if len(r):
+                        loss = loss + cfg.depth_weight * _gmof(r.square(), cfg.depth_sigma_m).mean() / cfg.depth_sigma_m**2
             return loss
 
         for stage, n, prior_start in stages:
@@ -460,6 +507,13 @@ class _Problem:
             opt = torch.optim.Adam([{"params": free, "lr": lr}, {"params": [transl], "lr": lr / 3}])
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n, 1), eta_min=lr * 0.1)
             held = None
+            if stage == 2 and self.depth is not None:
+                with torch.no_grad():  # start stage 2 at the measured distance (along the pelvis ray)
+                    R = roma.rotvec_to_rotmat(delta) @ R0
+                    points = body(BodyParams(roma.rotmat_to_rotvec(R)[None], transl, pose, shape)).vertices[0]
+                    r = self._depth_residuals(points)
+                    if len(r) >= 10:
+                        transl.mul_(1 + float(r.median()) / float(transl[0, 2]))
             for i in range(n):
                 if stage == 2 and i == min(shape_steps, n) and held is None:
                     # From here on the shape is held: Adam skips a parameter without a gradient.
@@ -523,7 +577,7 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def _make_fit(
     model: BodyModel, params: BodyParams, out: BodyOutput, tg: _Targets, K: np.ndarray, mask: np.ndarray, steps: int,
-    seconds: float, cfg: FitConfig,
+    seconds: float, distance_sigma: float,
 ) -> BodyFit:
     vertices = out.vertices[0].numpy()
     keypoints = out.keypoints[0].numpy()
@@ -532,7 +586,6 @@ def _make_fit(
     errors = np.where(used, np.linalg.norm(uv - tg.uv.numpy(), axis=-1), np.nan)
     w = tg.weight.numpy()
     faces = model.faces.numpy()
-    stature_sd = cfg.stature_sd if model.shape_population is None else model.shape_population.stature_sd
     return BodyFit(
         body_model=model.name,
         params=params,
@@ -550,5 +603,5 @@ def _make_fit(
         silhouette_iou=_iou(mesh_mask(vertices, faces, K, mask.shape[::-1]), mask),
         iterations=steps,
         seconds=seconds,
-        distance_sigma_m=float(np.linalg.norm(vertices.mean(0))) * stature_sd,
+        distance_sigma_m=distance_sigma,
     )
