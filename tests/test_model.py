@@ -3,15 +3,17 @@ body-model swap, input errors."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from hgm_core.camera import cameras_from_c2w_gl, intrinsics_from_fov, orbit_poses
 from hgm_core.model import HGM, BODY_MODEL_VERTICES, InputError, config_for, default_views, to_gaussians
-from hgm_core.model.checkpoint import official_shapes
+from hgm_core.model.official import official_shapes
 from hgm_core.render import rasterize
 
-OFFICIAL_TSV = "/work/shared/reference/hgm_official_state_dict.tsv"
+OFFICIAL_TSV = Path(__file__).resolve().parents[1] / "docs" / "reference" / "hgm_official_state_dict.tsv"
 
 
 def body_cloud(n: int, batch: int = 1, seed: int = 0) -> torch.Tensor:

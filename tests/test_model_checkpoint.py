@@ -11,7 +11,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hgm_core.model import HGM, CheckpointError, ModelCard, config_for, convert_official_state_dict, default_views
-from hgm_core.model.checkpoint import official_shapes
+from hgm_core.model.official import official_shapes
 from tests.test_model import OFFICIAL_TSV, inputs
 
 

@@ -1,4 +1,4 @@
-"""The HGM network (paper §3.3.1; official code: shared/reference/hgm_official_code.md §3).
+"""The HGM network (paper §3.3.1; official code: docs/reference/hgm_official_code.md §3).
 
 Public API::
 
@@ -66,15 +66,7 @@ attention in the deep blocks, ResUNet-34 encoder, voxel 0.005); `small` (256 in,
 No trained weights ship yet: an untrained network's output is noise around the body.
 """
 
-from hgm_core.model.checkpoint import (
-    OFFICIAL_IGNORED,
-    OFFICIAL_KEY_MAP,
-    CheckpointError,
-    Conversion,
-    ModelCard,
-    convert_official_state_dict,
-    read_checkpoint_config,
-)
+from hgm_core.model.checkpoint import CheckpointError, ModelCard, read_checkpoint_config
 from hgm_core.model.config import BODY_MODEL_VERTICES, PRESETS, ConfigError, HGMConfig, config_for
 from hgm_core.model.frames import (
     CanonicalFrame,
@@ -84,6 +76,7 @@ from hgm_core.model.frames import (
     optical_to_canonical_points,
 )
 from hgm_core.model.hgm import GAUSSIAN_CHANNELS, HGM, HGMOutput, InputError, default_views, to_gaussians
+from hgm_core.model.official import OFFICIAL_IGNORED, OFFICIAL_KEY_MAP, Conversion, convert_official_state_dict
 
 __all__ = [
     "BODY_MODEL_VERTICES", "GAUSSIAN_CHANNELS", "HGM", "OFFICIAL_IGNORED", "OFFICIAL_KEY_MAP", "PRESETS",

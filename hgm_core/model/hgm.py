@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,7 @@ from torch import nn
 
 from hgm_core.camera import flip_camera_axes, intrinsics_from_fov, orbit_poses, plucker_rays
 from hgm_core.gaussians import Gaussians
+from hgm_core.model.checkpoint import ModelCard, check_state_dict, load_checkpoint, save_pretrained
 from hgm_core.model.body_branch import BodyGaussianHead, VertexCrossAttention, project_to_grid, sample_views
 from hgm_core.model.config import HGMConfig
 from hgm_core.model.fusion import FusionTransformer
@@ -35,9 +36,6 @@ from hgm_core.model.guide import body_prior, pixel_prior
 from hgm_core.model.image_encoder import ImageEncoder
 from hgm_core.model.sparse import SparseConvNet, sample_volumes, voxelize
 from hgm_core.model.unet import UNet
-
-if TYPE_CHECKING:
-    from hgm_core.model.checkpoint import ModelCard
 
 GAUSSIAN_CHANNELS: tuple[str, ...] = (
     "x", "y", "z", "opacity", "scale_0", "scale_1", "scale_2", "qw", "qx", "qy", "qz", "r", "g", "b",
@@ -149,18 +147,18 @@ class HGM(nn.Module):
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     # ------------------------------------------------------------------ checkpoints
-    def save_pretrained(self, directory: str | Path, card: "ModelCard | None" = None) -> Path:
+    def save_pretrained(self, directory: str | Path, card: ModelCard | None = None) -> Path:
         """Write safetensors weights, config.json and a model card (`hgm_core.model.checkpoint`)."""
-        from hgm_core.model.checkpoint import save_pretrained
-
         return save_pretrained(self, directory, card)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, config: HGMConfig | None = None, map_location: str | torch.device = "cpu") -> "HGM":
         """Load a checkpoint (eval mode); with `config`, refuse one saved with a different config."""
-        from hgm_core.model.checkpoint import load_pretrained
-
-        return load_pretrained(directory, config, map_location)
+        stored, state = load_checkpoint(directory, config, map_location)
+        model = cls(stored)
+        check_state_dict(model.state_dict(), state, f"checkpoint {directory}")
+        model.load_state_dict(state, strict=True)
+        return model.to(map_location).eval()
 
     # ------------------------------------------------------------------ inputs
     def check_inputs(self, images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor) -> None:
