@@ -113,8 +113,8 @@ class FitConfig:
     depth_cell: float = 0.025
     depth_thickness_m: float = 0.03
     depth_sigma_floor_m: float = 0.03
-    silhouette_points: int = 2000
-    contour_points: int = 1000
+    silhouette_points: int = 1000
+    contour_points: int = 500
     warm_iterations: int = 40
     warm_lr: float = 0.02
     warm_pose_prior_scale: float = 1.0
