@@ -5,13 +5,15 @@
 Data: `hgm datagen --seed 7070 --subjects 24 --size 512 --views 1 -o /work/data/fitbench` (seed 7070
 is reserved for this benchmark, never for training). Each subject's view 0 goes through the real
 `perceive` (mediapipe landmarks, the ground-truth mask and intrinsics given, as `hgm eval` does) and
-then through three fits from the same perception, in the same process, one torch thread:
+then through four fits from the same perception, in the same process, one torch thread:
 - `today`: `hgm_core/body/fit.py` as of `BASELINE_REV` (loaded from git, so the baseline is the code
   users had, not a re-creation of it);
 - `new`: the working tree's `fit_body` with its default `FitConfig`, from the image alone;
 - `new_depth`: the same with the subject's rendered depth as an RGB-D camera would give it
   (`hgm_core.body.depth.simulate_sensor`: distance-dependent noise, no return at depth edges,
-  dropouts, millimetres; seeded by the subject's index).
+  dropouts, millimetres; seeded by the subject's index);
+- `new_ground`: image only, with the floor plane known (the generator's floor, y = 0, in view 0's
+  frame), as a robot knows its camera's height and tilt.
 Figures per fit, against the generator's ground truth in view 0's optical frame (23 COCO-WholeBody
 keypoints from anny's regressor, the same regressor the fit uses, and the body vertices):
 - `mpjpe_mm`: keypoints as placed (metric placement included);
@@ -78,7 +80,9 @@ def load_subject(root: Path, sid: str) -> dict:
     body = np.load(root / "body" / f"{sid}.npz")
     meta = json.loads((root / "body" / f"{sid}.json").read_text())
     depth = decode_depth(cv2.imread(str(root / "depth" / f"{sid}_000" / "1.0.png"), cv2.IMREAD_UNCHANGED))
-    return {"id": sid, "image": image, "mask": mask, "K": Ks[0], "keypoint_names": kp["names"], "depth": depth,
+    up = E[0, :3, :3] @ np.array([0.0, 1.0, 0.0])  # the world floor y = 0 in view 0's optical frame
+    ground = np.array([*up, -up @ E[0, :3, 3]])
+    return {"id": sid, "image": image, "mask": mask, "K": Ks[0], "keypoint_names": kp["names"], "depth": depth, "ground": ground,
             "keypoints": to_cam(np.asarray(kp["world"], np.float64)), "vertices": to_cam(body["vertices"].astype(np.float64)),
             "height_m": meta["height_m"]}  # fmt: skip
 
@@ -146,7 +150,8 @@ def main() -> None:
         perception = perceive(s["image"], mask=s["mask"], camera=CameraInfo(s["K"], w, h), estimator=estimator)
         sensor = simulate_sensor(s["depth"], np.random.default_rng(int(sid)))
         fits = {"today": today.fit_body(perception, None, body), "new": fit_body(perception, None, body),
-                "new_depth": fit_body(perception, None, body, depth=sensor)}  # fmt: skip
+                "new_depth": fit_body(perception, None, body, depth=sensor),
+                "new_ground": fit_body(perception, None, body, ground=s["ground"])}  # fmt: skip
         row = {"id": sid, "height_m": round(s["height_m"], 3), "gt_distance_m": round(float(np.linalg.norm(s["vertices"].mean(0))), 3)}
         for side, fit in fits.items():
             r = score(fit, s)
@@ -158,7 +163,7 @@ def main() -> None:
         print(f"{sid}: " + " | ".join(f"{side} {r['mpjpe_mm']:.0f}/{r['root_mpjpe_mm']:.0f}/{r['pa_mpjpe_mm']:.0f} mm d {r['distance_error_mm']:+.0f}"
                                       f"±{r.get('distance_sigma_mm', float('nan')):.0f} mm surf {r['surface_mm']:.0f} mm {r['seconds']:.2f} s"
                                       for side, r in ((k, row[k]) for k in fits)), file=sys.stderr)  # fmt: skip
-    for side in ("today", "new", "new_depth"):
+    for side in ("today", "new", "new_depth", "new_ground"):
         result[side] = summarise([r[side] for r in result["rows"]])
     result["ratio_seconds_median"] = round(result["today"]["median_seconds"] / result["new"]["median_seconds"], 2)
     result["ratio_seconds_median_depth"] = round(result["today"]["median_seconds"] / result["new_depth"]["median_seconds"], 2)
@@ -175,8 +180,11 @@ def markdown(result: dict) -> str:
             ("mean_abs_distance_error_mm", "|distance| mm"), ("mean_distance_error_mm", "distance (signed) mm"),
             ("median_surface_mm", "surface vs depth mm (median)"), ("median_seconds", "s / cold fit (median)"))  # fmt: skip
     lines = ["| fit | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for side in ("today", "new", "new_depth"):
+    for side in ("today", "new", "new_depth", "new_ground"):
         lines.append(f"| {side} | " + " | ".join(f"{result[side][c[0]]:.3g}" if "seconds" in c[0] else f"{result[side][c[0]]:.0f}" for c in cols) + " |")
+    lines.append("")
+    lines += [f"{side}: true distance within 2 sigma for {100 * result[side]['distance_within_2_sigma']:.0f} % of subjects "
+              f"(median sigma {result[side]['median_distance_sigma_mm']:.0f} mm)" for side in ("new", "new_depth", "new_ground")]  # fmt: skip
     return "\n".join(lines)
 
 

@@ -1,4 +1,4 @@
-"""The body fit's metric placement: depth images (RGB-D) and the distance uncertainty (issue #13).
+"""The body fit's metric placement: depth images (RGB-D), a known floor, and the distance uncertainty (issue #13).
 
 Synthetic ground truth as in tests/test_fit.py; depth images are ray cast from the ground-truth body
 and passed through `simulate_sensor` (noise, no return at edges, dropouts, millimetres).
@@ -6,13 +6,17 @@ and passed through `simulate_sensor` (noise, no return at edges, dropouts, milli
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
+import roma
+import torch
 
 from hgm_core.body import AnnyBody, FitConfig, fit_body
 from hgm_core.body.depth import depth_metres, depth_target, simulate_sensor
-from hgm_core.perception import default_intrinsics
+from hgm_core.perception import LANDMARK_NAMES, default_intrinsics
 from tests.test_fit import IMAGE_SIZE, SHAPES, _errors, synthetic_case
 
 
@@ -124,3 +128,27 @@ def test_depth_with_heavy_dropout(anny_body: AnnyBody, case) -> None:
     sparse = simulate_sensor(case["depth"], np.random.default_rng(2), dropout=0.35)
     fit = fit_body(case["perception"], case["K"], anny_body, depth=sparse, config=FitConfig())
     assert abs(_distance_error(fit, case["gt"])) < 0.05
+
+
+def test_feet_on_a_known_floor_fix_the_distance(anny_body: AnnyBody, case, capsys) -> None:
+    """Image only, but with the floor plane (a robot knows its camera's height and tilt)."""
+    gt, mono = case["gt"], case["mono"]
+    params = synthetic_case(anny_body, 0, anny_body.shape_from_phenotypes(SHAPES[0]), case["K"])[0]
+    up = (roma.rotvec_to_rotmat(params.global_orient[0]) @ torch.tensor([0.0, 1.0, 0.0])).double().numpy()
+    floor = float((gt.vertices[0].double().numpy() @ up).min())  # the feet stand on it
+    fit = fit_body(case["perception"], case["K"], anny_body, ground=np.array([*up, -floor]))
+    d, d_mono = _distance_error(fit, gt), _distance_error(mono, gt)
+    e, pa = _errors(anny_body, fit, gt)
+    with capsys.disabled():
+        print(f"\n[fit ground] root-aligned {e:.0f} mm, PA {pa:.0f} mm; distance {1000 * d:+.0f} ± {1000 * fit.distance_sigma_m:.0f} mm "
+              f"(image only {1000 * d_mono:+.0f} ± {1000 * mono.distance_sigma_m:.0f})")  # fmt: skip
+    assert abs(d) < 0.5 * abs(d_mono) and abs(d) <= 3 * fit.distance_sigma_m < 3 * mono.distance_sigma_m
+    assert fit.keypoint_error_px < 3.0 and fit.silhouette_iou > 0.85
+    # Feet out of view: the floor cannot be used and the fit is the image-only one.
+    lm = case["perception"].landmarks_2d.copy()
+    lm[[LANDMARK_NAMES.index(n) for n in ("left_heel", "right_heel", "left_foot_index", "right_foot_index")], 2] = 0.0
+    blind = replace(case["perception"], landmarks_2d=lm)
+    np.testing.assert_allclose(fit_body(blind, case["K"], anny_body, ground=np.array([*up, -floor])).vertices,
+                               fit_body(blind, case["K"], anny_body).vertices, atol=1e-6)  # fmt: skip
+    with pytest.raises(ValueError, match="above the ground"):
+        fit_body(case["perception"], case["K"], anny_body, ground=np.array([*up, floor - 10.0]))

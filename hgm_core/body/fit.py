@@ -31,6 +31,7 @@ from scipy.spatial import cKDTree
 
 from hgm_core.body.base import BodyModel, BodyOutput, BodyParams, SampledBody
 from hgm_core.body.depth import DepthTarget, depth_metres, depth_target, surface_residuals, visible
+from hgm_core.body.ground import GroundPlane, contact_distance_sigma, ground_plane
 from hgm_core.camera import project_points
 from hgm_core.perception.perceive import LANDMARK_NAMES, Perception
 from hgm_core.types import NoPersonError, Skeleton
@@ -49,6 +50,8 @@ BLAZEPOSE_FOR_KEYPOINT = {
 TORSO = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
 HEAD_AND_TORSO = TORSO + ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
 FACE = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
+FEET = ("left_heel", "right_heel", "left_big_toe", "right_big_toe")
+"""Keypoints whose visibility tells that the feet, and so their floor contact, are in view."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,12 @@ class FitConfig:
             the nearest sample in its image cell, `depth_cell` person-box heights wide.
         depth_sigma_floor_m: the distance uncertainty with depth never drops below this (what
             clothing and the body model's fit of a clothed person leave).
+        ground_weight / ground_sigma_m: weight and Geman-McClure scale (metres) of the foot contact
+            term with a known floor (`fit_body(ground=...)`): the body's lowest point on the floor.
+        ground_clearance_m: how far the body's soles stay above the floor (shoes).
+        ground_pixel_sigma: the feet's pixel error behind the distance uncertainty with a floor:
+            BlazePose's heels and toes are not exactly anny's, and its pixels err by a few px; 6 px
+            makes the errors of 8 bench subjects (bench/fit.py) one sigma on average (rms).
         silhouette_points: surface vertices projected for the silhouette terms.
         contour_points: at most this many mask contour pixels are matched to them.
         warm_iterations / warm_lr: steps and Adam rate of the warm-started fit (`fit_body(init=...)`),
@@ -113,6 +122,10 @@ class FitConfig:
     depth_cell: float = 0.025
     depth_thickness_m: float = 0.03
     depth_sigma_floor_m: float = 0.03
+    ground_weight: float = 0.3
+    ground_sigma_m: float = 0.05
+    ground_clearance_m: float = 0.01
+    ground_pixel_sigma: float = 6.0
     silhouette_points: int = 1000
     contour_points: int = 500
     warm_iterations: int = 40
@@ -147,7 +160,8 @@ class BodyFit:
             not its size, so the distance is uncertain by the adult stature spread
             (`ShapePopulation.stature_sd` or `FitConfig.stature_sd`) times the distance. With
             depth: the spread of the visible surface's depth residuals over the square root of
-            their number, floored at `FitConfig.depth_sigma_floor_m`.
+            their number, floored at `FitConfig.depth_sigma_floor_m`. With a floor and visible
+            feet (no depth): how far the feet's contact point moves for `ground_pixel_sigma` px.
     """
 
     body_model: str
@@ -352,6 +366,7 @@ def fit_body(
     config: FitConfig | None = None,
     init: BodyParams | None = None,
     depth: np.ndarray | None = None,
+    ground: np.ndarray | None = None,
 ) -> BodyFit:
     """Fit `body_model` to the person of `perception` (single view, metric, camera frame).
 
@@ -369,10 +384,14 @@ def fit_body(
             metres or uint16 millimetres, 0 / NaN = no measurement (`hgm_core.body.depth`). The
             fit then matches its visible surface to the measured one, which fixes the distance
             and the body's size; without usable depth on the person it fits from the image alone.
+        ground: optional floor plane `[a, b, c, d]` in this camera's frame (`a x + b y + c z + d = 0`,
+            `(a, b, c)` pointing up; `hgm_core.body.ground`), e.g. from the robot's camera mount.
+            When the person's heels or toes are visible, the body's lowest point is put on it,
+            which fixes the distance from one image.
     Raises:
         NoPersonError: the shoulders are not visible (nothing to anchor the body to).
         ValueError: `init` is not a batch-1 parameter set of `body_model` (e.g. another model's),
-            or `depth` is not an image of the mask's size.
+            or `depth` is not an image of the mask's size, or `ground` is not a plane below the camera.
     """
     cfg = config or FitConfig()
     start = time.perf_counter()
@@ -383,7 +402,9 @@ def fit_body(
 
     sampled = body_model.sampled(cfg.silhouette_points)
     measured = None if depth is None else depth_target(depth_metres(depth), perception.mask)
-    problem = _Problem(sampled, Kt, tg, _silhouette_target(perception.mask, cfg.contour_points), measured, cfg)
+    feet_seen = any(tg.weight[names.index(n)] > 0 for n in FEET)
+    floor = ground_plane(ground) if ground is not None and feet_seen else None
+    problem = _Problem(sampled, Kt, tg, _silhouette_target(perception.mask, cfg.contour_points), measured, floor, cfg)
 
     steps = 0
     if init is not None:
@@ -424,6 +445,7 @@ class _Problem:
     tg: _Targets
     silhouette: _Silhouette
     depth: DepthTarget | None  # usable aligned depth of the person, if any
+    ground: GroundPlane | None  # the floor, when known and the feet are in view
     cfg: FitConfig
 
     def _depth_residuals(self, points: torch.Tensor) -> torch.Tensor:
@@ -442,6 +464,9 @@ class _Problem:
             if len(r) >= 10:
                 spread = 1.4826 * float((r - r.median()).abs().median()) / math.sqrt(len(r))
                 return math.hypot(cfg.depth_sigma_floor_m, spread)
+        if self.ground is not None:
+            contact = points[self.ground.height(points).argmin()].double().numpy()
+            return contact_distance_sigma(contact, self.ground, self.K.double().numpy(), cfg.ground_pixel_sigma)
         stature_sd = cfg.stature_sd if model.shape_population is None else model.shape_population.stature_sd
         return float(points.mean(0).norm()) * stature_sd
 
@@ -500,6 +525,9 @@ class _Problem:
                     r = self._depth_residuals(out.vertices[0])
                     if len(r):
                         loss = loss + cfg.depth_weight * _gmof(r.square(), cfg.depth_sigma_m).mean() / cfg.depth_sigma_m**2
+                if self.ground is not None:
+                    lowest = self.ground.height(out.vertices[0]).min() - cfg.ground_clearance_m
+                    loss = loss + cfg.ground_weight * _gmof(lowest.square(), cfg.ground_sigma_m) / cfg.ground_sigma_m**2
             return loss
 
         for stage, n, prior_start in stages:
@@ -514,6 +542,17 @@ class _Problem:
                     r = self._depth_residuals(points)
                     if len(r) >= 10:
                         transl.mul_(1 + float(r.median()) / float(transl[0, 2]))
+            elif stage == 2 and self.ground is not None:
+                with torch.no_grad():
+                    # Start stage 2 at the distance where the lowest point stands on the floor: the
+                    # placement scaled about the camera centre (the body then looks smaller or
+                    # larger, and the image terms grow or shrink it through its shape).
+                    R = roma.rotvec_to_rotmat(delta) @ R0
+                    points = body(BodyParams(roma.rotmat_to_rotvec(R)[None], transl, pose, shape)).vertices[0]
+                    lowest = points[self.ground.height(points).argmin()]
+                    below = float(lowest @ self.ground.normal)  # < 0: the point is below the camera
+                    if below < 0:  # adults differ from the mean body by well under 25 % in size
+                        transl.mul_(min(max((cfg.ground_clearance_m - self.ground.offset) / below, 0.75), 1.33))
             for i in range(n):
                 if stage == 2 and i == min(shape_steps, n) and held is None:
                     # From here on the shape is held: Adam skips a parameter without a gradient.
