@@ -36,7 +36,10 @@ import pytest
 rclpy = pytest.importorskip("rclpy")
 
 from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from rclpy.serialization import deserialize_message  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2  # noqa: E402
+
+from hgm_core.io.pointcloud import unpack_gaussians  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_GAUSSIANS = 131_072
@@ -122,7 +125,7 @@ def _stop(process: subprocess.Popen) -> None:
         pytest.param(1920, 1080, "udp_only", "default", id="1920x1080-udp-peers"),
     ],
 )
-def test_launched_node_talks_to_default_peers(tmp_path, width, height, peers, camera_qos):
+def test_launched_node_talks_to_default_peers(tmp_path, monkeypatch, width, height, peers, camera_qos):
     from tests.handlers import PixelSplatHandler, running_worker  # torch: only the test process needs it
 
     class CappedPixelSplatHandler(PixelSplatHandler):
@@ -133,6 +136,10 @@ def test_launched_node_talks_to_default_peers(tmp_path, width, height, peers, ca
             keep.reshape(-1)[:MAX_GAUSSIANS] = 1
             return super().__call__(dataclasses.replace(request, mask=keep))
 
+    # Launched from a Kilted shell (setup.bash sets ROS_DISTRO) that configures no Fast DDS of its own.
+    monkeypatch.setenv("ROS_DISTRO", "kilted")
+    for name in DDS_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
     domain = free_domain_id()
     endpoint = f"ipc://{tmp_path}/worker.sock"
     launch_env, node_command = launched_node(image="/camera/image_raw", camera_info="/camera/camera_info",
@@ -156,17 +163,13 @@ def test_launched_node_talks_to_default_peers(tmp_path, width, height, peers, ca
         node_log = log.read()
     assert client_code == 0, f"the default-configured client got no avatar; launch env {launch_env}; node log:\n{node_log[-3000:]}"
 
-    from rclpy.serialization import deserialize_message
-
-    from hgm_core.io.pointcloud import unpack_gaussians
-
     cloud = deserialize_message(out.read_bytes(), PointCloud2)
     n = min(width * height, MAX_GAUSSIANS)
     assert cloud.header.frame_id == CAMERA_FRAME and cloud.header.stamp.sec >= FIRST_STAMP_SEC
     assert (cloud.height, cloud.width) == (1, n)
     _, colors = unpack_gaussians(cloud.fields, cloud.point_step, cloud.data)
     np.testing.assert_array_equal(colors, camera_image(width, height).reshape(-1, 3)[:n])  # the frame arrived intact
-    assert "deprecated" not in node_log, node_log  # no deprecated Fast DDS variable (Fast DDS 3, Kilted)
+    assert "FASTRTPS_DEFAULT_PROFILES_FILE" not in node_log, node_log  # Fast DDS 3 (Kilted) warns about the old name
     # The node takes the camera's reliability: reliable from a reliable camera, else best effort.
     assert ("subscribing reliable" in node_log) == (camera_qos == "default"), node_log
 
