@@ -150,5 +150,12 @@ def test_feet_on_a_known_floor_fix_the_distance(anny_body: AnnyBody, case, capsy
     blind = replace(case["perception"], landmarks_2d=lm)
     np.testing.assert_allclose(fit_body(blind, case["K"], anny_body, ground=np.array([*up, -floor])).vertices,
                                fit_body(blind, case["K"], anny_body).vertices, atol=1e-6)  # fmt: skip
+    # Feet landmarks far above the mask's bottom (a confused detection): the floor is not used either.
+    confused = case["perception"].landmarks_2d.copy()
+    feet = [LANDMARK_NAMES.index(n) for n in ("left_heel", "right_heel", "left_foot_index", "right_foot_index")]
+    confused[feet, 1] -= 0.4 * (case["perception"].bbox[3] - case["perception"].bbox[1])
+    moved = replace(case["perception"], landmarks_2d=confused)
+    np.testing.assert_allclose(fit_body(moved, case["K"], anny_body, ground=np.array([*up, -floor])).vertices,
+                               fit_body(moved, case["K"], anny_body).vertices, atol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="above the ground"):
         fit_body(case["perception"], case["K"], anny_body, ground=np.array([*up, floor - 10.0]))
