@@ -159,3 +159,13 @@ def test_feet_on_a_known_floor_fix_the_distance(anny_body: AnnyBody, case, capsy
                                fit_body(moved, case["K"], anny_body).vertices, atol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="above the ground"):
         fit_body(case["perception"], case["K"], anny_body, ground=np.array([*up, floor - 10.0]))
+
+
+def test_adult_population_from_annys_calibration(anny_body: AnnyBody) -> None:
+    """anny's calibrated adults: younger-adult age, shorter than anny's mid height, ~5 % stature spread."""
+    population = anny_body.shape_population
+    prior = population.prior
+    mean = dict(zip(prior.labels, prior.mean.tolist()))
+    assert 0.75 < mean["age"] < 0.85 and 0.3 < mean["height"] < 0.45 and abs(mean["gender"] - 0.5) < 1e-6
+    assert 0.04 < population.stature_sd < 0.08
+    assert torch.all(prior.sd > 0) and float(prior.sd[prior.labels.index("age")]) < 0.05  # adults only

@@ -1,8 +1,8 @@
 """`ReducedAnny`: an `AnnyBody`'s keypoints, joints and a few chosen vertices, without the whole mesh.
 
 The body fit's energy reads the 23 keypoints, the joints and ~2k surface samples, but
-`AnnyBody.forward` blends and skins all 13,718 vertices and differentiates through all of them: most
-of a fit step's time (docs/architecture.md, body fit). Both reductions here are exact:
+`AnnyBody.forward` blends and skins all 13,718 vertices and differentiates through all of them: the
+largest part of a fit step's time before this evaluator. Both reductions here are exact:
 - Samples: anny's rest vertices are linear in the blendshape coefficients and its skinning is
   linear blend skinning, so the chosen vertices are blended and skinned on their own.
 - Keypoints: each is a fixed linear combination `sum_v W_kv x_v` of skinned vertices

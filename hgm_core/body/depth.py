@@ -1,7 +1,7 @@
 """Aligned depth images for the body fit (RGB-D cameras): usable pixels, visible-surface residuals,
 and a sensor model to test with.
 
-A depth image makes the fit metric (docs/architecture.md, body fit): one image fixes a body's
+A depth image makes the fit metric: one image fixes a body's
 direction and its size-to-distance ratio, the depth of its visible surface fixes the distance.
 Depth images are `[H, W]`, aligned with the colour image (same intrinsics), holding camera z:
 float metres (32FC1) or uint16 millimetres (16UC1); 0, NaN and inf mean "no measurement".

@@ -1,8 +1,8 @@
 """A known floor plane for the body fit: feet on the ground make one image metric.
 
-One image fixes a body's direction and its size-to-distance ratio, not its size (docs/architecture.md,
-body fit). A robot knows where its floor is in the camera frame (its camera's mounting height and
-tilt); the pixels where the feet touch that floor then fix the distance, whatever the person's height.
+One image fixes a body's direction and its size-to-distance ratio, not its size. A robot knows where
+its floor is in the camera frame (its camera's mounting height and tilt); the pixels where the feet
+touch that floor then fix the distance, whatever the person's height.
 """
 
 from __future__ import annotations

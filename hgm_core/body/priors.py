@@ -1,11 +1,11 @@
 """Population priors for the body fit: anny's calibrated adult phenotype distribution.
 
-One image cannot tell a tall person far away from a short one nearby (docs/architecture.md, body
-fit): the body's size, and with it the distance, comes from what is known about people. anny ships
-age-conditioned Beta distributions of its phenotypes per sex, calibrated to WHO height data
-(`anny.shape_distribution.SimpleShapeDistribution`); `adult_phenotype_prior` summarises them for
-adults as one Gaussian per phenotype, the prior the fit uses and the spread its distance
-uncertainty reports.
+One image cannot tell a tall person far away from a short one nearby: without depth or a known
+floor, the body's size, and with it the distance, is only known as well as people's sizes are.
+anny ships age-conditioned Beta distributions of its phenotypes per sex, calibrated to WHO height
+data (`anny.shape_distribution.SimpleShapeDistribution`); `adult_phenotype_prior` summarises them
+for adults as one Gaussian per phenotype, and `anny_adult_population` measures the stature spread
+they imply, which the fit reports as the relative uncertainty of an image-only distance.
 """
 
 from __future__ import annotations
@@ -30,10 +30,6 @@ class PhenotypePrior:
     labels: tuple[str, ...]
     mean: torch.Tensor
     sd: torch.Tensor
-
-    def energy(self, phenotypes: torch.Tensor) -> torch.Tensor:
-        """`[B]` negative log-density (up to a constant) of `phenotypes [B, S]`."""
-        return 0.5 * ((phenotypes - self.mean) / self.sd).square().sum(-1)
 
     def shifted(self, label: str, sds: float) -> torch.Tensor:
         """`[1, S]` the mean with phenotype `label` moved by `sds` standard deviations."""
@@ -77,25 +73,17 @@ def adult_phenotype_prior(anny_model, age_years: tuple[float, float] = ADULT_AGE
 
 @dataclass(frozen=True)
 class ShapePopulation:
-    """A population prior in a body model's shape space, for the fit.
+    """The adult population of a body model's shapes.
 
     Attributes:
-        phenotypes: maps `shape [B, S]` to what `prior` is over (anny: `AnnyBody.phenotypes`).
-        prior: the population's distribution of those values.
-        mean_shape: `[1, S]` the shape of the population mean (the fit's starting shape).
+        prior: the population's phenotype distribution.
         stature_sd: relative standard deviation of standing height over the population (a
-            fraction): a fit whose size rests on this prior is as far off in distance as the person
-            is off the population's mean stature.
+            fraction): a fit whose size is a guess is as far off in distance as the person is off
+            the population's mean stature.
     """
 
-    phenotypes: object
     prior: PhenotypePrior
-    mean_shape: torch.Tensor
     stature_sd: float
-
-    def energy(self, shape: torch.Tensor) -> torch.Tensor:
-        """`[B]` the prior's negative log-density of `shape [B, S]`."""
-        return self.prior.energy(self.phenotypes(shape))
 
 
 def anny_adult_population(body) -> ShapePopulation:
@@ -106,7 +94,6 @@ def anny_adult_population(body) -> ShapePopulation:
     rest pose) as independent contributions.
     """
     prior = adult_phenotype_prior(body.anny)
-    mean_shape = body.shape_from_phenotypes(dict(zip(prior.labels, prior.mean.tolist())))
     rest = body.rest_params()
 
     def stature(phenotypes: torch.Tensor) -> float:
@@ -117,4 +104,4 @@ def anny_adult_population(body) -> ShapePopulation:
 
     spread = [(stature(prior.shifted(k, 1.0)) - stature(prior.shifted(k, -1.0))) / 2 for k in ("gender", "height", "proportions")]
     sd = float(torch.tensor(spread).square().sum().sqrt()) / stature(prior.mean[None])
-    return ShapePopulation(body.phenotypes, prior, mean_shape, sd)
+    return ShapePopulation(prior, sd)
