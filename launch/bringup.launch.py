@@ -62,7 +62,7 @@ def generate_launch_description() -> LaunchDescription:
 
 def _setup(context, *args, **kwargs) -> list:
     arg = {name: LaunchConfiguration(name).perform(context) for name, _, _ in ARGUMENTS}
-    actions = transport_env(arg["fastdds_profile"], os.environ)
+    actions = transport_env(arg["fastdds_profile"], context.environment)
     endpoint = arg["worker_endpoint"]
     if arg["start_worker"].lower() in ("true", "1", "yes"):
         if not endpoint:

@@ -44,6 +44,10 @@ class FakeLaunchConfiguration:
 class FakeLaunchContext:
     values: dict[str, str]
 
+    @property
+    def environment(self) -> os._Environ:
+        return os.environ  # what launch's LaunchContext.environment is
+
 
 def _fake_launch_modules() -> dict[str, types.ModuleType]:
     mods = {name: types.ModuleType(name) for name in ("launch", "launch.actions", "launch.substitutions", "launch_ros", "launch_ros.actions")}
