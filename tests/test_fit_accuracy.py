@@ -72,10 +72,10 @@ def test_depth_makes_placement_metric(anny_body: AnnyBody, case, capsys) -> None
 
 
 def test_image_only_distance_uncertainty_covers_the_error(anny_body: AnnyBody, case) -> None:
-    """Without depth the distance rests on a population's stature: its sigma is ~5 % of the distance."""
+    """Without depth the distance rests on a population's stature: its sigma is ~7 % of the distance."""
     mono = case["mono"]
     distance = float(np.linalg.norm(mono.vertices.mean(0)))
-    assert 0.03 * distance < mono.distance_sigma_m < 0.08 * distance
+    assert 0.05 * distance < mono.distance_sigma_m < 0.1 * distance
     assert abs(_distance_error(mono, case["gt"])) <= 3 * mono.distance_sigma_m
     assert mono.residuals()["distance_sigma_m"] == mono.distance_sigma_m
 

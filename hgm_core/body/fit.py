@@ -72,7 +72,10 @@ class FitConfig:
             (`landmarks_3d_weight = 0` ignores the 3D landmarks). The pose prior weight decays from
             `pose_prior_weight * 10` to `pose_prior_weight` over stage 2, as in SMPLify.
         stature_sd: relative spread of adult stature for models without a `shape_population`
-            (anny's calibration gives 0.055), used for `BodyFit.distance_sigma_m`.
+            (anny's calibration gives 0.056), used for `BodyFit.distance_sigma_m`.
+        size_sd: relative error of the body's fitted size beside the population's spread (the
+            metric landmarks and the silhouette move it): 24 bench subjects (bench/fit.py, seed
+            7070) missed their distance by 7.2 % (robust sd) where the stature spread is 5.6 %.
         depth_weight / depth_sigma_m: weight and Geman-McClure scale (metres) of the depth term:
             the visible surface samples against an aligned depth image (`fit_body(depth=...)`).
         depth_clothing_m: how far the measured surface lies in front of the body's skin (clothes).
@@ -119,6 +122,7 @@ class FitConfig:
     shape_prior_weight: float = 0.002
     landmarks_3d_weight: float = 0.02
     stature_sd: float = 0.055
+    size_sd: float = 0.045
     depth_weight: float = 0.3
     depth_sigma_m: float = 0.05
     depth_clothing_m: float = 0.015
@@ -162,7 +166,8 @@ class BodyFit:
         distance_sigma_m: one standard deviation of the body's distance from the camera (metres).
             From one image: the image fixes the body's direction and its size-to-distance ratio,
             not its size, so the distance is uncertain by the adult stature spread
-            (`ShapePopulation.stature_sd` or `FitConfig.stature_sd`) times the distance. With
+            (`ShapePopulation.stature_sd` or `FitConfig.stature_sd`) and the fit's own size error
+            (`FitConfig.size_sd`) times the distance. With
             depth: the spread of the visible surface's depth residuals over the square root of
             their number, floored at `FitConfig.depth_sigma_floor_m`. With a floor and visible
             feet (no depth): how far the feet's contact point moves for `ground_pixel_sigma` px.
@@ -479,7 +484,7 @@ class _Problem:
             contact = points[self.ground.height(points).argmin()].double().numpy()
             return contact_distance_sigma(contact, self.ground, self.K.double().numpy(), cfg.ground_pixel_sigma)
         stature_sd = cfg.stature_sd if model.shape_population is None else model.shape_population.stature_sd
-        return float(points.mean(0).norm()) * stature_sd
+        return float(points.mean(0).norm()) * math.hypot(stature_sd, cfg.size_sd)
 
     def optimise(
         self, R0: torch.Tensor, init: BodyParams, stages: list[tuple[int, int, float]], lr: float, shape_steps: int
