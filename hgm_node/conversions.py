@@ -2,8 +2,7 @@
 
 Inputs: sensor_msgs/Image (8- and 16-bit RGB/BGR/RGBA/BGRA/mono, honouring `step` and
 `is_bigendian`), sensor_msgs/CompressedImage (JPEG/PNG), sensor_msgs/CameraInfo -> `[H, W, 3]`
-uint8 RGB and `[3, 3]` intrinsics. Outputs: raw Gaussian rows -> PointCloud2 (one buffer, DESIGN
-§3), a skeleton -> MarkerArray + PoseArray, a mesh -> Marker TRIANGLE_LIST.
+uint8 RGB and `[3, 3]` intrinsics. Outputs: raw Gaussian rows -> PointCloud2 (one buffer, docs/architecture.md §3), a skeleton -> MarkerArray + PoseArray, a mesh -> Marker TRIANGLE_LIST.
 
 The `check_*` functions only read the header fields and are cheap enough for a subscription
 callback; the `*_to_rgb` functions do the pixel work and run off the executor.
@@ -176,7 +175,7 @@ def _encoded_size(head: bytes) -> tuple[int, int] | None:
 
 
 def gaussians_to_pointcloud2(raw: np.ndarray, header: Header) -> PointCloud2:
-    """`[N, 14]` raw Gaussian rows -> PointCloud2 in the `/human_gaussians` layout (DESIGN §3).
+    """`[N, 14]` raw Gaussian rows -> PointCloud2 in the `/human_gaussians` layout (docs/architecture.md §3).
 
     `data` is assigned one `bytes` object: rclpy copies it into its array in C.
     """

@@ -1,4 +1,4 @@
-"""`hgm_node`: camera frames in, a Gaussian avatar out (DESIGN §1-§3).
+"""`hgm_node`: camera frames in, a Gaussian avatar out (docs/architecture.md §2-§3).
 
 Subscribes (remappable, depth 1, reliable unless the publisher is best effort: `hgm_node.qos.InputSubscription`):
 `image` (sensor_msgs/Image) or `image/compressed` (sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`. Publishes (reliable,

@@ -1,4 +1,4 @@
-"""QoS profiles of the hgm node (DESIGN §3), and its camera-input subscriptions."""
+"""QoS profiles of the hgm node (docs/architecture.md §3), and its camera-input subscriptions."""
 
 from collections.abc import Callable
 

@@ -13,7 +13,7 @@ from hgm_core.camera import (
 def test_orbit_ring_matches_hgm_convention():
     poses = orbit_poses(12, radius=1.5)
     assert poses.shape == (12, 4, 4)
-    # View 0 is the canonical input pose [I | (0, 0, 1.5)] (reference doc §1.1).
+    # View 0 is the canonical input pose [I | (0, 0, 1.5)] (docs/reference/hgm_official_code.md §1.1).
     torch.testing.assert_close(poses[0], torch.tensor([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 1.5], [0, 0, 0, 1.0]]))
     centres = poses[:, :3, 3]
     torch.testing.assert_close(centres.norm(dim=-1), torch.full((12,), 1.5))
@@ -71,7 +71,7 @@ def test_cameras_validation_and_resize():
 
 
 def _lgm_get_rays(pose: torch.Tensor, h: int, w: int, fovy: float) -> torch.Tensor:
-    """LGM/HGM `core/utils.get_rays` + Plücker, transcribed from the reference doc §1.2 formula."""
+    """LGM/HGM `core/utils.get_rays` + Plücker, transcribed from docs/reference/hgm_official_code.md §1.2 formula."""
     x, y = torch.meshgrid(torch.arange(w, dtype=torch.float64), torch.arange(h, dtype=torch.float64), indexing="xy")
     focal = h * 0.5 / math.tan(0.5 * math.radians(fovy))
     dirs = torch.stack(((x - w * 0.5 + 0.5) / focal, (y - h * 0.5 + 0.5) / focal * -1.0, -torch.ones_like(x)), -1)

@@ -76,7 +76,7 @@ def test_lpips_pinned_on_astronaut_blur(lpips_model):
     with torch.no_grad():
         assert lpips_model(x, x).item() == 0.0
         got = [lpips_model(x, t(img.filter(ImageFilter.GaussianBlur(r)))).item() for r in (1, 2, 4)]
-    # Values of this port (PIL Gaussian blur radius r). reference/offline_assets.md §2.4 quotes
+    # Values of this port (PIL Gaussian blur radius r). docs/reference/offline_assets.md §2.4 quotes
     # 0.11 / 0.31 / 0.49 for "blur r = 1 / 2 / 4" with an unstated blur; the same ordering and scale.
     assert got == pytest.approx([0.1330, 0.2835, 0.4436], abs=2e-3)
     assert got == pytest.approx([0.11, 0.31, 0.49], abs=0.06)

@@ -1,4 +1,4 @@
-"""Bind an avatar's Gaussians to the fitted body and re-pose them by linear blend skinning (DESIGN §4 stage 8).
+"""Bind an avatar's Gaussians to the fitted body and re-pose them by linear blend skinning (docs/live_stream.md).
 
     binding = bind_body(avatar, body, fit.params)            # once per keyframe
     posed = pose(binding, body.bone_transforms(params)[0])   # every frame

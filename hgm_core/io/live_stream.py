@@ -1,6 +1,6 @@
 """The compact live stream in pure numpy (no torch: the node's frame path imports this).
 
-Track mode (DESIGN §3 "Live (track mode)") sends the canonical avatar and its binding once, then
+Track mode (docs/live_stream.md) sends the canonical avatar and its binding once, then
 per frame only the world transforms of the body's skinning bones; a client that skins re-poses
 the avatar itself. This module is both halves of that contract: the binding file and the frame
 codec, and the skinner that turns (canonical raw rows, binding, one frame) into posed raw rows

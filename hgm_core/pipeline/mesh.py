@@ -1,4 +1,4 @@
-"""Stage 7 (DESIGN §4): a coloured triangle mesh from an avatar's Gaussians.
+"""The `mesh` stage (docs/architecture.md §4): a coloured triangle mesh from an avatar's Gaussians.
 
     from hgm_core.pipeline.mesh import MeshConfig, gaussians_to_mesh
     mesh = gaussians_to_mesh(result.gaussians)               # hgm_core.types.Mesh
@@ -6,9 +6,9 @@
 The Gaussians are rendered (depth where the splats are opaque, and colour) from rings of views
 around their principal axis plus one view down each end of it; the depth maps are fused into a
 TSDF with open3d's tensor `VoxelBlockGrid` (the legacy `ScalableTSDFVolume` integrates nothing in
-open3d 0.20.0, see reference/environment.md), background pixels carving free space; scikit-image's
+open3d 0.20.0, see docs/reference/environment.md), background pixels carving free space; scikit-image's
 marching cubes extracts the zero level set and small disconnected pieces are dropped. This is the
-official `rgbd_to_mesh` (reference hgm_official_code.md §6.2 item 8) made to run: depth comes from
+official `rgbd_to_mesh` (docs/reference/hgm_official_code.md §6.2 item 8) made to run: depth comes from
 the rasterizer, views cover the whole body in any frame, and the cluster threshold is relative to
 the largest piece.
 
