@@ -48,9 +48,11 @@ def test_local_worker_killed_mid_job_is_restarted(in_repo):
         image = np.random.default_rng(0).integers(0, 256, (6, 8, 3), dtype=np.uint8)
         errors: list[Exception] = []
         job = threading.Thread(target=lambda: _catch(errors, link.reconstruct, image, K=None, mask=None, stages="prior"))
+        threads = threading.active_count()
         started = time.monotonic()
         job.start()
         _wait(lambda: link.status().health.get("busy") is True, 10.0, "the worker to report the job as running")
+        assert threading.active_count() == threads + 1  # the call runs on the job's thread: no helper thread
         os.kill(first.local_pid, signal.SIGKILL)
         job.join(20.0)
         # The job gives up when supervision sees the death, far before its 60 s deadline.

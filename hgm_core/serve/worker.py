@@ -8,11 +8,11 @@ Two modes, one code path:
   silent (the Paranoid Pirate worker of the ZeroMQ guide).
 
 The socket is served by one thread and the handler runs in another, so health requests and
-heartbeats are answered while a job runs. Given a `ComputeSpec` instead of a handler, the worker runs
-the handler in a child process it supervises (`hgm_core.serve.isolate`): a native crash of the
-compute costs the job that caused it an "internal" reply, not the worker. Every request is validated (`hgm_core.serve.schema`)
+heartbeats are answered while a job runs. Every request is validated (`hgm_core.serve.schema`)
 before it is queued; a malformed or oversized request, a handler exception, or a bug in the worker
-itself becomes an error reply — never a dead worker.
+itself becomes an error reply — never a dead worker. Given a `ComputeSpec` instead of a handler, the
+worker runs the handler in a child process it supervises (`hgm_core.serve.isolate`): a native crash
+of the compute then costs the job that caused it an "internal" reply, not the worker.
 """
 
 from __future__ import annotations
