@@ -8,9 +8,9 @@ server keeps a list of allowed clients, a key pair on that list).
 
 Message: one ZeroMQ multipart message per request and per reply::
 
-    frame 0        UTF-8 JSON object (the header), at most 64 KiB, nested at most 16 levels deep,
-                   integers of at most 18 digits, finite float64 numbers (no NaN,
-                   Infinity or 1e400)
+    frame 0        UTF-8 JSON object (the header): at most 64 KiB, nested at most 16 levels
+                   deep, integers of at most 18 digits, numbers finite as float64 (no NaN,
+                   Infinity or 1e400); anything else gets a bad_request reply
     frame 1..n     raw array bytes, one frame per entry of header["arrays"], in that order
 
 Header keys:
