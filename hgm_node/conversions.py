@@ -2,7 +2,8 @@
 
 Inputs: sensor_msgs/Image (8- and 16-bit RGB/BGR/RGBA/BGRA/mono, honouring `step` and
 `is_bigendian`), sensor_msgs/CompressedImage (JPEG/PNG), sensor_msgs/CameraInfo -> `[H, W, 3]`
-uint8 RGB and `[3, 3]` intrinsics. Outputs: raw Gaussian rows -> PointCloud2 (one buffer, docs/architecture.md §3), a skeleton -> MarkerArray + PoseArray, a mesh -> Marker TRIANGLE_LIST.
+uint8 RGB and `[3, 3]` intrinsics. Outputs: raw Gaussian rows -> PointCloud2 (one buffer,
+docs/architecture.md §3), a skeleton -> MarkerArray + PoseArray, a mesh -> Marker TRIANGLE_LIST.
 
 The `check_*` functions only read the header fields and are cheap enough for a subscription
 callback; the `*_to_rgb` functions do the pixel work and run off the executor.

@@ -1,4 +1,4 @@
-"""ZeroMQ serving of the pipeline (DESIGN §6): wire protocol and schema, worker, broker and client.
+"""ZeroMQ serving of the pipeline (docs/architecture.md §5): wire protocol and schema, worker, broker and client.
 
 Only the torch-free client API is imported here; `hgm_core.serve.worker` (which loads the pipeline)
 and `hgm_core.serve.broker` are imported explicitly by whoever runs them.

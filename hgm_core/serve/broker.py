@@ -1,4 +1,4 @@
-"""Load-balancing broker between clients and several workers (DESIGN §6).
+"""Load-balancing broker between clients and several workers (docs/architecture.md §5).
 
 The Paranoid Pirate broker of the ZeroMQ guide: clients talk to a ROUTER (`frontend`), workers
 connect DEALERs to another ROUTER (`backend`) and announce READY when idle. Jobs wait in a bounded

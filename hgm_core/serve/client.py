@@ -1,4 +1,4 @@
-"""Client of an hgm worker or broker (DESIGN §6). Imports only numpy and pyzmq: the ROS node uses it.
+"""Client of an hgm worker or broker (docs/architecture.md §5). Imports only numpy and pyzmq: the ROS node uses it.
 
     with WorkerClient("tcp://127.0.0.1:5555") as client:
         result = client.reconstruct(image, K=K)          # image [H, W, 3] uint8 RGB

@@ -1,4 +1,4 @@
-"""The hgm worker wire protocol, version 1 (DESIGN §6). This docstring is the specification.
+"""The hgm worker wire protocol, version 1 (docs/architecture.md §5). This docstring is the specification.
 
 Transport: ZeroMQ. Clients use a DEALER socket (a REQ socket works too) and talk to a worker's
 ROUTER socket (`hgm serve --bind`) or to a broker's client-facing ROUTER (`hgm serve --broker`),

@@ -1,4 +1,4 @@
-"""Jobs that crash the compute, remembered so they cannot crash it again (DESIGN §6).
+"""Jobs that crash the compute, remembered so they cannot crash it again (docs/architecture.md §5).
 
 A job is known by its `fingerprint`: its arrays and the options that steer the compute, not its id
 or deadline, so a client's retry or a re-sent camera frame is recognised. Each crash of a process

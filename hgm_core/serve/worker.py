@@ -1,4 +1,4 @@
-"""The hgm worker: keeps a reconstruction handler warm and answers jobs over ZeroMQ (DESIGN §6).
+"""The hgm worker: keeps a reconstruction handler warm and answers jobs over ZeroMQ (docs/architecture.md §5).
 
 Two modes, one code path:
 - `serve(bind=...)`: a ROUTER that clients talk to directly; up to `queue_depth` jobs wait behind
