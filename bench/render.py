@@ -128,7 +128,7 @@ def main() -> int:
     result["gaussian_pixels_per_s"] = {
         "what": "N * H * W / forward time (how fast each backend covers the Gaussian x pixel space)",
         "reference_small": f"{pairs_per_s(small_n, small_size, dense['forward_ms']):.3g}",
-        "torch_256_1_thread": f"{pairs_per_s(65536, 256, result['tiled']['256x256, 1 thread(s)']['forward_ms']):.3g}",
+        "numba_256_1_thread": f"{pairs_per_s(65536, 256, result['tiled']['256x256, 1 thread(s)']['forward_ms']):.3g}",
     }
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["numba_cache_dir"] = numba.config.CACHE_DIR
