@@ -24,7 +24,7 @@ from hgm_core.serve.isolate import ComputeSpec
 from hgm_core.serve.protocol import DTYPES, ProtocolError, decode, encode
 from hgm_core.types import ERROR_KINDS, HgmError
 from hgm_core.serve.worker import WorkerConfig
-from tests.handlers import PixelSplatHandler, running_worker, test_image
+from tests.handlers import PixelSplatHandler, process_alive, running_worker, test_image
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -327,6 +327,7 @@ def test_a_native_crash_in_isolated_compute_costs_one_job_and_twice_quarantines_
         health = client.health()
         assert health["compute"]["crashes"] == 2 and health["jobs_quarantined"] == 1
         assert (health["jobs_done"], health["jobs_failed"]) == (3, 3)
+    assert not process_alive(health["compute"]["pid"])  # a stopped worker takes its compute child along
 
 
 def test_client_rejects_bad_input_before_sending():
