@@ -56,7 +56,7 @@ class ComputeSpec:
 
     Attributes:
         factory: "package.module:callable", imported in the child and called with `kwargs`; it
-            returns the handler (`hgm_core.serve.worker.Handler`).
+            returns the handler (`hgm_core.serve.schema.Handler`).
         kwargs: JSON-serialisable arguments of the factory.
         threads: compute threads of the child (`hgm_core.runtime.set_compute_threads`); 0 leaves
             the libraries' defaults.
@@ -157,7 +157,7 @@ class ComputeDied(RuntimeError):
 def _child_main(endpoint: str, spec_json: str) -> None:
     from hgm_core.runtime import configure_process
     from hgm_core.serve.schema import decode_request
-    from hgm_core.serve.worker import run_job
+    from hgm_core.serve.schema import run_job
     from hgm_core.types import STAGES
 
     spec = ComputeSpec(**json.loads(spec_json))

@@ -12,17 +12,20 @@ of the `Reconstruction` it is given.
 
 from __future__ import annotations
 
+import logging
+import os
+import time
+import traceback
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from hgm_core.layout import RAW_FIELDS
-from hgm_core.serve.protocol import MAX_ID_CHARS, Message, ProtocolError, encode
-from hgm_core.types import ERROR_KINDS, STAGES, CameraInfo, ReconstructionRequest
+from hgm_core.serve.protocol import MAX_ID_CHARS, Message, ProtocolError, encode, encode_error
+from hgm_core.types import ERROR_KINDS, STAGES, CameraInfo, HgmError, Reconstruction, ReconstructionRequest
 
-if TYPE_CHECKING:  # the result's Gaussians are torch-backed; this module only calls their methods
-    from hgm_core.types import Reconstruction
+_log = logging.getLogger("hgm.serve.worker")
 
 REQUEST_ARRAYS = ("image", "K", "mask")
 MAX_STREAM_CHARS = MAX_ID_CHARS
@@ -256,3 +259,24 @@ def _colors_u8(colors: np.ndarray) -> np.ndarray:
     if colors.dtype == np.uint8:
         return colors
     return np.clip(np.rint(colors * 255.0), 0, 255).astype(np.uint8)
+
+
+# -- running a job ---------------------------------------------------------------------------------
+
+Handler = Callable[[ReconstructionRequest], Reconstruction]
+"""What serves jobs: the pipeline's `Reconstructor.run`, or a test handler."""
+
+
+def run_job(handler: Handler, request_id: str, request: ReconstructionRequest) -> list:
+    """Run one job: "result" frames, or "error" frames for a documented (`HgmError`) or
+    unexpected failure of the handler. Timings get "worker_total"; info "worker": {"compute_pid"}."""
+    t0 = time.perf_counter()
+    try:
+        recon = handler(request)
+        timings = {"worker_total": time.perf_counter() - t0}
+        return encode_result(request_id, recon, timings=timings, info={"worker": {"compute_pid": os.getpid()}})
+    except HgmError as e:
+        return encode_error(request_id, e.kind if e.kind in ERROR_KINDS else "internal", str(e))
+    except Exception as e:  # a bug in the handler must not take the worker down
+        _log.error("job %s failed:\n%s", request_id, traceback.format_exc())
+        return encode_error(request_id, "internal", f"{type(e).__name__}: {e}")

@@ -25,7 +25,6 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
-from typing import Callable
 
 import zmq
 
@@ -33,12 +32,11 @@ from hgm_core.serve import curve
 from hgm_core.serve.isolate import ChildCompute, ComputeDied, ComputeSpec
 from hgm_core.serve.protocol import PROTOCOL_VERSION, Message, ProtocolError, decode, decode_header, encode, encode_error, encode_header, new_id
 from hgm_core.serve.quarantine import Quarantine, fingerprint
-from hgm_core.serve.schema import decode_request, encode_result
-from hgm_core.types import ERROR_KINDS, STAGES, HgmError, Reconstruction, ReconstructionRequest
+from hgm_core.serve.schema import Handler, decode_request, run_job
+from hgm_core.types import STAGES, ReconstructionRequest
 
 log = logging.getLogger("hgm.serve.worker")
 
-Handler = Callable[[ReconstructionRequest], Reconstruction]
 """Runs one job; raises an `HgmError` subclass for documented failures (its `kind` is replied)."""
 
 
@@ -365,18 +363,3 @@ class Worker:
             self._child.start()
         except ComputeDied as e:  # the next job tries again and reports it
             log.error("cannot start the compute process: %s", e)
-
-
-def run_job(handler: Handler, request_id: str, request: ReconstructionRequest) -> list:
-    """Run one job: "result" frames, or "error" frames for a documented (`HgmError`) or
-    unexpected failure of the handler. Timings get "worker_total"; info "worker": {"compute_pid"}."""
-    t0 = time.perf_counter()
-    try:
-        recon = handler(request)
-        timings = {"worker_total": time.perf_counter() - t0}
-        return encode_result(request_id, recon, timings=timings, info={"worker": {"compute_pid": os.getpid()}})
-    except HgmError as e:
-        return encode_error(request_id, e.kind if e.kind in ERROR_KINDS else "internal", str(e))
-    except Exception as e:  # a bug in the handler must not take the worker down
-        log.error("job %s failed:\n%s", request_id, traceback.format_exc())
-        return encode_error(request_id, "internal", f"{type(e).__name__}: {e}")
