@@ -22,7 +22,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--camera-info", help="YAML with the camera's intrinsics (ROS camera_info layout: "
                    "image_width, image_height, camera_matrix.data or K); default: 55° across the longer image side")
     p.add_argument("--stages", default="prior", help="prior | coarse | refined | full (default: prior)")
-    p.add_argument("--checkpoint", help="HGM checkpoint folder for the network stages")
+    p.add_argument("--checkpoint", help="HGM checkpoint folder for the coarse stage (default: the one embedded "
+                   "in the package when it ships one; 'none': no network)")
     p.add_argument("--fit-iterations", type=int, default=None, help="body-fit iterations (default: library default)")
     p.add_argument("--views", type=int, default=8, help="turntable views (default: 8)")
     p.add_argument("--mesh", action="store_true", help="also extract the avatar's surface as a coloured mesh.ply (~1.5 s)")
@@ -36,12 +37,12 @@ def reconstructor_config(args: argparse.Namespace):
     from hgm_core.pipeline import ReconstructorConfig
 
     try:
-        config = ReconstructorConfig.load(args.config) if getattr(args, "config", None) else ReconstructorConfig()
+        config = ReconstructorConfig.load(args.config) if args.config else ReconstructorConfig()
     except (OSError, ValueError) as e:
         raise CliError(f"cannot read --config {args.config}: {e}") from None
     changes = {"mesh_by_default": True} if args.mesh else {}
     if args.checkpoint:
-        changes["coarse.checkpoint"] = args.checkpoint
+        changes["coarse.checkpoint"] = None if args.checkpoint == "none" else args.checkpoint
     if args.fit_iterations is not None:
         changes["body.fit.iterations"] = args.fit_iterations
     try:

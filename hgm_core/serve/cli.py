@@ -38,8 +38,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--broker", action="store_true", help="run a load-balancing broker instead of a worker")
     parser.add_argument("--backend", default=DEFAULT_BACKEND, help=f"(broker) endpoint workers connect to (default: {DEFAULT_BACKEND})")
     parser.add_argument("--connect", default=None, help="(worker) serve jobs of the broker at this backend endpoint instead of binding")
-    parser.add_argument("--checkpoint", default=None, help="(worker) HGM checkpoint folder for the network stages (as `hgm reconstruct`)")
+    parser.add_argument("--checkpoint", default=None, help="(worker) HGM checkpoint folder for the coarse stage, or 'none' (as `hgm reconstruct`)")
     parser.add_argument("--fit-iterations", type=int, default=None, help="(worker) body-fit iterations (default: the pipeline's)")
+    parser.add_argument("--config", default=None, help="(worker) ReconstructorConfig JSON (as in a result's info[\"config\"]); flags override it")
     parser.add_argument("--mesh", action="store_true", help="(worker) also send the avatar's surface mesh (~1.5 s per job)")
     parser.add_argument("--threads", type=int, default=1, help="(worker) compute threads (default: 1, fastest for the body fit on a loaded machine)")
     parser.add_argument("--isolate", action="store_true",
