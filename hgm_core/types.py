@@ -90,6 +90,9 @@ class ReconstructionRequest:
         image: `[H, W, 3]` uint8 RGB.
         camera: intrinsics; None means the documented default field of view.
         mask: optional `[H, W]` uint8 person mask (nonzero = person); overrides the segmenter.
+        depth: optional `[H, W]` depth image aligned with `image` (same intrinsics, same stamp):
+            uint16 millimetres or float32 metres, 0 (or NaN) where there is no measurement. It
+            makes the body fit's placement and scale metric.
         stages: one of `STAGES`.
         mesh: also extract the avatar's mesh; None leaves it to the reconstructor's configuration.
         stream: tracking key: a request may warm-start its body fit from the previous request of
@@ -99,6 +102,7 @@ class ReconstructionRequest:
     image: np.ndarray
     camera: CameraInfo | None = None
     mask: np.ndarray | None = None
+    depth: np.ndarray | None = None
     stages: str = "prior"
     mesh: bool | None = None
     stream: str = ""

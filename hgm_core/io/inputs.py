@@ -1,5 +1,5 @@
-"""What a user hands to a reconstruction as files: the photo, an optional person mask and an optional
-camera_info YAML. Unreadable or malformed files raise `BadInputError` with the file in the message."""
+"""What a user hands to a reconstruction as files: the photo, an optional person mask, an optional
+aligned depth image and an optional camera_info YAML. Unreadable or malformed files raise `BadInputError` with the file in the message."""
 
 from __future__ import annotations
 
@@ -27,6 +27,32 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
 def load_mask(path: str | os.PathLike) -> np.ndarray:
     """`[H, W]` uint8 mask (any image; nonzero in the first channel = person)."""
     return (load_image(path)[..., 0] > 127).astype(np.uint8)
+
+
+def load_depth(path: str | os.PathLike) -> np.ndarray:
+    """`[H, W]` depth aligned with the photo: a 16-bit PNG/TIFF in millimetres (uint16, what RGB-D
+    drivers save) or a `.npy` of uint16 millimetres or float32 metres; 0 = no measurement."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        if path.suffix.lower() == ".npy":
+            depth = np.load(path, allow_pickle=False)
+        else:
+            with Image.open(path) as im:
+                depth = np.asarray(im)
+    except FileNotFoundError:
+        raise BadInputError(f"no such depth image: {path}") from None
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise BadInputError(f"cannot read depth image {path}: {e}") from None
+    if depth.ndim != 2 or depth.dtype not in (np.uint16, np.int32, np.float32, np.float64):
+        raise BadInputError(f"{path}: depth must be one channel of 16-bit millimetres or float metres, "
+                            f"got {list(depth.shape)} {depth.dtype}")
+    if depth.dtype == np.int32:  # PIL opens 16-bit PNGs as 32-bit integer images
+        if depth.min() < 0 or depth.max() > np.iinfo(np.uint16).max:
+            raise BadInputError(f"{path}: depth in millimetres must lie in [0, 65535]")
+        return depth.astype(np.uint16)
+    return depth.astype(np.float32) if depth.dtype == np.float64 else depth
 
 
 def load_camera_info(path: str | os.PathLike) -> CameraInfo:

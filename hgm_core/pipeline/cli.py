@@ -19,6 +19,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("image", help="RGB/grey image file (jpg, png, ...) showing one person, ideally full body")
     p.add_argument("-o", "--output", default="out", help="output folder (default: out/)")
     p.add_argument("--mask", help="person mask image (nonzero = person); overrides the segmenter")
+    p.add_argument("--depth", help="depth image aligned with the photo (16-bit PNG in mm, or .npy in mm/m): "
+                   "metric placement for RGB-D cameras")
     p.add_argument("--camera-info", help="YAML with the camera's intrinsics (ROS camera_info layout: "
                    "image_width, image_height, camera_matrix.data or K); default: 55° across the longer image side")
     p.add_argument("--stages", default="prior", help="prior | coarse | refined | full (default: prior)")
@@ -54,7 +56,7 @@ def reconstructor_config(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from hgm_core.io.inputs import load_camera_info, load_image, load_mask
+    from hgm_core.io.inputs import load_camera_info, load_depth, load_image, load_mask
     from hgm_core.pipeline import Reconstructor
     from hgm_core.render.views import body_up, front_view_scores, render_turntable
     from hgm_core.runtime import set_compute_threads
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         image = load_image(args.image)
         mask = load_mask(args.mask) if args.mask else None
+        depth = load_depth(args.depth) if args.depth else None
         camera = load_camera_info(args.camera_info) if args.camera_info else None
     except BadInputError as e:
         raise CliError(str(e)) from None
@@ -73,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
         rec = Reconstructor.from_config(reconstructor_config(args))
         _advance(bar, "reconstruct")
         try:
-            request = ReconstructionRequest(image=image, camera=camera, mask=mask, stages=args.stages)
+            request = ReconstructionRequest(image=image, camera=camera, mask=mask, depth=depth, stages=args.stages)
             frame, timings = rec.run_frame(request)
             result = rec.result(frame, timings)
         except PipelineError as e:

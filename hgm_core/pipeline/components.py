@@ -16,6 +16,7 @@ from hgm_core.perception.perceive import PerceptionConfig, PoseEstimator, percei
 from hgm_core.pipeline.mesh import MeshConfig, gaussians_to_mesh
 from hgm_core.pipeline.prior import PriorConfig, prior_gaussians
 from hgm_core.pipeline.stage import Frame, Stage, update
+from hgm_core.types import BadInputError
 
 
 class PerceiveStage(Stage):
@@ -53,9 +54,13 @@ class FitBodyStage(Stage):
     def run(self, frame: Frame) -> Frame:
         stream = frame.request.stream
         init = self.tracker.warm_start(stream, frame.perception, self.body_model, self.config)
-        fit = fit_body(frame.perception, None, self.body_model, config=self.config, init=init)
+        depth = frame.request.depth
+        if depth is not None and (depth.shape != frame.perception.mask.shape or depth.dtype not in (np.uint16, np.float32)):
+            raise BadInputError(f"depth must be a uint16 (mm) or float32 (m) image of the photo's size "
+                                f"{list(frame.perception.mask.shape)}, got {list(depth.shape)} {depth.dtype}")
+        fit = fit_body(frame.perception, None, self.body_model, config=self.config, init=init, depth=depth)
         self.tracker.remember(stream, fit)
-        frame.reports[self.name] = {"body_model": fit.body_model, **fit.residuals()}
+        frame.reports[self.name] = {"body_model": fit.body_model, "depth_given": depth is not None, **fit.residuals()}
         return update(frame, body=fit)
 
 

@@ -109,6 +109,7 @@ class WorkerClient:
         *,
         K: np.ndarray | None = None,
         mask: np.ndarray | None = None,
+        depth: np.ndarray | None = None,
         stages: str = "prior",
         mesh: bool | None = None,
         stream: str = "",
@@ -120,6 +121,7 @@ class WorkerClient:
         Args:
             K: `[3, 3]` pixel intrinsics of `image`; None means the worker's default field of view.
             mask: `[H, W]` uint8/bool person mask (nonzero = person), overriding the segmenter.
+            depth: `[H, W]` aligned depth image, uint16 millimetres or float32 metres (0 = none).
             stages: "prior" | "coarse" | "refined" | "full".
             mesh: ask for the avatar mesh (`JobResult.mesh_*`); None: the worker's default (`hgm serve --mesh`).
             stream: names this camera stream, so the worker warm-starts the body fit from its
@@ -136,7 +138,7 @@ class WorkerClient:
         timeout_s = timeout_s or self.timeout_s
         request_id = new_id()
         try:
-            frames = encode_request(request_id, image, K=K, mask=mask, stages=stages, mesh=mesh, stream=stream,
+            frames = encode_request(request_id, image, K=K, mask=mask, depth=depth, stages=stages, mesh=mesh, stream=stream,
                                     deadline_ms=int(timeout_s * 1000))
         except ProtocolError as e:
             raise WorkerError(e.kind, str(e)) from None

@@ -43,7 +43,9 @@ reconstruct request arrays:  image uint8 [H, W, 3] RGB (required); K float32 or 
     pixel intrinsics (optional, default field of view when absent): last row 0 0 1, K[1, 0] = 0,
     focal lengths fx, fy in [0.02, 1000] * max(H, W), |skew| <= fx, principal point within one
     image size of the image (-W <= cx <= 2W, -H <= cy <= 2H); anything else is bad_input; mask
-    uint8 [H, W] person mask, nonzero = person (optional; replaces the segmenter).
+    uint8 [H, W] person mask, nonzero = person (optional; replaces the segmenter); depth uint16
+    (millimetres) or float32 (metres, finite, >= 0) [H, W] aligned with the image, 0 or NaN = no
+    measurement (optional; makes the body fit's placement metric).
     `hgm_core.serve.schema` encodes and checks requests and results.
 reconstruct result arrays (all in the input camera's optical frame, x right, y down, z forward,
     metres): gaussians float32 [N, 14] raw rows `x y z f_dc_0 f_dc_1 f_dc_2 opacity scale_0 scale_1

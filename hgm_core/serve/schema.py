@@ -27,7 +27,7 @@ from hgm_core.types import ERROR_KINDS, STAGES, CameraInfo, HgmError, Reconstruc
 
 _log = logging.getLogger("hgm.serve.worker")
 
-REQUEST_ARRAYS = ("image", "K", "mask")
+REQUEST_ARRAYS = ("image", "K", "mask", "depth")
 MAX_STREAM_CHARS = MAX_ID_CHARS
 FOCAL_RANGE = (0.02, 1000.0)
 """Focal lengths allowed in K, as multiples of the image's longer side: a pinhole of ~176° down to
@@ -73,6 +73,7 @@ def encode_request(
     *,
     K: np.ndarray | None = None,
     mask: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
     stages: str = "prior",
     mesh: bool | None = None,
     stream: str = "",
@@ -81,7 +82,7 @@ def encode_request(
     """A reconstruct request -> multipart frames, after the same checks `decode_request` makes.
 
     Raises:
-        ProtocolError: kind "bad_input" for an unusable image, K or mask, "bad_request" for options.
+        ProtocolError: kind "bad_input" for an unusable image, K, mask or depth, "bad_request" for options.
     """
     image = np.asarray(image)
     arrays = {"image": check_image(image, request_id)}
@@ -92,6 +93,8 @@ def encode_request(
     if mask is not None:
         mask = np.asarray(mask)
         arrays["mask"] = check_mask(mask.astype(np.uint8) if mask.dtype == bool else mask, (h, w), request_id)
+    if depth is not None:
+        arrays["depth"] = check_depth(np.asarray(depth), (h, w), request_id)
     options = _check_options({"stages": stages, "mesh": None if mesh is None else bool(mesh), "stream": stream}, STAGES, request_id)
     fields = {k: v for k, v in options.items() if v is not None}
     if deadline_ms is not None:
@@ -118,8 +121,9 @@ def decode_request(msg: Message, *, max_pixels: int, stages: tuple[str, ...] = S
         raise ProtocolError("too_large", f"image {w}x{h} exceeds max_pixels={max_pixels}", rid)
     camera = check_camera(arrays["K"], w, h, rid) if "K" in arrays else None
     mask = check_mask(arrays["mask"], (h, w), rid) if "mask" in arrays else None
+    depth = check_depth(arrays["depth"], (h, w), rid) if "depth" in arrays else None
     options = _check_options(msg.header, stages, rid)
-    return ReconstructionRequest(image=image, camera=camera, mask=mask, **options)
+    return ReconstructionRequest(image=image, camera=camera, mask=mask, depth=depth, **options)
 
 
 def check_image(image: np.ndarray, request_id: str = "") -> np.ndarray:
@@ -156,6 +160,16 @@ def check_mask(mask: np.ndarray, hw: tuple[int, int], request_id: str = "") -> n
     if mask.dtype != np.uint8 or mask.shape != hw:
         raise ProtocolError("bad_input", f"mask must be uint8 {list(hw)}, got {list(mask.shape)} {mask.dtype}", request_id)
     return mask
+
+
+def check_depth(depth: np.ndarray, hw: tuple[int, int], request_id: str = "") -> np.ndarray:
+    """A `[H, W]` depth image for an image of `hw`: uint16 millimetres or float32 metres (0 or NaN =
+    no measurement; no negative or infinite values). ProtocolError "bad_input" otherwise."""
+    if depth.shape != hw or depth.dtype not in (np.uint16, np.float32):
+        raise ProtocolError("bad_input", f"depth must be uint16 (mm) or float32 (m) {list(hw)}, got {list(depth.shape)} {depth.dtype}", request_id)
+    if depth.dtype == np.float32 and (np.isinf(depth).any() or (depth < 0).any()):
+        raise ProtocolError("bad_input", "depth in metres must be finite and >= 0 (NaN or 0 = no measurement)", request_id)
+    return depth
 
 
 def _check_options(fields: Mapping[str, Any], stages: tuple[str, ...], rid: str) -> dict[str, Any]:
