@@ -82,6 +82,6 @@ def run(args: argparse.Namespace) -> int:
         state = train(config, args.run, resume=args.resume)
     except (TrainError, TrainConfigError, FileNotFoundError) as e:
         raise CliError(str(e)) from e
-    print(f"trained to step {state.step} ({state.cpu_seconds / 3600:.2f} CPU-hours); best validation foreground PSNR "
-          f"{state.best_fg_psnr:.2f} dB; run in {args.run}")
+    print(f"trained to step {state.step} ({state.cpu_seconds / 3600:.2f} CPU-hours); best validation score "
+          f"{state.best_score:.2f} (PSNR + fg PSNR - 100 LPIPS); run in {args.run}")
     return 0
