@@ -1,7 +1,9 @@
-"""What every benchmark shares: median timing and the JSON result file (run scripts from anywhere)."""
+"""What every benchmark shares: median timing, the `--out` option and the JSON result file (run scripts
+from anywhere)."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
 import time
@@ -21,11 +23,16 @@ def median_s(fn: Callable[[], object], repeats: int) -> float:
     return statistics.median(times)
 
 
-def write_results(name: str, report: dict) -> Path:
-    """Print `report` as JSON and write it to bench/results/<name>.json."""
+def add_out_argument(parser: argparse.ArgumentParser) -> None:
+    """`--out PATH`: where `write_results` puts the JSON (pass `args.out` to it)."""
+    parser.add_argument("--out", type=Path, default=None, help="result JSON file (default: bench/results/<name>.json)")
+
+
+def write_results(name: str, report: dict, out: Path | None = None) -> Path:
+    """Print `report` as JSON and write it to `out` (default: bench/results/<name>.json)."""
     text = json.dumps(report, indent=2)
     print(text)
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"{name}.json"
+    path = out or RESULTS_DIR / f"{name}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text + "\n")
     return path

@@ -14,7 +14,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from _results import write_results
+from _results import add_out_argument, write_results
 
 
 
@@ -23,6 +23,7 @@ def main() -> None:
     ap.add_argument("--subjects", type=int, default=4)
     ap.add_argument("--size", type=int, default=512)
     ap.add_argument("--seed", type=int, default=0)
+    add_out_argument(ap)
     args = ap.parse_args()
 
     import numpy as np
@@ -60,7 +61,7 @@ def main() -> None:
         "render_vs_raycast_ratio": statistics.median(render_s) / statistics.median(cast_s),
         "median_subject_s": per_subject, "subjects_per_min": 60.0 / per_subject,
     }
-    write_results("datagen", out)
+    write_results("datagen", out, args.out)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from _results import write_results
+from _results import add_out_argument, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -101,6 +101,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=4)
     parser.add_argument("--stages", default="prior")
     parser.add_argument("--timeout", type=float, default=300.0)
+    add_out_argument(parser)
     args = parser.parse_args()
 
     from hgm_core.perception import default_intrinsics
@@ -144,7 +145,7 @@ def main() -> None:
         "zmq_and_codec": m.get("roundtrip", 0) - m.get("worker_total", 0),
         "node_convert_and_publish": m.get("total", 0) - m.get("roundtrip", 0),
     }
-    write_results("e2e", report)
+    write_results("e2e", report, args.out)
 
 
 if __name__ == "__main__":

@@ -48,7 +48,7 @@ from hgm_core.runtime import configure_process  # noqa: E402
 
 configure_process(threads=1)
 
-from _results import write_results  # noqa: E402
+from _results import add_out_argument, write_results  # noqa: E402
 
 BASELINE_REV = "5f15d34"
 """The last commit of hgm_core/body/fit.py before issue #13: "today's fit"."""
@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=None, help="only the first N subjects")
     parser.add_argument("--baseline", default=BASELINE_REV, help=f"git revision of today's fit (default {BASELINE_REV})")
+    add_out_argument(parser)
     args = parser.parse_args()
 
     from hgm_core.body import AnnyBody, fit_body
@@ -169,7 +170,7 @@ def main() -> None:
     result["ratio_seconds_median_depth"] = round(result["today"]["median_seconds"] / result["new_depth"]["median_seconds"], 2)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    write_results("fit", result)
+    write_results("fit", result, args.out)
     print(markdown(result), file=sys.stderr)
 
 

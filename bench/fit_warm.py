@@ -14,6 +14,7 @@ busy it was.
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import sys
@@ -40,7 +41,7 @@ from tests.test_fit import (  # noqa: E402
     synthetic_case,
 )
 from tests.test_fit_warm import next_frame  # noqa: E402
-from _results import write_results
+from _results import add_out_argument, write_results
 
 MESSI = Path("/usr/share/doc/opencv-doc/examples/data/messi5.jpg")
 SHIFT_PX = (6, 4)
@@ -94,6 +95,9 @@ def photo(body: AnnyBody) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_out_argument(parser)
+    args = parser.parse_args()
     result = {"threads": 1, "load_average_before": [round(x, 2) for x in os.getloadavg()]}
     body = AnnyBody()
     rows = synthetic(body)
@@ -105,7 +109,7 @@ def main() -> None:
     if MESSI.exists():
         result["photo"] = photo(body)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
-    write_results("fit_warm", result)
+    write_results("fit_warm", result, args.out)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from _results import write_results
+from _results import add_out_argument, write_results
 from hgm_core.serve.client import WorkerClient, WorkerTimeout
 from hgm_core.serve.protocol import decode
 
@@ -168,6 +168,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=10_000, help="messages per target (default 10000)")
     parser.add_argument("--seed", type=int, default=0)
+    add_out_argument(parser)
     args = parser.parse_args()
     where = Path(tempfile.mkdtemp(prefix="hgm-fuzz-"))
     worker_ep, front, back = f"ipc://{where}/worker.sock", f"ipc://{where}/front.sock", f"ipc://{where}/back.sock"
@@ -192,7 +193,7 @@ def main() -> None:
     finally:
         for target in targets:
             target.stop()
-    write_results("fuzz", report)
+    write_results("fuzz", report, args.out)
 
 
 if __name__ == "__main__":

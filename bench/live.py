@@ -36,7 +36,7 @@ from hgm_core.runtime import configure_process  # noqa: E402
 configure_process(threads=1)
 
 import torch  # noqa: E402
-from _results import median_s, write_results  # noqa: E402
+from _results import add_out_argument, median_s, write_results  # noqa: E402
 
 from hgm_core.body import AnnyBody, BodyParams  # noqa: E402
 from hgm_core.body.skinning import Binding, bind_body, pose  # noqa: E402
@@ -122,6 +122,7 @@ def main() -> None:
     parser.add_argument("--gaussians", type=int, default=30000, help="synthetic avatar size")
     parser.add_argument("--repeats", type=int, default=20, help="frames timed per path")
     parser.add_argument("--no-sample", action="store_true", help="skip the sample frame's prior avatar")
+    add_out_argument(parser)
     args = parser.parse_args()
     body = AnnyBody()
     avatars = {"synthetic": synthetic_avatar(body, args.gaussians)}
@@ -133,7 +134,7 @@ def main() -> None:
         "body_model": body.name,
         "avatars": {name: measure(body, g, p, args.repeats) for name, (g, p) in avatars.items()},
     }
-    write_results("live", report)
+    write_results("live", report, args.out)
 
 
 if __name__ == "__main__":

@@ -18,9 +18,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parent / "results" / "model.json"
+from _results import add_out_argument, write_results
 
 
 def measure(preset: str, views: int, repeats: int, warmup: int, threads: int) -> dict:
@@ -67,7 +66,7 @@ def main() -> int:
     ap.add_argument("--views", nargs="+", type=int, default=[1, 2])
     ap.add_argument("--repeats", type=int, default=None, help="timed runs (default: 7 tiny, 5 small, 1 big)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1)
-    ap.add_argument("--out", type=Path, default=RESULTS)
+    add_out_argument(ap)
     ap.add_argument("--child", nargs=2, metavar=("PRESET", "VIEWS"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -108,9 +107,7 @@ def main() -> int:
         for r in rows:
             if "error" not in r:
                 r["ratio_vs_tiny_1view"] = r["forward_s_median"] / tiny1["forward_s_median"]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_results("model", summary, args.out)
     return 0
 
 

@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from _results import median_s, write_results
+from _results import add_out_argument, median_s, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -184,6 +184,7 @@ def main() -> None:
     parser.add_argument("--kind", choices=["cloud", "image"], help="pub/sub roles: the message")
     parser.add_argument("--size", help="pub role: Gaussians (cloud) or WxH (image)")
     parser.add_argument("--qos", choices=["latched", "input", "sensor", "default"], help="pub/sub roles: the QoS")
+    add_out_argument(parser)
     args = parser.parse_args()
     if args.role == "pub":
         return _publisher(args.kind, args.size, args.qos, args.messages, args.period)
@@ -195,7 +196,7 @@ def main() -> None:
         "codec": codec(args.n, args.repeats),
         "latency": [latency(*case, args.messages, args.period) for case in CASES],
     }
-    write_results("pointcloud2", report)
+    write_results("pointcloud2", report, args.out)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ run). The CPU is shared with other processes; `load_average` records how busy it
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -29,7 +30,7 @@ import torch  # noqa: E402
 from hgm_core.render import _tile_kernels as K  # noqa: E402
 from hgm_core.render import rasterize  # noqa: E402
 from hgm_core.render.scenes import person_scene, turntable_cameras  # noqa: E402
-from _results import write_results
+from _results import add_out_argument, write_results
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
 
@@ -89,6 +90,9 @@ def forward_stages(g, cams, runs) -> dict:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_out_argument(parser)
+    args = parser.parse_args()
     g = person_scene(65536)
     default_threads = torch.get_num_threads()
     result = {
@@ -132,7 +136,7 @@ def main() -> int:
     }
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     result["numba_cache_dir"] = numba.config.CACHE_DIR
-    write_results("render", result)
+    write_results("render", result, args.out)
     return 0
 
 

@@ -22,7 +22,7 @@ from hgm_core.gaussians import Gaussians
 from hgm_core.types import Reconstruction
 from hgm_core.serve.client import WorkerClient
 from hgm_core.serve.worker import Worker
-from _results import median_s, write_results
+from _results import add_out_argument, median_s, write_results
 
 
 
@@ -88,6 +88,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=131_072, help="Gaussians in the reply (default 131072)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--endpoint", default="tcp://127.0.0.1:5599")
+    add_out_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     image = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
@@ -102,7 +103,7 @@ def main() -> None:
         "raw_zmq_echo_ms": round(echo_ms, 2),
         "ratio": round(protocol_ms / echo_ms, 2),
     }
-    write_results("serve", result)
+    write_results("serve", result, args.out)
 
 
 if __name__ == "__main__":

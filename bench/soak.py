@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from _results import write_results
+from _results import add_out_argument, write_results
 from hgm_core.serve.client import WorkerClient, WorkerTimeout
 
 REPO = Path(__file__).resolve().parents[1]
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=256, help="(splat) image side in pixels (default 256)")
     parser.add_argument("--sample-every", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1, help="(pipeline) compute threads of the worker")
+    add_out_argument(parser)
     args = parser.parse_args()
     if args.jobs <= WARMUP_JOBS:
         parser.error(f"--jobs must exceed the {WARMUP_JOBS} warm-up jobs")
@@ -107,7 +108,7 @@ def main() -> None:
         "job_median_ms": round(1e3 * statistics.median(times), 2),
         "rss_mb_samples": [[j, round(r / 1024, 1)] for j, r in samples],
     }
-    write_results("soak" if args.handler == "pipeline" else f"soak_{args.handler}", result)
+    write_results("soak" if args.handler == "pipeline" else f"soak_{args.handler}", result, args.out)
 
 
 if __name__ == "__main__":
