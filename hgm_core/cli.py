@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import itertools
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 
 class CliError(RuntimeError):
@@ -32,10 +33,13 @@ def _commands() -> dict[str, importlib.metadata.EntryPoint]:
 
 def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict]:
     parser = argparse.ArgumentParser(prog="hgm", description="Single-view human Gaussian avatars (HGM) — CPU-first, ROS 2 ready.")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="also show what third-party libraries print (TFLite, absl, warp, protobuf, anny); "
+                        "HGM_VERBOSE=1 does the same, e.g. for the worker hgm_node starts")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     eps = _commands()
     # Import only the module of the requested command: `hgm serve` must not pay for ROS, and vice versa.
-    wanted = next((a for a in argv if not a.startswith("-")), None)
+    wanted = next((a for a in argv if not a.startswith("-")), None)  # global flags come first and take no value
     modules = {}
     for name in sorted(eps):
         if wanted in eps and name != wanted:
@@ -56,8 +60,11 @@ def build_parser(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, dict]:
 def main(argv: Sequence[str] | None = None) -> int:
     from hgm_core.runtime import configure_process
 
-    configure_process()  # before any command imports anny, warp or numba
     argv = list(sys.argv[1:] if argv is None else argv)
+    # Before any command imports anny, warp, numba or mediapipe; `-v` is read ahead of the parser,
+    # which loads the command modules. Only the global position counts: `hgm reconstruct -v` is an error.
+    global_flags = itertools.takewhile(lambda a: a.startswith("-"), argv)
+    configure_process(verbose=any(a in ("-v", "--verbose") for a in global_flags))
     parser, modules = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.command:

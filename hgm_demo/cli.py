@@ -106,15 +106,19 @@ def _overrides(args: argparse.Namespace) -> list[Parameter]:
 
 def _wait_for_avatar(node: HgmNode, client: "ArClient", timeout_s: float) -> tuple[PointCloud2, float]:
     deadline = time.monotonic() + timeout_s
-    last = None
+    worker_line = capture_reply = ""
     while not client.done.wait(0.5):
         status = node.worker_status()
-        line = f"  worker {status.state}: {status.message}" + (f" | capture: {client.capture_reply}" if client.capture_reply else "")
-        if line != last:
+        line = f"  worker {status.state}: {status.message}"
+        if line != worker_line:
             print(line, flush=True)
-            last = line
+            worker_line = line
+        # Captures are refused while the worker warms up, which its own line already says: show later replies only.
+        if client.capture_reply != capture_reply and status.state == "ok":
+            print(f"  capture: {client.capture_reply}", flush=True)
+        capture_reply = client.capture_reply
         if time.monotonic() > deadline:
-            raise CliError(f"no avatar within {timeout_s:g} s; last state: {line.strip()}")
+            raise CliError(f"no avatar within {timeout_s:g} s; last state: {line.strip()}, capture: {capture_reply or '-'}")
     return client.cloud, client.received_at
 
 
