@@ -10,8 +10,10 @@ import torch
 from hgm_core.runtime import configure_process
 
 # The test session is an entry point: it decides caches and threads once, as the `hgm` commands do.
-# One thread keeps timings comparable and matches the commands' default.
-configure_process(threads=int(os.environ.get("HGM_TEST_THREADS", "1")))
+# One thread keeps timings comparable and matches the commands' default. Verbose: pytest captures
+# output itself, so no stderr filter process is put under its capture (and the processes tests start
+# inherit HGM_VERBOSE); tests/test_quiet.py checks the quiet default in fresh processes.
+configure_process(threads=int(os.environ.get("HGM_TEST_THREADS", "1")), verbose=True)
 
 
 @pytest.fixture
