@@ -113,3 +113,14 @@ def test_train_steps_resume_and_validation_record(layouts, tmp_path):
     more.save(run / "config.json")
     state = train(more, run, resume=True)
     assert state.step == 3 and state.cpu_seconds > 0
+    # The package export: fp16 weights that load back into a float32 network, the curve in the card.
+    from safetensors import safe_open
+
+    from hgm_core.model import HGM
+    from hgm_core.train.export import export_checkpoint
+
+    out = export_checkpoint(run, tmp_path / "export")
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
+    assert next(HGM.from_pretrained(out).parameters()).dtype == torch.float32
+    assert "| baseline (body colours) |" in (out / "README.md").read_text()
