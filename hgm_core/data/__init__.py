@@ -1,1 +1,2 @@
-"""Synthetic multi-view humans (`synth`, `render`, `hgm datagen`) and the render-layout reader (`reader`)."""
+"""Synthetic multi-view humans (`synth`, `render`, `hgm datagen`), the render-layout reader (`reader`)
+and its training-resolution cache (`cache`)."""
