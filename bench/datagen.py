@@ -25,6 +25,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     add_out_argument(ap)
     args = ap.parse_args()
+    from hgm_core.runtime import configure_process
+
+    configure_process(threads=1)  # this script is an entry point: caches, OpenCV's EXR switch, one thread
 
     import numpy as np
 

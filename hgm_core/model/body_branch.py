@@ -1,4 +1,4 @@
-"""Body branch pieces (reference doc §3.3): vertex projection, feature sampling, token cross-attention,
+"""Body branch pieces (docs/reference/hgm_official_code.md §3.3): vertex projection, feature sampling, token cross-attention,
 and the per-vertex Gaussian head.
 
 The body model is only seen through its vertices `[B, Nv, 3]` in the canonical frame; whichever

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class HGMConfig:
-    """Sizes of the HGM network (reference doc §3; paper appendix "Network structures").
+    """Sizes of the HGM network (docs/reference/hgm_official_code.md §3; paper appendix "Network structures").
 
     UNet branch (LGM topology and parameter names):
         input_size: square input resolution H = W.
@@ -36,7 +36,7 @@ class HGMConfig:
         attn_heads: heads of the vertex cross-attention (official 8, d_k = token_dim / heads).
         token_key: the token is also a key/value of its own cross-attention, beside the V view
             samples. Officially (False) the keys are the views only, so with one view the softmax
-            is constant and the tokens get exactly zero gradient (doc §3.3).
+            is constant and the tokens get exactly zero gradient (docs/reference/hgm_official_code.md §3.3).
         encoder_channels / encoder_blocks: widths and BasicBlock counts of the image encoder's
             three stages (official ResUNet-34-ish: (64, 128, 256), (3, 4, 6)).
         body_head_hidden: width of the per-vertex MLP that turns [xyz, feature] into a Gaussian.

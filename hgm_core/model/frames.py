@@ -1,4 +1,4 @@
-"""HGM's canonical frame <-> the input camera's optical frame (DESIGN §3; reference doc §1.1).
+"""HGM's canonical frame <-> the input camera's optical frame (docs/architecture.md §3; docs/reference/hgm_official_code.md §1.1).
 
 Canonical frame: OpenGL axes (y up), the input camera at `(0, 0, 1.5)` with identity rotation,
 looking down -z at the origin; the origin is the *look-at point*. HGM's training renders put the

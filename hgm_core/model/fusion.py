@@ -1,6 +1,6 @@
 """Fusion transformer ("Trmix"): self-attention over the UNet Gaussians with their body-volume features.
 
-The official fusion network (`res`, reference doc §3.5) is a 108 M-parameter 1-D conv UNet whose
+The official fusion network (`res`, docs/reference/hgm_official_code.md §3.5) is a 108 M-parameter 1-D conv UNet whose
 attention tokenises with a raw reshape (a bug). Here the Gaussians stay tokens: each is embedded
 from `[xyz (3) | UNet feature | sparse-volume feature]`, then pre-norm transformer blocks attend
 within square windows of the per-view splat map (Swin style: odd blocks shift the windows by half

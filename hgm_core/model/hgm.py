@@ -1,6 +1,6 @@
 """`HGM`: the whole network — UNet branch, body branch, sparse volume, fusion — and its output type.
 
-Data flow (reference doc §3.0, shapes for batch B, V views, splat side S, Nv body vertices):
+Data flow (docs/reference/hgm_official_code.md §3.0, shapes for batch B, V views, splat side S, Nv body vertices):
 
     images [B,V,3,H,W] + Plücker rays ─► unet ─► conv1x1 ─► UNet Gaussians [B, V*S*S, 14]
                                          └─► feats [B*V, C, S, S]
@@ -56,7 +56,7 @@ class InputError(ValueError):
 
 
 def activate_attributes(raw: torch.Tensor) -> torch.Tensor:
-    """Raw `[..., 14]` -> activated opacity, scale, quaternion, rgb `[..., 11]` (reference doc §3.1).
+    """Raw `[..., 14]` -> activated opacity, scale, quaternion, rgb `[..., 11]` (docs/reference/hgm_official_code.md §3.1).
 
     sigmoid opacity, 0.1 * softplus scale, L2-normalised quaternion, 0.5 * tanh + 0.5 colour.
     """

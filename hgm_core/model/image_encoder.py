@@ -1,4 +1,4 @@
-"""Light image encoder of the body branch: IBRNet / GP-NeRF ResUNet (reference doc §3.2), same names.
+"""Light image encoder of the body branch: IBRNet / GP-NeRF ResUNet (docs/reference/hgm_official_code.md §3.2), same names.
 
 Input is the UNet's 9-channel tensor; output a feature map at 1/4 resolution that the body
 branch samples at the projected vertices. Every `bn*` is an affine InstanceNorm (as in the

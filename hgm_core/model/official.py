@@ -61,7 +61,7 @@ class Conversion:
 
 
 def _spconv_to_krsc(w: torch.Tensor, layout: SpconvLayout) -> torch.Tensor:
-    # Shapes cannot tell the layouts apart when in == out (reference doc §7), hence the explicit switch.
+    # Shapes cannot tell the layouts apart when in == out (docs/reference/hgm_official_code.md §7), hence the explicit switch.
     if layout == "krsc":
         return w
     if layout == "rsck":  # spconv 1.x: [3, 3, 3, in, out]

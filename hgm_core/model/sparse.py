@@ -1,8 +1,8 @@
-"""Sparse 3D volume of the body branch (reference doc §3.4): voxelise, SparseConvNet, sample.
+"""Sparse 3D volume of the body branch (docs/reference/hgm_official_code.md §3.4): voxelise, SparseConvNet, sample.
 
 The convolutions are implemented here in plain torch (gather of the 27 neighbours + one matmul)
 instead of calling spconv: spconv 2.3.8's CPU forward is silently wrong with more than one torch
-thread, its backward needs monkey-patching (reference/environment.md), and on this machine its
+thread, its backward needs monkey-patching (docs/reference/environment.md), and on this machine its
 Native CPU results disagree with dense conv3d even on one thread (`tests/test_model_sparse.py`
 keeps a strict xfail for it). The layers keep spconv's semantics and weight layout —
 `[out, kD, kH, kW, in]` ("KRSC"), bias-free, SubM outputs exactly at the input's active sites, a

@@ -1,4 +1,4 @@
-"""UNet branch: LGM's multi-view UNet (reference doc §3.1), same topology and parameter names.
+"""UNet branch: LGM's multi-view UNet (docs/reference/hgm_official_code.md §3.1), same topology and parameter names.
 
 Keeping LGM's names (`conv_in`, `down_blocks.i.nets.j.conv1`, `attns`, `mid_block`, `up_blocks`,
 `norm_out`, `conv_out`) makes the official HGM / LGM `unet.*` weights load by identity for `big`.

@@ -13,7 +13,7 @@ from hgm_core.model import HGM, read_checkpoint_config
 from hgm_core.model.checkpoint import WEIGHTS_NAME
 
 MAX_BYTES = 25 * 1024 * 1024
-"""Largest weights file that may go into git (DESIGN §5)."""
+"""Largest weights file that may go into git (docs/architecture.md §6)."""
 
 
 class ExportError(RuntimeError):

