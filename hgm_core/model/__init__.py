@@ -14,7 +14,9 @@ One module per part: `unet` (LGM UNet branch), `image_encoder` (ResUNet of the b
 `body_branch` (projection, token cross-attention, body Gaussian head), `sparse` (voxelisation,
 sparse 3D convolution, volume sampling), `fusion` (windowed transformer), `hgm` (the network),
 `config` (presets), `checkpoint` (files, model card, official key map), `frames` (canonical <->
-optical frame).
+optical frame), `guide` (body-guided priors), `predict` (`predict_avatar`: one camera image + fitted
+body in the optical frame -> Gaussians in the optical frame, cropped/normalised exactly as trained;
+`check_avatar`; the embedded checkpoint `load_default_model`).
 
 Deviations from the paper / official code, and why
 --------------------------------------------------
@@ -58,12 +60,17 @@ Merged xyz un-clamped, range [-2, 2]       Kept                                 
 (§3.5)
 UNet / fusion xyz head initialised         Fusion and body heads start with ~0 xyz offsets      Trains from scratch on CPU: merged starts equal
 randomly                                                                                        to the UNet set, body set on the body
+Heads predict absolute Gaussians           `body_guided` (tiny, small): residuals on priors     A CPU probe: from scratch, colours stay grey and
+                                           (`guide`): body set coloured from the input; pixel   a pixel set started near zero opacity gets no
+                                           set on the input rays at the body's depth, opacity   gradient; residuals on the body-colour avatar
+                                           0.5 on the body, 0.12 in a band, off beyond          learn fast. `big` keeps the official function
 =========================================  ===================================================  ==============================================
 
 Configs (`config_for`): `big` = the paper (512 in, 256^2 Gaussians per view, UNet 64..1024 with
 attention in the deep blocks, ResUNet-34 encoder, voxel 0.005); `small` (256 in, 128^2 per view);
 `tiny` (128 in, 64^2 per view; the CPU-live path). Each for 1 view (front) or 2 views (front + back).
-No trained weights ship yet: an untrained network's output is noise around the body.
+Trained weights: `hgm train` (hgm_core.train) on `hgm datagen` subjects; the best `tiny` one-view
+network ships in `hgm_core/assets/checkpoints/tiny_1view` (fp16, model card with data and metrics).
 """
 
 from hgm_core.model.checkpoint import CheckpointError, ModelCard, read_checkpoint_config
