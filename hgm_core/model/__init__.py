@@ -22,10 +22,10 @@ Deviations from the paper / official code, and why
 --------------------------------------------------
 
 =========================================  ===================================================  ==============================================
-Official (reference doc section)           Here                                                 Why
+Official (hgm_official_code.md section)    Here                                                 Why
 =========================================  ===================================================  ==============================================
 Body tokens for SMPL(-X) only (§3.3)       Tokens for any body model; `config.body_model`       Anny (13,718 vertices) is the licence-free
-                                           ("anny" default, "smplx", "smpl") fixes Nv           default (DESIGN §5)
+                                           ("anny" default, "smplx", "smpl") fixes Nv           default (docs/architecture.md §6)
 Cross-attention keys are the V views       `token_key=True`: the token is one more key/value    Tokens, w_qs and w_ks must learn in the
 only: with V = 1 the softmax is 1, so      beside the views (same parameters); `False`          one-view network too; a vertex can weigh its
 tokens, w_qs, w_ks get zero gradient       reproduces the official function (tested both ways)  prior against the images (occlusion)
