@@ -6,13 +6,24 @@ A `Worker` (thread, tcp loopback) answers every job with the same precomputed 13
 avatar, so the figure is the protocol's own cost: request encode + validation, the worker's
 result encode (activated -> raw Gaussians), reply decode in the client. The baseline, in the same
 process, is a ROUTER that echoes a reply of the same size to a DEALER carrying the same 512² image.
+
+Each call is timed in wall time and in CPU time of this process (all its threads: client, worker,
+ZeroMQ I/O). A round trip hops across five threads, so on a loaded 2-core machine its wall time
+mostly measures how long those threads wait for a core; the CPU time and the fastest call do not
+depend on the load, which is reported too. `result_encode_cpu_ms` is the worker's in-process share
+(`encode_result`, dominated by `Gaussians.to_raw` writing a fresh 7 MB buffer).
 Medians; JSON to stdout and bench/results/serve.json.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
+import statistics
 import threading
+import time
+from typing import Callable
 
 import numpy as np
 import torch
@@ -21,8 +32,9 @@ import zmq
 from hgm_core.gaussians import Gaussians
 from hgm_core.types import Reconstruction
 from hgm_core.serve.client import WorkerClient
+from hgm_core.serve.schema import encode_result
 from hgm_core.serve.worker import Worker
-from _results import add_out_argument, median_s, write_results
+from _results import add_out_argument, write_results
 
 
 
@@ -38,21 +50,36 @@ def _avatar(n: int) -> Reconstruction:
     return Reconstruction(gaussians=gaussians, timings={"fixed": 0.0})
 
 
-def protocol_round_trip(endpoint: str, image: np.ndarray, n: int, repeats: int) -> float:
-    avatar = _avatar(n)
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed_ms(fn: Callable[[], object], repeats: int) -> dict[str, float]:
+    """{"median", "min"} wall and {"cpu"} median process CPU time of `repeats` calls of `fn`, in ms."""
+    walls, cpus = [], []
+    for _ in range(repeats):
+        c0, t0 = _cpu_s(), time.perf_counter()
+        fn()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(_cpu_s() - c0)
+    return {"median": 1e3 * statistics.median(walls), "min": 1e3 * min(walls), "cpu": 1e3 * statistics.median(cpus)}
+
+
+def protocol_round_trip(endpoint: str, image: np.ndarray, avatar: Reconstruction, repeats: int) -> dict[str, float]:
     worker = Worker(lambda request: avatar)
     thread = threading.Thread(target=worker.serve, kwargs={"bind": endpoint}, daemon=True)
     thread.start()
     try:
         with WorkerClient(endpoint, timeout_s=30, retries=0) as client:
             client.reconstruct(image)  # connect + warm-up
-            return 1e3 * median_s(lambda: client.reconstruct(image), repeats)
+            return timed_ms(lambda: client.reconstruct(image), repeats)
     finally:
         worker.stop()
         thread.join(5)
 
 
-def raw_echo(endpoint: str, image: np.ndarray, reply_bytes: int, repeats: int) -> float:
+def raw_echo(endpoint: str, image: np.ndarray, reply_bytes: int, repeats: int) -> dict[str, float]:
     ctx = zmq.Context.instance()
     router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
     router.bind(endpoint)
@@ -75,7 +102,7 @@ def raw_echo(endpoint: str, image: np.ndarray, reply_bytes: int, repeats: int) -
 
     try:
         call()
-        return 1e3 * median_s(call, repeats)
+        return timed_ms(call, repeats)
     finally:
         stop.set()
         thread.join(5)
@@ -86,22 +113,34 @@ def raw_echo(endpoint: str, image: np.ndarray, reply_bytes: int, repeats: int) -
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=131_072, help="Gaussians in the reply (default 131072)")
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--endpoint", default="tcp://127.0.0.1:5599")
     add_out_argument(parser)
     args = parser.parse_args()
     torch.set_num_threads(1)
     image = np.random.default_rng(0).integers(0, 255, (512, 512, 3), dtype=np.uint8)
-    protocol_ms = protocol_round_trip(args.endpoint, image, args.n, args.repeats)
-    echo_ms = raw_echo(args.endpoint.replace("5599", "5598"), image, args.n * 14 * 4, args.repeats)
+    avatar = _avatar(args.n)
+    protocol = protocol_round_trip(args.endpoint, image, avatar, args.repeats)
+    echo = raw_echo(args.endpoint.replace("5599", "5598"), image, args.n * 14 * 4, args.repeats)
+    encode = timed_ms(lambda: encode_result("bench", avatar), args.repeats)
     result = {
         "bench": "serve",
-        "what": "512x512 RGB image in, N raw Gaussians (14 float32 each) out, tcp loopback, medians",
+        "what": "512x512 RGB image in, N raw Gaussians (14 float32 each) out, tcp loopback, medians "
+                "(wall; cpu = this process's CPU time per call, all threads)",
         "gaussians": args.n,
         "reply_mb": args.n * 14 * 4 / 1e6,
-        "protocol_round_trip_ms": round(protocol_ms, 2),
-        "raw_zmq_echo_ms": round(echo_ms, 2),
-        "ratio": round(protocol_ms / echo_ms, 2),
+        "repeats": args.repeats,
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        "cpu_count": os.cpu_count(),
+        "protocol_round_trip_ms": round(protocol["median"], 2),
+        "protocol_round_trip_min_ms": round(protocol["min"], 2),
+        "protocol_round_trip_cpu_ms": round(protocol["cpu"], 2),
+        "raw_zmq_echo_ms": round(echo["median"], 2),
+        "raw_zmq_echo_min_ms": round(echo["min"], 2),
+        "raw_zmq_echo_cpu_ms": round(echo["cpu"], 2),
+        "result_encode_cpu_ms": round(encode["cpu"], 2),
+        "ratio": round(protocol["median"] / echo["median"], 2),
+        "ratio_cpu": round(protocol["cpu"] / echo["cpu"], 2),
     }
     write_results("serve", result, args.out)
 
