@@ -12,12 +12,15 @@ export WARP_CACHE_PATH := $(HGM_CACHE_DIR)/warp
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 # libusb: open3d's import needs it. opencv-doc: real photos for tests. blender-data: CC0 HDRIs for lighting.
-APT_PACKAGES := libusb-1.0-0 opencv-doc blender-data
+# chromium: headless browser that tests `hgm view`'s page (driven over the DevTools protocol, no driver).
+APT_PACKAGES := libusb-1.0-0 opencv-doc blender-data chromium
 PYTEST_ARGS ?=
 
 .PHONY: demo test test-all bench lint setup apt clean-venv
 
-setup: apt $(VENV)/.installed $(HGM_CACHE_DIR)/.assets
+WEB := $(HGM_CACHE_DIR)/web
+
+setup: apt $(VENV)/.installed $(HGM_CACHE_DIR)/.assets $(WEB)/.installed
 
 apt:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,6 +44,13 @@ $(VENV)/.installed: pyproject.toml .ci/constraints.txt
 	$(BIN)/pip install -q --no-deps mediapipe==0.10.14
 	@touch $@
 
+# The page of `hgm view`: three.js and Spark from the npm registry, at the versions the lock file pins,
+# into the cache (never committed); the server serves them under /vendor/.
+$(WEB)/.installed: hgm_view/web/package.json hgm_view/web/package-lock.json
+	@if ! command -v npm >/dev/null; then echo "!! npm missing: hgm view's page cannot load (install nodejs + npm)"; exit 0; fi; \
+	mkdir -p $(WEB) && cp hgm_view/web/package.json hgm_view/web/package-lock.json $(WEB)/ && \
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error >/dev/null && touch .installed
+
 $(HGM_CACHE_DIR)/.assets: $(VENV)/.installed
 	$(BIN)/hgm setup
 	@touch $@
@@ -60,7 +70,7 @@ bench: setup
 
 # Pyflakes-level checks (unused/undefined names, syntax): the ones that catch real bugs.
 lint: setup
-	$(BIN)/python -m ruff check --select F,E9 hgm_core hgm_node hgm_demo bench tests launch
+	$(BIN)/python -m ruff check --select F,E9 hgm_core hgm_node hgm_demo hgm_view bench tests launch
 
 clean-venv:
 	rm -rf $(VENV) $(HGM_CACHE_DIR)/.assets

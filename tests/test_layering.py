@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("hgm_core", "hgm_node")
+PACKAGES = ("hgm_core", "hgm_node", "hgm_view")
 
 LAYERS: dict[str, int] = {
     "hgm_core.types": 0,
@@ -40,6 +40,10 @@ ROS_PREFIXES = ("rclpy", "rosidl", "rcl_interfaces", "launch", "launch_ros", "am
                 "diagnostic_msgs", "std_srvs", "gsplat_msgs")
 NODE_MAY_IMPORT = ("hgm_core.types", "hgm_core.layout", "hgm_core.io", "hgm_core.serve.client",
                    "hgm_core.serve.protocol", "hgm_core.serve.schema", "hgm_core.serve.curve", "hgm_core.serve")
+
+VIEW_MAY_IMPORT = ("hgm_core.types", "hgm_core.layout", "hgm_core.paths", "hgm_core.io", "hgm_core.cli", "hgm_node",
+                   "hgm_view")
+"""`hgm view` reads files (io), serves the page and follows the node's topics; no rendering, model or pipeline."""
 
 
 def _module_name(path: Path) -> str:
@@ -173,6 +177,15 @@ def test_the_node_package_never_imports_torch():
     assert not outside, f"hgm_node reaches library rooms it must not: {outside}"
     heavy = sorted(f"{m} imports {t}" for m in reached for t in _graph()[m][1] if t in ("torch", "numba"))
     assert not heavy, heavy
+
+
+def test_the_viewer_imports_only_files_topics_and_the_command_framework():
+    wrong = sorted(f"{m} -> {d}" for m, (deps, _) in _graph().items() if m.startswith("hgm_view")
+                   for d in deps if not d.startswith(VIEW_MAY_IMPORT))
+    assert not wrong, f"hgm_view imports rooms it must not: {wrong}"
+    importers = sorted(m for m, (deps, _) in _graph().items()
+                       if not m.startswith("hgm_view") and any(d.startswith("hgm_view") for d in deps))
+    assert not importers, f"the viewer is a leaf: {importers} import it"
 
 
 @pytest.mark.parametrize("source,expected", [
