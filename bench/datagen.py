@@ -33,14 +33,15 @@ def main() -> None:
 
     from hgm_core.camera import pixel_rays
     from hgm_core.data.render import RenderConfig, SubjectScene, _subject_box, look_at_height, ring_cameras, write_subject
-    from hgm_core.data.synth import build_subject, sample_subject, subject_seed
+    from hgm_core.data.synth import SynthBody, build_subject, sample_subject, subject_seed
 
     config = RenderConfig(size=args.size)
+    body = SynthBody()
     build_s, render_s, cast_s = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(args.subjects + 1):
             t0 = time.perf_counter()
-            geom = build_subject(sample_subject(subject_seed(args.seed, i)))
+            geom = build_subject(sample_subject(subject_seed(args.seed, i), body), body)
             t1 = time.perf_counter()
             write_subject(Path(tmp), f"{i:04d}", geom, config)
             t2 = time.perf_counter()

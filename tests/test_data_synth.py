@@ -14,21 +14,26 @@ pytest.importorskip("open3d")
 from hgm_core.data.reader import subject_distance  # noqa: E402
 from hgm_core.data.render import RenderConfig, decode_depth, write_subject  # noqa: E402
 from hgm_core.data.synth import (  # noqa: E402
-    GENERATOR_VERSION, JOINT_LIMITS_DEG, SubjectSpec, SynthError, build_subject, sample_subject, subject_seed,
+    GENERATOR_VERSION, JOINT_LIMITS_DEG, SubjectSpec, SynthBody, SynthError, build_subject, sample_subject, subject_seed,
 )
 
 SIZE = 96
 CONFIG = RenderConfig(size=SIZE, ssaa=2)
 
 
-def _generate(root: Path, seed: int = 3) -> None:
-    write_subject(root, "0000", build_subject(sample_subject(subject_seed(seed, 0))), CONFIG)
+def _generate(root: Path, body: SynthBody, seed: int = 3) -> None:
+    write_subject(root, "0000", build_subject(sample_subject(subject_seed(seed, 0), body), body), CONFIG)
 
 
 @pytest.fixture(scope="module")
-def layout(tmp_path_factory) -> Path:
+def body() -> SynthBody:
+    return SynthBody()
+
+
+@pytest.fixture(scope="module")
+def layout(tmp_path_factory, body) -> Path:
     root = tmp_path_factory.mktemp("synth")
-    _generate(root)
+    _generate(root, body)
     return root
 
 
@@ -37,30 +42,30 @@ def _files(root: Path) -> dict[str, bytes]:
 
 
 def test_same_seed_gives_byte_identical_files(layout, tmp_path):
-    _generate(tmp_path)
+    _generate(tmp_path, SynthBody())  # a fresh body: nothing carried over from the first build
     a, b = _files(layout), _files(tmp_path)
     assert len(a) == 12 * 6 + 5  # 12 views x (jpg, mask, depth, normal, K, E) + mesh, body json/npz, keypoints, sheet
     assert a.keys() == b.keys()
     assert [k for k in a if a[k] != b[k]] == []
 
 
-def test_different_seeds_differ():
-    a, b = sample_subject(subject_seed(0, 0)), sample_subject(subject_seed(0, 1))
+def test_different_seeds_differ(body):
+    a, b = sample_subject(subject_seed(0, 0), body), sample_subject(subject_seed(0, 1), body)
     assert a != b and a.seed != b.seed
 
 
-def test_spec_json_round_trip_and_version_check(layout):
-    body = json.loads((layout / "body" / "0000.json").read_text())
-    spec = SubjectSpec.from_json(body["spec"])
-    assert spec == sample_subject(subject_seed(3, 0))
+def test_spec_json_round_trip_and_version_check(layout, body):
+    saved = json.loads((layout / "body" / "0000.json").read_text())
+    spec = SubjectSpec.from_json(saved["spec"])
+    assert spec == sample_subject(subject_seed(3, 0), body)
     assert spec.version == GENERATOR_VERSION
     with pytest.raises(SynthError):
-        build_subject(SubjectSpec.from_json({**body["spec"], "version": "0"}))
+        build_subject(SubjectSpec.from_json({**saved["spec"], "version": "0"}), body)
 
 
-def test_sampled_angles_respect_joint_limits():
+def test_sampled_angles_respect_joint_limits(body):
     for i in range(40):
-        spec = sample_subject(subject_seed(11, i))
+        spec = sample_subject(subject_seed(11, i), body)
         for name, deg in spec.joint_angles_deg.items():
             lo, hi = JOINT_LIMITS_DEG[name.rsplit(".", 1)[0]]
             assert lo <= deg <= hi, (name, deg)

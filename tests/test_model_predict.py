@@ -112,13 +112,14 @@ def test_wild_path_matches_the_training_path(model, tmp_path):
     from hgm_core.data.cache import load_cached_subject
     from hgm_core.data.reader import load_view
     from hgm_core.data.render import RenderConfig, write_subject
-    from hgm_core.data.synth import build_subject, sample_subject, subject_seed
+    from hgm_core.data.synth import SynthBody, build_subject, sample_subject, subject_seed
     from hgm_core.render import rasterize
     from hgm_core.train import metrics
     from hgm_core.train.sample import make_sample
     from hgm_core.train.validate import avatar, render_rgb
 
-    write_subject(tmp_path, "0000", build_subject(sample_subject(subject_seed(7, 0))), RenderConfig(size=256, ssaa=1))
+    synth = SynthBody()
+    write_subject(tmp_path, "0000", build_subject(sample_subject(subject_seed(7, 0), synth), synth), RenderConfig(size=256, ssaa=1))
     rgb, mask, E0, K0 = load_view(tmp_path, "0000", 0)
     body = np.load(tmp_path / "body" / "0000.npz")["vertices"].astype(np.float64) @ E0[:3, :3].T + E0[:3, 3]
     g = predict_avatar(model, (rgb * 255).round().astype(np.uint8), (mask * 255).astype(np.uint8), K0, body)

@@ -16,7 +16,7 @@ pytest.importorskip("open3d")
 
 from hgm_core.data.cache import complete_subjects, load_cached_subject  # noqa: E402
 from hgm_core.data.render import RenderConfig, write_subject  # noqa: E402
-from hgm_core.data.synth import build_subject, sample_subject, subject_seed  # noqa: E402
+from hgm_core.data.synth import SynthBody, build_subject, sample_subject, subject_seed  # noqa: E402
 from hgm_core.train.config import BodyNoise, TrainConfig, TrainConfigError  # noqa: E402
 from hgm_core.train.sample import draw_views, make_sample, perturb_body  # noqa: E402
 from hgm_core.train.trainer import STATE_NAME, TrainError, train  # noqa: E402
@@ -24,8 +24,9 @@ from hgm_core.train.validate import view_group  # noqa: E402
 
 
 def _layout(root: Path, seed: int, n: int) -> Path:
+    body = SynthBody()
     for i in range(n):
-        write_subject(root, f"{i:04d}", build_subject(sample_subject(subject_seed(seed, i))), RenderConfig(size=128, ssaa=1))
+        write_subject(root, f"{i:04d}", build_subject(sample_subject(subject_seed(seed, i), body), body), RenderConfig(size=128, ssaa=1))
     (root / "dataset.json").write_text(json.dumps({"seed": seed}))
     return root
 

