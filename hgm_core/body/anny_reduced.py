@@ -104,3 +104,109 @@ def _keypoint_moments(body: AnnyBody) -> tuple[torch.Tensor, torch.Tensor, torch
     moments = torch.sparse.mm(S, shapes.permute(1, 0, 2).reshape(V, -1)).reshape(K, J, -1, 3)
     s = torch.sparse.sum(S, dim=1).to_dense().reshape(K, J)
     return moments[:, :, 0].float(), moments[:, :, 1:].permute(2, 0, 1, 3).float().contiguous(), s.float()
+
+
+@dataclass(frozen=True)
+class AnnyKinematics:
+    """anny with its shape frozen, reduced to the 20 articulated joints: the per-frame tracker's model.
+
+    anny poses each articulated bone c by a rotation `D_c` about its head `q_c` in the zero pose
+    (its "local-ref" deltas), composed with the parent's: `V_c = V_p [D_c | q_c - D_c q_c]`, and
+    every other bone (twists, fingers, toes, eyes) follows its nearest articulated ancestor
+    unchanged. So with the shape fixed, the whole body is a 20-joint chain whose keypoints are
+    `sum_c R_c M_kc + S_kc t_c` (`V_c = [R_c | t_c]`, moments from `ReducedAnny`'s per-bone moments
+    pushed through the zero pose) and whose 104 bone poses are `V_owner(b) W0_b`: exact, and a few
+    hundred small tensor ops for a whole batch, so a Jacobian by batched finite differences is cheap.
+    All tensors are in the body frame (`hgm_core.body.base`), float64.
+
+    Attributes:
+        heads: `[20, 3]` zero-pose heads `q_c` of `AnnyBody.joint_names` (pelvis first).
+        parents: `[20]` parent joint index (-1 for the pelvis).
+        levels: joint indices grouped by depth, the pelvis's level first.
+        moments: `[K, 20, 3]` `M_kc`; weights: `[K, 20]` `S_kc`.
+        zero_bones: `[104, 4, 4]` zero-pose bone poses `W0_b`; owner: `[104]` articulated ancestor joint.
+    """
+
+    heads: torch.Tensor
+    parents: torch.Tensor
+    levels: tuple[torch.Tensor, ...]
+    moments: torch.Tensor
+    weights: torch.Tensor
+    zero_bones: torch.Tensor
+    owner: torch.Tensor
+
+    @classmethod
+    def build(cls, reduced: ReducedAnny, shape: torch.Tensor) -> "AnnyKinematics":
+        """The chain of `reduced`'s body for `shape [1, S]` (a few ms; once per keyframe)."""
+        body, anny = reduced.model, reduced.model.anny
+        with torch.no_grad():
+            rest = reduced.rest(shape.detach().float())
+            zero = torch.zeros(1, body.pose_dim)
+            T0, W0 = anny.get_bone_transforms(body.anny_deltas(zero, 1), rest.bone_poses)  # [1, 104, 4, 4] anny frame
+        T0, W0 = T0[0].double(), W0[0].double()
+        A = body._anny_from_body.double()  # row vectors: x_body = x_anny @ A
+        B4 = body._body_from_anny_4x4.double()
+        joint_bones = body._joint_bones.tolist()
+        parents_bone = list(anny.bone_parents)
+        owner = []
+        for b in range(len(parents_bone)):
+            while b not in joint_bones:
+                b = int(parents_bone[b])
+            owner.append(joint_bones.index(b))
+        owner_t = torch.tensor(owner)
+        m = rest.moments[0].double()  # [K, 104, 3]
+        s = reduced.bone_sums.double()  # [K, 104]
+        # Per bone: R0_b m_kb + s_kb t0_b, then summed over the bones each joint owns.
+        pushed = torch.einsum("bxd,kbd->kbx", T0[:, :3, :3], m) + s[..., None] * T0[None, :, :3, 3]
+        J = len(joint_bones)
+        moments = torch.zeros(m.shape[0], J, 3, dtype=torch.float64).index_add_(1, owner_t, pushed) @ A
+        weights = torch.zeros(m.shape[0], J, dtype=torch.float64).index_add_(1, owner_t, s)
+        heads = W0[joint_bones, :3, 3] @ A
+        parents = torch.tensor(body.joint_parents)
+        depth = [0] * J
+        for c in range(1, J):
+            depth[c] = depth[int(parents[c])] + 1
+        levels = tuple(torch.tensor([c for c in range(J) if depth[c] == d]) for d in range(max(depth) + 1))
+        return cls(heads, parents, levels, moments, weights, B4 @ W0, owner_t)
+
+    def chain(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`V_c = [R_c | t_c]` for `pose [B, 57]` (axis-angles, body frame): `R [B, 20, 3, 3]`, `t [B, 20, 3]`."""
+        B, J = pose.shape[0], len(self.heads)
+        D = roma.rotvec_to_rotmat(pose.reshape(B, J - 1, 3))
+        R = [None] * J
+        t = [None] * J
+        R[0] = torch.eye(3, dtype=pose.dtype).expand(B, 3, 3)
+        t[0] = pose.new_zeros(B, 3)
+        for level in self.levels[1:]:
+            for c in level.tolist():  # ~19 tiny products: cheaper than gathers at these sizes
+                p = int(self.parents[c])
+                Dc = D[:, c - 1]
+                q = self.heads[c]
+                R[c] = R[p] @ Dc
+                t[c] = (R[p] @ (q - Dc @ q)[..., None])[..., 0] + t[p]
+        return torch.stack(R, 1), torch.stack(t, 1)
+
+    def placement(self, rotation: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
+        """`g [B, 3]` of `place`'s map `X -> G X + g` (`G = rotation [B, 3, 3]`): the pelvis lands on `transl`."""
+        return transl - (rotation @ self.heads[0][:, None])[..., 0]
+
+    def points(self, rotation: torch.Tensor, transl: torch.Tensor, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Joints `[B, 20, 3]` and keypoints `[B, K, 3]` in the output frame, as `AnnyBody(params)` gives
+        them for `global_orient = rotvec(rotation [B, 3, 3])`, `transl [B, 3]`, `pose [B, 57]`."""
+        R, t = self.chain(pose)
+        parent = self.parents.clamp(min=0)
+        joints = (R[:, parent] @ self.heads[:, :, None])[..., 0] + t[:, parent]  # V_p q_c; the pelvis: q_0
+        keypoints = torch.einsum("bcxd,kcd->bkx", R, self.moments) + torch.einsum("kc,bcx->bkx", self.weights, t)
+        g = self.placement(rotation, transl)
+        move = lambda x: x @ rotation.transpose(1, 2) + g[:, None]  # noqa: E731
+        return move(joints), move(keypoints)
+
+    def bone_transforms(self, rotation: torch.Tensor, transl: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """`[B, 104, 4, 4]` placed bone poses, as `AnnyBody.bone_transforms(params)` gives them (skinning input)."""
+        R, t = self.chain(pose)
+        G, g = rotation, self.placement(rotation, transl)
+        V = torch.zeros(pose.shape[0], len(self.heads), 4, 4, dtype=pose.dtype)
+        V[:, :, :3, :3] = G[:, None] @ R
+        V[:, :, :3, 3] = t @ G.transpose(1, 2) + g[:, None]
+        V[:, :, 3, 3] = 1
+        return V[:, self.owner] @ self.zero_bones.to(pose.dtype)

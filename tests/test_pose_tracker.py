@@ -1,0 +1,127 @@
+"""The camera-rate pose tracker (hgm_core.body.pose_tracker) and its reduced chain (AnnyKinematics)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import roma
+import torch
+
+from hgm_core.body import AnnyBody, BodyParams
+from hgm_core.body.anny_reduced import AnnyKinematics
+from hgm_core.body.fit import BLAZEPOSE_FOR_KEYPOINT
+from hgm_core.body.pose_tracker import LOST, TRACKING, PoseTrackConfig, PoseTracker
+from hgm_core.camera import project_points
+from hgm_core.perception.perceive import LANDMARK_NAMES, Perception, default_intrinsics
+from tests.test_skinning import plausible_params
+
+SIZE = (640, 480)
+
+
+@pytest.fixture(scope="module")
+def anny() -> AnnyBody:
+    return AnnyBody()
+
+
+def oracle_perception(body: AnnyBody, params: BodyParams, K: np.ndarray, size: tuple[int, int] = SIZE) -> Perception:
+    """What a perfect landmark detector reports for `params` (visibility 1 where the model has the landmark)."""
+    with torch.no_grad():
+        kp = body(params).keypoints[0].double()
+    uv = project_points(kp, torch.as_tensor(K)).numpy()
+    names = body.keypoint_names
+    hips = kp[[names.index("left_hip"), names.index("right_hip")]].mean(0)
+    lm2, lm3 = np.zeros((33, 3), np.float32), np.zeros((33, 3), np.float32)
+    for k, name in enumerate(names):
+        if name in BLAZEPOSE_FOR_KEYPOINT:
+            i = LANDMARK_NAMES.index(BLAZEPOSE_FOR_KEYPOINT[name])
+            lm2[i] = (*uv[k], 1.0)
+            lm3[i] = (kp[k] - hips).numpy()
+    w, h = size
+    return Perception(size, np.zeros((h, w), bool), "given", lm2, lm3, (0, 0, w, h), 1, K, "camera_info")
+
+
+def motion(anny: AnnyBody, frames: int, seed: int = 0) -> list[BodyParams]:
+    """A person facing the camera 3 m away who lifts the left arm, bends the right leg, turns and steps sideways."""
+    g = torch.Generator().manual_seed(seed)
+    shape = 0.5 * torch.randn(1, anny.shape_dim, generator=g)
+    lim, names = anny.joint_limits, anny.pose_joint_names
+    out = []
+    for f in range(frames):
+        s = math.sin(math.pi * f / (frames - 1))
+        local = torch.zeros_like(lim.lo)
+        local[names.index("left_shoulder"), 2] = 1.2 * s
+        local[names.index("left_elbow"), 0] = 1.0 * s
+        local[names.index("right_hip"), 0] = -0.6 * s
+        local[names.index("right_knee"), 0] = 0.9 * s
+        pose = torch.einsum("jl,jkl->jk", local, lim.frames).reshape(1, -1)
+        orient = roma.rotmat_to_rotvec(roma.rotvec_to_rotmat(torch.tensor([0.0, 0.5 * s, 0.0])) @ roma.rotvec_to_rotmat(torch.tensor([math.pi, 0.0, 0.0])))
+        out.append(BodyParams(orient[None], torch.tensor([[0.3 * s, 0.1, 3.0]]), pose, shape))
+    return out
+
+
+def joints(anny: AnnyBody, params: BodyParams) -> torch.Tensor:
+    with torch.no_grad():
+        return anny(params).joints[0]
+
+
+def test_kinematics_reproduce_anny(anny: AnnyBody) -> None:
+    params = plausible_params(anny, batch=3, seed=0)
+    kin = AnnyKinematics.build(anny.sampled(1), params.shape[:1])
+    params.shape = params.shape[:1].expand(3, -1)
+    with torch.no_grad():
+        out, bones = anny(params), anny.bone_transforms(params)
+    R = roma.rotvec_to_rotmat(params.global_orient.double())
+    j, k = kin.points(R, params.transl.double(), params.pose.double())
+    assert (j - out.joints).norm(dim=-1).max() < 1e-5  # metres (anny itself runs in float32)
+    assert (k - out.keypoints).norm(dim=-1).max() < 1e-4
+    assert (kin.bone_transforms(R, params.transl.double(), params.pose.double()) - bones).abs().max() < 1e-5
+
+
+def test_tracker_follows_a_known_motion(anny: AnnyBody) -> None:
+    K = default_intrinsics(*SIZE)
+    seq = motion(anny, 20)
+    tracker = PoseTracker(anny, PoseTrackConfig(min_cutoff_hz=0))  # unfiltered: the solver's own accuracy
+    assert tracker.start(seq[0]) is None and tracker.state == TRACKING
+    errors = []
+    for f, params in enumerate(seq):
+        result = tracker.track(oracle_perception(anny, params, K), f / 15)
+        assert result.state == TRACKING, result.reason
+        errors.append(float((result.joints - joints(anny, params)).norm(dim=-1).mean()))
+        assert result.bone_transforms.shape == (len(anny.skinning_joint_names), 4, 4)
+    # Exact landmarks, 3 steps per frame from the previous frame while the wrist moves up to ~8 cm
+    # per frame; what is left is the priors' pull (rest pose, previous frame): 5 mm here.
+    assert max(errors) < 0.015, errors
+    assert np.mean(errors) < 0.008, errors
+
+
+def test_lost_on_an_empty_frame_and_recovers(anny: AnnyBody) -> None:
+    K = default_intrinsics(*SIZE)
+    seq = motion(anny, 11)
+    tracker = PoseTracker(anny)
+    assert tracker.track(oracle_perception(anny, seq[0], K)).reason == "not_started"
+    tracker.start(seq[0], oracle_perception(anny, seq[0], K), 0.0)
+    lost = tracker.track(None, 1 / 15)
+    assert (lost.state, lost.reason, lost.params, lost.bone_transforms) == (LOST, "no_person", None, None)
+    assert tracker.state == LOST
+    # Recovery from the landmarks alone, at a pose far from the last tracked one (the keyframe's).
+    back = tracker.track(oracle_perception(anny, seq[5], K), 2 / 15)
+    assert back.state == TRACKING and back.reinitialised
+    assert float((back.joints - joints(anny, seq[5])).norm(dim=-1).mean()) < 0.05
+
+
+def test_lost_when_the_torso_is_hidden_or_the_pose_cannot_explain_the_landmarks(anny: AnnyBody) -> None:
+    K = default_intrinsics(*SIZE)
+    seq = motion(anny, 3)
+    tracker = PoseTracker(anny)
+    tracker.start(seq[0])
+    hidden = oracle_perception(anny, seq[1], K)
+    hidden.landmarks_2d[[LANDMARK_NAMES.index(n) for n in ("left_shoulder", "right_shoulder")], 2] = 0.1
+    assert tracker.track(hidden).reason == "low_visibility"
+    tracker.start(seq[0])
+    scrambled = oracle_perception(anny, seq[1], K)
+    rng = np.random.default_rng(0)
+    scrambled.landmarks_2d[:, :2] = rng.permutation(scrambled.landmarks_2d[:, :2])  # no body fits this
+    result = tracker.track(scrambled)
+    assert (result.state, result.reason) == (LOST, "residual") and result.keypoint_error > 0.08
