@@ -17,6 +17,7 @@ import numpy as np
 
 if TYPE_CHECKING:  # the avatar container is torch-backed; the records only name it
     from hgm_core.gaussians import Gaussians
+    from hgm_core.io.live_stream import BindingArrays
 
 STAGES = ("prior", "coarse", "refined", "full")
 """Request levels (`ReconstructionRequest.stages`), in increasing cost: `prior` needs no network
@@ -97,6 +98,8 @@ class ReconstructionRequest:
         mesh: also extract the avatar's mesh; None leaves it to the reconstructor's configuration.
         stream: tracking key: a request may warm-start its body fit from the previous request of
             the same stream (one camera watching one person), never from another stream's.
+        bind: make this reconstruction the stream's *keyframe* for live tracking: bind the avatar
+            to its fitted body (`Reconstruction.keyframe`) and (re)start tracking the stream from it.
     """
 
     image: np.ndarray
@@ -106,6 +109,7 @@ class ReconstructionRequest:
     stages: str = "prior"
     mesh: bool | None = None
     stream: str = ""
+    bind: bool = False
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,52 @@ class Skeleton:
     bones: tuple[tuple[int, int], ...]
 
 
+@dataclass(frozen=True)
+class Keyframe:
+    """An avatar bound to its fitted body, the start of live tracking (docs/live_stream.md).
+
+    Attributes:
+        canonical_raw: `[N, 14]` float32 raw rows (`hgm_core.layout.RAW_FIELDS`) of the avatar in
+            the canonical (bind) pose of the body model.
+        binding: skinning joints and weights of every row, rest transforms, binding id.
+        bone_transforms: `[J, 4, 4]` float32 world transforms of the joints in the keyframe's own
+            pose (camera optical frame): skinning `canonical_raw` with them gives the avatar back.
+    """
+
+    canonical_raw: np.ndarray
+    binding: BindingArrays
+    bone_transforms: np.ndarray
+
+
+TRACK_STATES = ("tracking", "lost")
+"""`TrackedPose.state`: "lost" means no pose this frame (no person, tracking failed, or no keyframe
+of this stream on the worker); the client reconstructs a new keyframe."""
+
+
+@dataclass(frozen=True)
+class TrackedPose:
+    """The body's pose in one frame of a live stream (a `track` job's result).
+
+    Attributes:
+        state: one of `TRACK_STATES`.
+        binding_id: the keyframe binding the transforms belong to (0 when none).
+        bone_transforms: `[J, 4, 4]` float32 world transforms of the binding's joints in the
+            camera's optical frame, or None when lost.
+        skeleton: the body's joints in this frame, or None when lost.
+        reason: why the state is "lost" ("" when tracking).
+        timings: seconds per step; info: JSON-serialisable extras of the tracker.
+    """
+
+    state: str
+    binding_id: int = 0
+    bone_transforms: np.ndarray | None = None
+    skeleton: Skeleton | None = None
+    reason: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    keyframe: Keyframe | None = None
+
+
 @dataclass
 class Reconstruction:
     """The result of one request: what the worker sends back and `hgm reconstruct` writes.
@@ -148,6 +198,7 @@ class Reconstruction:
         timings: seconds per stage component, in run order, plus "total".
         info: JSON-serialisable extras: `stages_run`, per-stage reports, warnings, the effective
             configuration, person count, crop box, fit residuals.
+        keyframe: the avatar bound to its body when the request asked for it (`bind`), else None.
     """
 
     gaussians: Gaussians
@@ -157,3 +208,4 @@ class Reconstruction:
     mesh: Mesh | None = None
     timings: dict[str, float] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    keyframe: Keyframe | None = None

@@ -28,6 +28,8 @@ class PipelineStats:
         timings: seconds per stage of the last published job, plus "roundtrip" and "total"
             (frame received -> outputs published).
         gaussians, cloud_bytes: size of the last published avatar.
+        keyframes, track_state: live mode: keyframes installed so far, and the last frame's outcome
+            ("tracking", "lost", "waiting"; "" outside live mode).
     """
 
     received: int = 0
@@ -40,6 +42,8 @@ class PipelineStats:
     timings: dict[str, float] = field(default_factory=dict)
     gaussians: int = 0
     cloud_bytes: int = 0
+    keyframes: int = 0
+    track_state: str = ""
 
 
 def diagnostic_array(stamp: Time, node_name: str, worker: WorkerStatus, stats: PipelineStats) -> DiagnosticArray:
@@ -58,6 +62,7 @@ def diagnostic_array(stamp: Time, node_name: str, worker: WorkerStatus, stats: P
         "jobs_failed": str(stats.failed),
         "last_gaussians": str(stats.gaussians),
         "last_cloud_bytes": str(stats.cloud_bytes),
+        **({"live_keyframes": str(stats.keyframes), "live_state": stats.track_state} if stats.track_state else {}),
         **{f"latency.{k}_s": f"{v:.4f}" for k, v in stats.timings.items()},
     }
     return DiagnosticArray(

@@ -4,7 +4,9 @@ Subscribes (remappable, depth 1, reliable unless the publisher is best effort: `
 `image` (sensor_msgs/Image) or `image/compressed` (sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`. Publishes (reliable,
 TRANSIENT_LOCAL, depth 1): `human_gaussians` (PointCloud2), `human_body` (MarkerArray skeleton),
 `human_body/joints` (PoseArray), `human_mesh` (Marker TRIANGLE_LIST, with parameter `mesh`, when the worker makes a
-mesh), all stamped with the source image's header; and `/diagnostics`.
+mesh), all stamped with the source image's header; and `/diagnostics`. With `mode: live` also
+`human_avatar/canonical`, `human_avatar/binding` and `human_avatar/bones` (`hgm_node.live`,
+docs/live_stream.md), and `human_gaussians` is the keyframe avatar re-posed in every frame.
 
 Threads: executor callbacks only validate headers and store the frame; one job thread converts
 pixels, calls the worker and publishes; the worker link's thread supervises the worker. So the
@@ -42,6 +44,7 @@ from hgm_node.conversions import (
     skeleton_to_markers,
 )
 from hgm_node.diagnostics import ERROR, OK, WARN, PipelineStats, diagnostic_array
+from hgm_node.live import LiveInput, LiveMode
 from hgm_node.params import NodeParams, declare_parameters
 from hgm_node.qos import DIAGNOSTICS_QOS, LATCHED_QOS, InputSubscription
 from hgm_node.worker_link import WorkerLink, WorkerStatus
@@ -66,6 +69,7 @@ class HgmNode(Node):
         self._cond = threading.Condition()
         self._stopping = False
         self._link: WorkerLink | None = None
+        self._live: LiveMode | None = None
         self._job_thread: threading.Thread | None = None
         self.params: NodeParams = declare_parameters(self)
         p = self.params
@@ -99,7 +103,12 @@ class HgmNode(Node):
         self._info_sub = InputSubscription(self, CameraInfo, "camera_info", self._on_camera_info)
         if p.use_mask:
             self._mask_sub = InputSubscription(self, Image, "mask", self._on_mask)
-        if p.trigger == "service":
+        if p.mode == "live":
+            self._live = LiveMode(self, self._link, stream=self.get_fully_qualified_name(), stages=p.stages,
+                                  publish_avatar=self._publish_avatar, keyframe_period_s=p.keyframe_period_s,
+                                  retry_s=p.keyframe_retry_s)
+        self._continuous = p.trigger == "continuous" or p.mode == "live"  # live mode tracks every frame
+        if p.trigger == "service" or p.mode == "live":
             self.create_service(Trigger, "~/capture", self._on_capture)
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
 
@@ -107,7 +116,7 @@ class HgmNode(Node):
         self._job_thread = threading.Thread(target=self._job_loop, name="hgm-jobs", daemon=True)
         self._job_thread.start()
         self.get_logger().info(
-            f"subscribed to {self._image_sub.topic_name} ({p.image_transport}), trigger={p.trigger}, "
+            f"subscribed to {self._image_sub.topic_name} ({p.image_transport}), mode={p.mode}, trigger={p.trigger}, "
             f"stages={p.stages}, worker {'local on ' if not p.worker_endpoint else ''}{self._link.endpoint}"
         )
 
@@ -117,6 +126,8 @@ class HgmNode(Node):
             self._cond.notify_all()
         if self._link is not None:
             self._link.close()  # also ends a job in flight, so the job thread can be joined
+        if self._live is not None:
+            self._live.close()
         if self._job_thread is not None:
             self._job_thread.join(timeout=5.0)
         super().destroy_node()
@@ -144,7 +155,7 @@ class HgmNode(Node):
         with self._cond:
             self._stats.received += 1
             self._latest = frame
-            if self.params.trigger == "continuous":
+            if self._continuous:
                 self._offer(frame)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -165,6 +176,9 @@ class HgmNode(Node):
             response.success, response.message = False, f"no frame received yet on {self._image_sub.topic_name}"
         elif status.state != "ok":
             response.success, response.message = False, f"worker not ready ({status.state}): {status.message}"
+        elif self._live is not None:
+            self._live.request_keyframe("~/capture")
+            response.success, response.message = True, "a new keyframe will be reconstructed from the next frame"
         else:
             with self._cond:
                 self._offer(frame)
@@ -203,7 +217,7 @@ class HgmNode(Node):
                     self._cond.wait(0.5)
                 if self._stopping:
                     return
-                if self.params.trigger == "continuous":
+                if self._continuous:
                     wait = last_start + self.params.min_interval_s - time.monotonic()
                     if wait > 0:
                         self._cond.wait(wait)  # a newer frame may replace the pending one meanwhile
@@ -229,17 +243,14 @@ class HgmNode(Node):
             return
         h, w = image.shape[:2]
         K = camera_info_to_K(info, w, h) if info is not None else None
+        if self._live is not None:
+            self._run_live(LiveInput(image, K, mask, frame.msg.header, frame.received))
+            return
         try:
             result = self._link.reconstruct(image, K=K, mask=mask, stages=self.params.stages, mesh=self.params.mesh,
                                          stream=self.get_fully_qualified_name())
         except WorkerError as e:
-            if self._stopping:
-                return
-            level = ERROR if e.kind in SEVERE_WORKER_ERRORS else WARN
-            with self._cond:
-                self._stats.failed += 1
-                self._stats.level, self._stats.message = level, f"job failed: {e}"
-            self.get_logger().warning(f"job failed: {e}", throttle_duration_sec=5.0)
+            self._job_failed(e)
             return
         cloud_bytes = self._publish(result, frame.msg.header)
         total = time.monotonic() - frame.received
@@ -249,15 +260,44 @@ class HgmNode(Node):
             self._stats.timings = {**result.timings, "total": total}
             self._stats.gaussians, self._stats.cloud_bytes = len(result.gaussians), cloud_bytes
 
+    def _run_live(self, frame: LiveInput) -> None:
+        try:
+            outcome = self._live.process(frame)
+        except WorkerError as e:
+            self._job_failed(e)
+            return
+        total = time.monotonic() - frame.received
+        with self._cond:
+            self._stats.keyframes, self._stats.track_state = self._live.keyframes, outcome.state
+            self._stats.level, self._stats.message = (OK if outcome.state == "tracking" else WARN), f"live: {outcome.message}"
+            if outcome.state == "tracking":
+                self._stats.processed += 1
+                self._stats.timings = {**(outcome.timings or {}), "total": total}
+                self._stats.gaussians, self._stats.cloud_bytes = outcome.gaussians, outcome.cloud_bytes
+
+    def _job_failed(self, e: WorkerError) -> None:
+        if self._stopping:
+            return
+        level = ERROR if e.kind in SEVERE_WORKER_ERRORS else WARN
+        with self._cond:
+            self._stats.failed += 1
+            self._stats.level, self._stats.message = level, f"job failed: {e}"
+        self.get_logger().warning(f"job failed: {e}", throttle_duration_sec=5.0)
+
     def _publish(self, result: JobResult, source: Header) -> int:
         header = Header(stamp=source.stamp, frame_id=source.frame_id)
-        cloud = gaussians_to_pointcloud2(result.gaussians, header)
-        self._pub_gaussians.publish(cloud)
-        if result.joints is not None and len(result.joints):
-            self._pub_body.publish(skeleton_to_markers(result.joints, result.bones, header))
-            self._pub_joints.publish(joints_to_pose_array(result.joints, header))
+        cloud_bytes = self._publish_avatar(result.gaussians, result.joints, result.bones, header)
         if result.mesh_vertices is not None and result.mesh_faces is not None:
             self._pub_mesh.publish(mesh_to_marker(result.mesh_vertices, result.mesh_faces, result.mesh_colors, header))
+        return cloud_bytes
+
+    def _publish_avatar(self, raw: np.ndarray, joints: np.ndarray | None, bones: tuple[tuple[int, int], ...], header: Header) -> int:
+        """`human_gaussians` from raw rows `[N, 14]`, and the skeleton when there are joints `[J, 3]`; the cloud's bytes."""
+        cloud = gaussians_to_pointcloud2(raw, header)
+        self._pub_gaussians.publish(cloud)
+        if joints is not None and len(joints):
+            self._pub_body.publish(skeleton_to_markers(joints, bones, header))
+            self._pub_joints.publish(joints_to_pose_array(joints, header))
         return len(cloud.data)
 
 

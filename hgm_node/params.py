@@ -14,6 +14,7 @@ from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValu
 from rclpy.node import Node
 
 TRIGGERS = ("continuous", "service")
+MODES = ("reconstruct", "live")
 IMAGE_TRANSPORTS = ("raw", "compressed")
 
 
@@ -23,6 +24,14 @@ def _param(default, description: str, *, choices: tuple[str, ...] = (), min_valu
 
 @dataclass(frozen=True)
 class NodeParams:
+    mode: str = _param("reconstruct", "'reconstruct': every job reconstructs a frame; 'live': reconstruct a keyframe "
+                       "(at start, on ~/capture, when tracking is lost, every keyframe_period_s), track the body in "
+                       "every frame and publish the keyframe avatar re-posed (docs/live_stream.md); frames are then "
+                       "always taken continuously", choices=MODES)
+    keyframe_period_s: float = _param(0.0, "live mode: also take a new keyframe this often (0: only at start, on "
+                                      "~/capture and when tracking is lost)", min_value=0.0)
+    keyframe_retry_s: float = _param(1.0, "live mode: least time between a failed keyframe and the next attempt",
+                                     min_value=0.0)
     trigger: str = _param("continuous", "'continuous': reconstruct the latest frame whenever the worker is free "
                           "(latest frame wins); 'service': only on a ~/capture call (std_srvs/Trigger)", choices=TRIGGERS)
     min_interval_s: float = _param(0.0, "continuous mode: least time between two job starts", min_value=0.0)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hgm_core.serve.client import JobResult, WorkerCancelled, WorkerClient, WorkerError, WorkerTimeout
+from hgm_core.types import TrackedPose
 
 log = logging.getLogger("hgm_node.worker")
 
@@ -125,7 +126,7 @@ class WorkerLink:
         return self._ready.wait(timeout_s)
 
     def reconstruct(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stages: str,
-                    mesh: bool = False, stream: str = "") -> JobResult:
+                    mesh: bool = False, stream: str = "", bind: bool = False) -> JobResult:
         """Run one job (blocking, on the caller's thread; call it off the executor). Raises
         `WorkerError`/`WorkerTimeout`.
 
@@ -133,10 +134,17 @@ class WorkerLink:
         instead the call is cancelled (kind "unavailable") as soon as supervision sees the worker
         leave the "ok" state, or the link closes.
         """
+        return self._job(self._client.reconstruct, image, K=K, mask=mask, stages=stages, mesh=mesh, stream=stream, bind=bind)
+
+    def track(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stream: str) -> TrackedPose:
+        """One track job (live mode), supervised like `reconstruct`."""
+        return self._job(self._client.track, image, K=K, mask=mask, stream=stream)
+
+    def _job(self, call, image: np.ndarray, **kwargs):
         with self._lock:
             lost = self._lost
         try:
-            return self._client.reconstruct(image, K=K, mask=mask, stages=stages, mesh=mesh, stream=stream, cancel=lost)
+            return call(image, cancel=lost, **kwargs)
         except WorkerCancelled:
             if self._stop.is_set():
                 raise WorkerError("unavailable", "the worker link is closing") from None

@@ -197,7 +197,7 @@ class Broker:
             if msg.kind == "health":
                 self._front.send_multipart(envelope + encode("result", rid, info=self.health_info()))
                 return
-            if msg.kind != "reconstruct":
+            if msg.kind not in ("reconstruct", "track"):
                 raise ProtocolError("bad_request", f"kind {msg.kind!r} is not a request", rid)
             if len(self._queue) >= self.config.max_queue:
                 raise ProtocolError("busy", f"broker queue full ({self.config.max_queue} jobs)", rid)

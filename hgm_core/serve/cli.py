@@ -112,12 +112,15 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
 
         config = _reconstructor_config(args).to_dict()
         handler, available = ComputeSpec("hgm_core.serve.cli:isolated_handler", {"config": config}, threads=args.threads), STAGES
+        track = None  # track jobs need the keyframe's tracker in the serving process
     else:
+        from hgm_core.pipeline.live import LivePipeline
         from hgm_core.runtime import set_compute_threads
 
         set_compute_threads(args.threads)  # the entry point, not the library, owns the thread count
         reconstructor = _load_reconstructor(args)
-        handler, available = reconstructor.run, tuple(reconstructor.available_stages)
+        live = LivePipeline(reconstructor)  # keyframes (bind) and track jobs for the node's live mode
+        handler, track, available = live.run, live.track, tuple(reconstructor.available_stages)
     if wanted is not None and not set(wanted) <= set(available):
         raise CliError(f"stages {sorted(set(wanted) - set(available))} are not available here (only {', '.join(available)}); see --checkpoint")
     worker_config = WorkerConfig(
@@ -127,7 +130,7 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
         stages=wanted or available,
         heartbeat_interval_s=args.heartbeat_s,
     )
-    return Worker(handler, worker_config, curve_server=server_keys, curve_client=client_keys)
+    return Worker(handler, worker_config, curve_server=server_keys, curve_client=client_keys, track=track)
 
 
 def _reconstructor_config(args: argparse.Namespace):

@@ -3,6 +3,8 @@
     with WorkerClient("tcp://127.0.0.1:5555") as client:
         result = client.reconstruct(image, K=K)          # image [H, W, 3] uint8 RGB
         result.gaussians                                  # [N, 14] float32 raw rows, camera frame
+        key = client.reconstruct(image, stream="cam", bind=True).keyframe   # live: canonical avatar + binding
+        pose = client.track(next_image, stream="cam")    # pose.state, pose.bone_transforms [J, 4, 4]
 
 Every call has a deadline; after a timeout the socket is thrown away and the request re-sent on a
 fresh one (the "lazy pirate" pattern of the ZeroMQ guide), at most `retries` times. Calls are
@@ -26,8 +28,8 @@ import zmq.auth
 from hgm_core.serve.curve import CurveClientKeys
 from hgm_core.serve.curve import make_client as make_curve_client
 from hgm_core.serve.protocol import Message, ProtocolError, decode, encode, new_id
-from hgm_core.serve.schema import JobResult, decode_error, decode_result, encode_request
-from hgm_core.types import HgmError
+from hgm_core.serve.schema import JobResult, decode_error, decode_result, decode_track_result, encode_request, encode_track_request
+from hgm_core.types import HgmError, TrackedPose
 
 CANCEL_POLL_S = 0.05
 """How often a call with a `cancel` event looks at it while waiting for the reply."""
@@ -113,6 +115,7 @@ class WorkerClient:
         stages: str = "prior",
         mesh: bool | None = None,
         stream: str = "",
+        bind: bool = False,
         timeout_s: float | None = None,
         cancel: threading.Event | None = None,
     ) -> JobResult:
@@ -126,6 +129,8 @@ class WorkerClient:
             mesh: ask for the avatar mesh (`JobResult.mesh_*`); None: the worker's default (`hgm serve --mesh`).
             stream: names this camera stream, so the worker warm-starts the body fit from its
                 previous frame only (several clients can share one worker).
+            bind: make this the stream's keyframe for `track` (`JobResult.keyframe`: the canonical
+                avatar and its binding); the worker restarts tracking the stream from it.
             timeout_s: deadline of one attempt (default: the client's).
             cancel: set it (from any thread) to abandon the call.
 
@@ -139,7 +144,7 @@ class WorkerClient:
         request_id = new_id()
         try:
             frames = encode_request(request_id, image, K=K, mask=mask, depth=depth, stages=stages, mesh=mesh, stream=stream,
-                                    deadline_ms=int(timeout_s * 1000))
+                                    bind=bind, deadline_ms=int(timeout_s * 1000))
         except ProtocolError as e:
             raise WorkerError(e.kind, str(e)) from None
         t0 = time.perf_counter()
@@ -150,6 +155,41 @@ class WorkerClient:
             raise WorkerError("protocol", f"malformed result: {e}") from None
         result.timings["roundtrip"] = time.perf_counter() - t0
         return result
+
+    def track(
+        self,
+        image: np.ndarray,
+        *,
+        stream: str,
+        K: np.ndarray | None = None,
+        mask: np.ndarray | None = None,
+        depth: np.ndarray | None = None,
+        timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> TrackedPose:
+        """The body's pose in `image` (`[H, W, 3]` uint8 RGB), one frame of `stream`, tracked from the
+        stream's keyframe (`reconstruct(..., bind=True)`) on the same worker.
+
+        Returns a `TrackedPose`: state "tracking" with `bone_transforms [J, 4, 4]` (skin the
+        keyframe's canonical avatar with `hgm_core.io.live_stream.skin_raw`) and the skeleton, or
+        "lost" with its reason (then send a new keyframe). Timings get "roundtrip". Other arguments
+        and exceptions as `reconstruct`.
+        """
+        timeout_s = timeout_s or self.timeout_s
+        request_id = new_id()
+        try:
+            frames = encode_track_request(request_id, image, stream=stream, K=K, mask=mask, depth=depth,
+                                          deadline_ms=int(timeout_s * 1000))
+        except ProtocolError as e:
+            raise WorkerError(e.kind, str(e)) from None
+        t0 = time.perf_counter()
+        reply = self._call(request_id, frames, timeout_s, self.retries, cancel)
+        try:
+            pose = decode_track_result(reply)
+        except ProtocolError as e:
+            raise WorkerError("protocol", f"malformed track result: {e}") from None
+        pose.timings["roundtrip"] = time.perf_counter() - t0
+        return pose
 
     def health(self, timeout_s: float = 2.0) -> dict:
         """The server's state: {"ok", "protocol", "role", "stages", "busy", ...}. One attempt, no retry.

@@ -18,7 +18,7 @@ Header keys:
     protocol   1 (a JSON integer; any other value, `1.0` and `true` included, gets an error reply
                of kind "protocol")
     id         string chosen by the client (<= 128 chars), echoed in the reply
-    kind       "reconstruct" | "health"            requests
+    kind       "reconstruct" | "track" | "health"  requests
                "result" | "error"                  replies
                "ready" | "heartbeat"               worker <-> broker only
     arrays     list of at most 16 {"name": str, "dtype": str, "shape": [int, ...]} (unique names
@@ -32,10 +32,18 @@ Header keys:
                queued after it is dropped
     stages     (reconstruct) "prior" | "coarse" | "refined" | "full"
     mesh       (reconstruct, optional) true/false: extract the avatar mesh; absent: the worker's default
-    stream     (reconstruct, optional) string of at most 128 chars naming the camera stream; the
-               worker warm-starts a body fit only from the same stream's previous frame
+    stream     (reconstruct, optional; track, required and non-empty) string of at most 128 chars
+               naming the camera stream; the worker warm-starts a body fit only from the same
+               stream's previous frame, and tracks a stream only from that stream's keyframe
+    bind       (reconstruct, optional) true: the result is the stream's *keyframe* for live
+               tracking: the avatar is bound to its fitted body (result `binding` and keyframe
+               arrays) and the worker (re)starts tracking the stream from it
+    binding    (reconstruct result of a bind request) {"binding_id": uint32 (new per keyframe),
+               "body_model": str, "joint_names": [str; J], "joint_parents": [int; J] (-1 = root)}
+    track      (track result) {"state": "tracking" | "lost", "binding_id": uint32 (the keyframe
+               the transforms belong to; 0 when none), "reason": str (why lost; "" while tracking)}
     info       (replies) JSON object: for health the server's state, for results the pipeline's extras
-    skeleton   (reconstruct result, optional) {"names": [str, ...], "bones": [[i, j], ...]}
+    skeleton   (reconstruct and track results, optional) {"names": [str, ...], "bones": [[i, j], ...]}
 
 No pickle or other executable encoding is ever used; a reader needs only JSON and raw buffers.
 
@@ -52,9 +60,22 @@ reconstruct result arrays (all in the input camera's optical frame, x right, y d
     scale_2 rot_0 rot_1 rot_2 rot_3` (opacity logit, log scales, quaternion w first — the 3DGS PLY
     encoding); optional joints float32 [J, 3]; optional mesh_vertices float32 [V, 3], mesh_faces
     uint32 [F, 3], mesh_colors uint8 [V, 3]; optional body_vertices float32 [B, 3] and body_faces
-    uint32 [G, 3] (the fitted body surface).
+    uint32 [G, 3] (the fitted body surface). A bind request's result adds the keyframe
+    (docs/live_stream.md): canonical float32 [N, 14] (the avatar's raw rows in the body model's
+    canonical pose, row i bound like gaussian i), joint_index uint16 [N, K] and joint_weight float32
+    [N, K] (skinning joints and weights per row), rest_transforms float32 [J, 4, 4] (the joints'
+    canonical world transforms) and bone_transforms float32 [J, 4, 4] (the keyframe's own pose,
+    camera frame: skinning canonical with them gives gaussians back).
+track request arrays: as reconstruct (image required; K, mask, depth optional, same checks); the
+    worker finds the person's pose in this frame, starting from the stream's keyframe and previous
+    frames. A stream without a keyframe on this worker, a frame without a person, or a pose the
+    tracker cannot trust is state "lost" (a result, not an error): the client sends a new keyframe.
+track result arrays (state "tracking"): bone_transforms float32 [J, 4, 4] rigid world transforms
+    of the binding's J joints in the camera frame (skin the canonical avatar with them:
+    docs/live_stream.md); optional joints float32 [S, 3] with `skeleton`. State "lost" has no arrays.
+    A worker serves track jobs on a compute thread of their own, beside a running reconstruction.
 health reply: kind "result" without arrays; `info` holds at least {"ok": bool, "protocol": 1,
-    "role": "worker" | "broker", "stages": [...], "busy": bool}.
+    "role": "worker" | "broker", "stages": [...], "busy": bool}; a worker's also "track": bool.
 
 Size limits: a message whose frames add up to more than the server's maximum gets a too_large
 reply; a single frame over that maximum is refused by ZeroMQ itself (ZMQ_MAXMSGSIZE), which closes
@@ -87,7 +108,7 @@ from hgm_core.types import ERROR_KINDS, HgmError
 
 PROTOCOL_VERSION = 1
 
-REQUEST_KINDS = ("reconstruct", "health")
+REQUEST_KINDS = ("reconstruct", "track", "health")
 REPLY_KINDS = ("result", "error")
 CONTROL_KINDS = ("ready", "heartbeat")
 KINDS = REQUEST_KINDS + REPLY_KINDS + CONTROL_KINDS

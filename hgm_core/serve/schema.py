@@ -1,13 +1,14 @@
-"""The reconstruct request and result of the worker protocol, encoded and checked in one place.
+"""The reconstruct and track requests and results of the worker protocol, encoded and checked in one place.
 
 `hgm_core.serve.protocol` (whose docstring is the wire specification) frames messages; this module
-says what a reconstruct request and its result hold. The client encodes requests and decodes results
+says what a reconstruct or track request and its result hold. The client encodes requests and decodes results
 with it, the worker decodes requests and encodes results, and the broker forwards both untouched.
 Every check of a request's content — image, intrinsics, mask, options, limits — lives here, so the
 client refuses locally exactly what a worker would refuse remotely.
 
 Imports numpy and pyzmq only (the torch-free ROS node uses it); `encode_result` only calls methods
-of the `Reconstruction` it is given.
+of the `Reconstruction` it is given. A keyframe's binding decodes into `hgm_core.io.live_stream`'s
+`BindingArrays`, which the node's numpy skinner takes as is.
 """
 
 from __future__ import annotations
@@ -21,9 +22,21 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from hgm_core.io.live_stream import BindingArrays, LiveStreamError
 from hgm_core.layout import RAW_FIELDS
 from hgm_core.serve.protocol import MAX_ID_CHARS, Message, ProtocolError, encode, encode_error
-from hgm_core.types import ERROR_KINDS, STAGES, CameraInfo, HgmError, Reconstruction, ReconstructionRequest
+from hgm_core.types import (
+    ERROR_KINDS,
+    STAGES,
+    TRACK_STATES,
+    CameraInfo,
+    HgmError,
+    Keyframe,
+    Reconstruction,
+    ReconstructionRequest,
+    Skeleton,
+    TrackedPose,
+)
 
 _log = logging.getLogger("hgm.serve.worker")
 
@@ -49,6 +62,7 @@ class JobResult:
         timings: seconds per stage on the worker, plus "worker_total" and "roundtrip".
         info: the pipeline's JSON extras, plus "worker" (pid, host) of the worker that ran the job.
         body_vertices `[B, 3]` float32, body_faces `[G, 3]` uint32: the fitted body surface, or None.
+        keyframe: the canonical avatar, binding and keyframe pose of a `bind` request, or None.
     """
 
     gaussians: np.ndarray
@@ -62,6 +76,7 @@ class JobResult:
     info: dict
     body_vertices: np.ndarray | None = None
     body_faces: np.ndarray | None = None
+    keyframe: Keyframe | None = None
 
 
 # -- requests ------------------------------------------------------------------------------------
@@ -77,6 +92,7 @@ def encode_request(
     stages: str = "prior",
     mesh: bool | None = None,
     stream: str = "",
+    bind: bool = False,
     deadline_ms: int | None = None,
 ) -> list:
     """A reconstruct request -> multipart frames, after the same checks `decode_request` makes.
@@ -84,6 +100,42 @@ def encode_request(
     Raises:
         ProtocolError: kind "bad_input" for an unusable image, K, mask or depth, "bad_request" for options.
     """
+    arrays = _request_arrays(request_id, image, K, mask, depth)
+    options = _check_options({"stages": stages, "mesh": None if mesh is None else bool(mesh), "stream": stream,
+                              "bind": bool(bind)}, STAGES, request_id)
+    fields = {k: v for k, v in options.items() if v is not None and not (k == "bind" and not v)}
+    if deadline_ms is not None:
+        fields["deadline_ms"] = deadline_ms
+    return encode("reconstruct", request_id, arrays, **fields)
+
+
+def encode_track_request(
+    request_id: str,
+    image: np.ndarray,
+    *,
+    stream: str,
+    K: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    depth: np.ndarray | None = None,
+    deadline_ms: int | None = None,
+) -> list:
+    """A track request (the body's pose in one frame of `stream`) -> multipart frames, after the
+    checks `decode_request` makes.
+
+    Raises:
+        ProtocolError: "bad_input" for an unusable image, K, mask or depth; "bad_request" for an empty `stream`.
+    """
+    arrays = _request_arrays(request_id, image, K, mask, depth)
+    _check_track_stream(stream, request_id)
+    fields: dict[str, Any] = {"stream": stream}
+    if deadline_ms is not None:
+        fields["deadline_ms"] = deadline_ms
+    return encode("track", request_id, arrays, **fields)
+
+
+def _request_arrays(request_id: str, image: np.ndarray, K: np.ndarray | None, mask: np.ndarray | None,
+                    depth: np.ndarray | None) -> dict[str, np.ndarray]:
+    """The checked arrays of a reconstruct or track request."""
     image = np.asarray(image)
     arrays = {"image": check_image(image, request_id)}
     h, w = image.shape[:2]
@@ -95,16 +147,14 @@ def encode_request(
         arrays["mask"] = check_mask(mask.astype(np.uint8) if mask.dtype == bool else mask, (h, w), request_id)
     if depth is not None:
         arrays["depth"] = check_depth(np.asarray(depth), (h, w), request_id)
-    options = _check_options({"stages": stages, "mesh": None if mesh is None else bool(mesh), "stream": stream}, STAGES, request_id)
-    fields = {k: v for k, v in options.items() if v is not None}
-    if deadline_ms is not None:
-        fields["deadline_ms"] = deadline_ms
-    return encode("reconstruct", request_id, arrays, **fields)
+    return arrays
 
 
 def decode_request(msg: Message, *, max_pixels: int, stages: tuple[str, ...] = STAGES) -> ReconstructionRequest:
-    """A decoded "reconstruct" message -> the pipeline's request, checked against the schema and
-    the server's limits (`max_pixels`, the `stages` it serves).
+    """A decoded "reconstruct" or "track" message -> the pipeline's request, checked against the
+    schema and the server's limits (`max_pixels`, the `stages` it serves). A track request becomes a
+    request with its image, intrinsics, mask, depth and (non-empty) stream; its other fields keep
+    their defaults and mean nothing to the tracker.
 
     Raises:
         ProtocolError: bad_request (schema), bad_input (unusable image, K or mask), too_large.
@@ -122,6 +172,10 @@ def decode_request(msg: Message, *, max_pixels: int, stages: tuple[str, ...] = S
     camera = check_camera(arrays["K"], w, h, rid) if "K" in arrays else None
     mask = check_mask(arrays["mask"], (h, w), rid) if "mask" in arrays else None
     depth = check_depth(arrays["depth"], (h, w), rid) if "depth" in arrays else None
+    if msg.kind == "track":
+        stream = msg.header.get("stream")
+        _check_track_stream(stream, rid)
+        return ReconstructionRequest(image=image, camera=camera, mask=mask, depth=depth, stream=stream)
     options = _check_options(msg.header, stages, rid)
     return ReconstructionRequest(image=image, camera=camera, mask=mask, depth=depth, **options)
 
@@ -182,7 +236,15 @@ def _check_options(fields: Mapping[str, Any], stages: tuple[str, ...], rid: str)
     stream = fields.get("stream", "")
     if not isinstance(stream, str) or len(stream) > MAX_STREAM_CHARS:
         raise ProtocolError("bad_request", f"stream must be a string of at most {MAX_STREAM_CHARS} characters", rid)
-    return {"stages": stage, "mesh": mesh, "stream": stream}
+    bind = fields.get("bind", False)
+    if not isinstance(bind, bool):
+        raise ProtocolError("bad_request", f"bind must be true, false or absent, got {bind!r}", rid)
+    return {"stages": stage, "mesh": mesh, "stream": stream, "bind": bind}
+
+
+def _check_track_stream(stream: Any, rid: str) -> None:
+    if not isinstance(stream, str) or not 0 < len(stream) <= MAX_STREAM_CHARS:
+        raise ProtocolError("bad_request", f"a track request needs a stream: a string of 1 to {MAX_STREAM_CHARS} characters", rid)
 
 
 # -- results -------------------------------------------------------------------------------------
@@ -206,6 +268,34 @@ def encode_result(request_id: str, recon: Reconstruction, *, timings: Mapping[st
     if recon.body_mesh is not None:
         arrays["body_vertices"] = np.asarray(recon.body_mesh.vertices, dtype=np.float32)
         arrays["body_faces"] = _faces_u32(recon.body_mesh.faces)
+    if recon.keyframe is not None:
+        kf, b = recon.keyframe, recon.keyframe.binding
+        arrays.update(canonical=np.asarray(kf.canonical_raw, np.float32), joint_index=np.asarray(b.joint_index, np.uint16),
+                      joint_weight=np.asarray(b.joint_weight, np.float32),
+                      rest_transforms=np.asarray(b.rest_transforms, np.float32),
+                      bone_transforms=np.asarray(kf.bone_transforms, np.float32))
+        fields["binding"] = {"binding_id": int(b.binding_id), "body_model": b.body_model,
+                             "joint_names": list(b.joint_names), "joint_parents": [int(p) for p in b.joint_parents]}
+    return encode("result", request_id, arrays, **fields)
+
+
+def encode_track_result(request_id: str, pose: TrackedPose, *, timings: Mapping[str, float] | None = None,
+                        info: Mapping[str, Any] | None = None) -> list:
+    """A `TrackedPose` -> "result" frames (header `track`, arrays `bone_transforms` and `joints`
+    while tracking); `timings` and `info` are merged over the tracker's."""
+    if pose.state not in TRACK_STATES:
+        raise ValueError(f"track state {pose.state!r} is not one of {TRACK_STATES}")
+    arrays: dict[str, np.ndarray] = {}
+    fields: dict[str, Any] = {
+        "track": {"state": pose.state, "binding_id": int(pose.binding_id), "reason": pose.reason},
+        "timings": {str(k): float(v) for k, v in {**pose.timings, **(timings or {})}.items()},
+        "info": {**pose.info, **(info or {})},
+    }
+    if pose.bone_transforms is not None:
+        arrays["bone_transforms"] = np.asarray(pose.bone_transforms, np.float32)
+    if pose.skeleton is not None:
+        arrays["joints"] = np.asarray(pose.skeleton.joints, np.float32)
+        fields["skeleton"] = {"names": list(pose.skeleton.names), "bones": [list(map(int, b)) for b in pose.skeleton.bones]}
     return encode("result", request_id, arrays, **fields)
 
 
@@ -219,7 +309,61 @@ def decode_result(msg: Message) -> JobResult:
     gaussians = _result_array(arrays, "gaussians", np.float32, len(RAW_FIELDS), rid)
     if gaussians is None:
         raise ProtocolError("bad_request", "result has no 'gaussians' array", rid)
-    skeleton = msg.header.get("skeleton", {})
+    names, bones = _skeleton(msg)
+    timings = _result_timings(msg)
+    return JobResult(
+        gaussians=gaussians,
+        joints=_result_array(arrays, "joints", np.float32, 3, rid),
+        joint_names=names,
+        bones=bones,
+        mesh_vertices=_result_array(arrays, "mesh_vertices", np.float32, 3, rid),
+        mesh_faces=_result_array(arrays, "mesh_faces", np.uint32, 3, rid),
+        mesh_colors=_result_array(arrays, "mesh_colors", np.uint8, 3, rid),
+        timings=timings,
+        info=dict(msg.header.get("info", {})),
+        body_vertices=_result_array(arrays, "body_vertices", np.float32, 3, rid),
+        body_faces=_result_array(arrays, "body_faces", np.uint32, 3, rid),
+        keyframe=_result_keyframe(msg),
+    )
+
+
+def decode_track_result(msg: Message) -> TrackedPose:
+    """A decoded "result" of a track request -> `TrackedPose` (arrays are views of its frames).
+
+    Raises:
+        ProtocolError: kind "bad_request" when the result breaks the schema.
+    """
+    rid, track = msg.id, msg.header.get("track")
+    if not isinstance(track, dict) or track.get("state") not in TRACK_STATES:
+        raise ProtocolError("bad_request", f"track result needs 'track': {{'state': one of {list(TRACK_STATES)}, ...}}", rid)
+    binding_id, reason = track.get("binding_id", 0), track.get("reason", "")
+    if type(binding_id) is not int or not 0 <= binding_id < 2**32 or not isinstance(reason, str):
+        raise ProtocolError("bad_request", "track 'binding_id' must be a uint32 and 'reason' a string", rid)
+    transforms = _transforms(msg.arrays, "bone_transforms", rid)
+    if track["state"] == "tracking" and transforms is None:
+        raise ProtocolError("bad_request", "a 'tracking' result needs 'bone_transforms'", rid)
+    joints = _result_array(msg.arrays, "joints", np.float32, 3, rid)
+    names, bones = _skeleton(msg)
+    return TrackedPose(
+        state=track["state"],
+        binding_id=binding_id,
+        bone_transforms=transforms,
+        skeleton=None if joints is None else Skeleton(joints, names, bones),
+        reason=reason,
+        timings=_result_timings(msg),
+        info=dict(msg.header.get("info", {})),
+    )
+
+
+def _result_timings(msg: Message) -> dict[str, float]:
+    timings = msg.header.get("timings", {})
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values()):
+        raise ProtocolError("bad_request", "result 'timings' must map names to numbers", msg.id)
+    return {k: float(v) for k, v in timings.items()}
+
+
+def _skeleton(msg: Message) -> tuple[tuple[str, ...], tuple[tuple[int, int], ...]]:
+    rid, skeleton = msg.id, msg.header.get("skeleton", {})
     if not isinstance(skeleton, dict):
         raise ProtocolError("bad_request", "result 'skeleton' must be an object", rid)
     names, bones = skeleton.get("names", []), skeleton.get("bones", [])
@@ -227,22 +371,45 @@ def decode_result(msg: Message) -> JobResult:
         raise ProtocolError("bad_request", "result 'skeleton.names' must be a list of strings", rid)
     if not (isinstance(bones, list) and all(isinstance(b, list) and len(b) == 2 and all(type(i) is int for i in b) for b in bones)):
         raise ProtocolError("bad_request", "result 'skeleton.bones' must be a list of [int, int]", rid)
-    timings = msg.header.get("timings", {})
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in timings.values()):
-        raise ProtocolError("bad_request", "result 'timings' must map names to numbers", rid)
-    return JobResult(
-        gaussians=gaussians,
-        joints=_result_array(arrays, "joints", np.float32, 3, rid),
-        joint_names=tuple(names),
-        bones=tuple((a, b) for a, b in bones),
-        mesh_vertices=_result_array(arrays, "mesh_vertices", np.float32, 3, rid),
-        mesh_faces=_result_array(arrays, "mesh_faces", np.uint32, 3, rid),
-        mesh_colors=_result_array(arrays, "mesh_colors", np.uint8, 3, rid),
-        timings={k: float(v) for k, v in timings.items()},
-        info=dict(msg.header.get("info", {})),
-        body_vertices=_result_array(arrays, "body_vertices", np.float32, 3, rid),
-        body_faces=_result_array(arrays, "body_faces", np.uint32, 3, rid),
-    )
+    return tuple(names), tuple((a, b) for a, b in bones)
+
+
+def _transforms(arrays: Mapping[str, np.ndarray], name: str, rid: str) -> np.ndarray | None:
+    """`[J, 4, 4]` float32 transforms, or None when absent."""
+    a = arrays.get(name)
+    if a is not None and (a.dtype != np.float32 or a.ndim != 3 or a.shape[1:] != (4, 4)):
+        raise ProtocolError("bad_request", f"result array {name!r} is {list(a.shape)} {a.dtype}, expected [J, 4, 4] float32", rid)
+    return a
+
+
+def _result_keyframe(msg: Message) -> Keyframe | None:
+    """The keyframe of a `bind` result (header `binding` + arrays), or None."""
+    arrays, rid, meta = msg.arrays, msg.id, msg.header.get("binding")
+    if meta is None:
+        return None
+    canonical = _result_array(arrays, "canonical", np.float32, len(RAW_FIELDS), rid)
+    rest, bones = _transforms(arrays, "rest_transforms", rid), _transforms(arrays, "bone_transforms", rid)
+    index, weight = arrays.get("joint_index"), arrays.get("joint_weight")
+    if not isinstance(meta, dict) or canonical is None or rest is None or bones is None or index is None or weight is None:
+        raise ProtocolError("bad_request", "a keyframe result needs 'binding' and the arrays canonical, joint_index, "
+                            "joint_weight, rest_transforms, bone_transforms", rid)
+    if index.dtype != np.uint16 or weight.dtype != np.float32 or index.ndim != 2 or index.shape[0] != len(canonical) \
+            or bones.shape != rest.shape:
+        raise ProtocolError("bad_request", f"keyframe arrays disagree: canonical {list(canonical.shape)}, joint_index "
+                            f"{list(index.shape)} {index.dtype}, joint_weight {list(weight.shape)} {weight.dtype}, "
+                            f"rest {list(rest.shape)}, bones {list(bones.shape)}", rid)
+    names, parents = meta.get("joint_names"), meta.get("joint_parents")
+    binding_id, body_model = meta.get("binding_id"), meta.get("body_model")
+    if not (isinstance(names, list) and all(isinstance(n, str) for n in names) and isinstance(parents, list)
+            and all(type(p) is int for p in parents) and type(binding_id) is int and 0 <= binding_id < 2**32
+            and isinstance(body_model, str)):
+        raise ProtocolError("bad_request", "keyframe 'binding' needs joint_names (strings), joint_parents (ints), "
+                            "binding_id (uint32) and body_model (string)", rid)
+    try:
+        binding = BindingArrays(index, weight, rest, tuple(names), tuple(parents), binding_id, body_model)
+    except LiveStreamError as e:
+        raise ProtocolError("bad_request", f"keyframe binding: {e}", rid) from None
+    return Keyframe(canonical, binding, bones)
 
 
 def decode_error(msg: Message) -> tuple[str, str]:
@@ -278,17 +445,21 @@ def _colors_u8(colors: np.ndarray) -> np.ndarray:
 # -- running a job ---------------------------------------------------------------------------------
 
 Handler = Callable[[ReconstructionRequest], Reconstruction]
-"""What serves jobs: the pipeline's `Reconstructor.run`, or a test handler."""
+"""What serves reconstruct jobs: the pipeline's `Reconstructor.run` (or `LivePipeline.run`), or a test handler."""
+TrackHandler = Callable[[ReconstructionRequest], TrackedPose]
+"""What serves track jobs: `hgm_core.pipeline.live.LivePipeline.track`, or a test handler."""
 
 
-def run_job(handler: Handler, request_id: str, request: ReconstructionRequest) -> list:
-    """Run one job: "result" frames, or "error" frames for a documented (`HgmError`) or
-    unexpected failure of the handler. Timings get "worker_total"; info "worker": {"compute_pid"}."""
+def run_job(handler: Handler | TrackHandler, request_id: str, request: ReconstructionRequest, kind: str = "reconstruct") -> list:
+    """Run one job of `kind` ("reconstruct" or "track"): "result" frames, or "error" frames for a
+    documented (`HgmError`) or unexpected failure of the handler. Timings get "worker_total"; info
+    "worker": {"compute_pid"}."""
     t0 = time.perf_counter()
+    encoder = encode_track_result if kind == "track" else encode_result
     try:
-        recon = handler(request)
+        out = handler(request)
         timings = {"worker_total": time.perf_counter() - t0}
-        return encode_result(request_id, recon, timings=timings, info={"worker": {"compute_pid": os.getpid()}})
+        return encoder(request_id, out, timings=timings, info={"worker": {"compute_pid": os.getpid()}})
     except HgmError as e:
         return encode_error(request_id, e.kind if e.kind in ERROR_KINDS else "internal", str(e))
     except Exception as e:  # a bug in the handler must not take the worker down

@@ -8,7 +8,9 @@ Two modes, one code path:
   silent (the Paranoid Pirate worker of the ZeroMQ guide).
 
 The socket is served by one thread and the handler runs in another, so health requests and
-heartbeats are answered while a job runs. Every request is validated (`hgm_core.serve.schema`)
+heartbeats are answered while a job runs. Track jobs (live mode, given a `track` handler) have a
+compute thread and queue of their own, so a keyframe reconstruction never holds up the per-frame
+tracking of the same or another stream. Every request is validated (`hgm_core.serve.schema`)
 before it is queued; a malformed or oversized request, a handler exception, or a bug in the worker
 itself becomes an error reply — never a dead worker. Given a `ComputeSpec` instead of a handler, the
 worker runs the handler in a child process it supervises (`hgm_core.serve.isolate`): a native crash
@@ -32,7 +34,7 @@ from hgm_core.serve import curve
 from hgm_core.serve.isolate import ChildCompute, ComputeDied, ComputeSpec
 from hgm_core.serve.protocol import PROTOCOL_VERSION, Message, ProtocolError, decode, decode_header, encode, encode_error, encode_header, new_id
 from hgm_core.serve.quarantine import Quarantine, fingerprint
-from hgm_core.serve.schema import Handler, decode_request, run_job
+from hgm_core.serve.schema import Handler, TrackHandler, decode_request, run_job
 from hgm_core.types import STAGES, ReconstructionRequest
 
 log = logging.getLogger("hgm.serve.worker")
@@ -72,6 +74,7 @@ class _Job:
     request: ReconstructionRequest
     received: float
     expires: float | None
+    kind: str = "reconstruct"  # or "track"
 
     @property
     def request_id(self) -> str:
@@ -87,6 +90,8 @@ class Worker:
         config: limits and timing.
         curve_server: key pair (and allowed clients) to require CURVE on a bound endpoint.
         curve_client: keys to reach a CURVE broker in connect mode.
+        track: serves track jobs (`hgm_core.pipeline.live.LivePipeline.track`) on a compute thread
+            of their own; None refuses them ("stage_unavailable").
     """
 
     def __init__(
@@ -96,8 +101,10 @@ class Worker:
         *,
         curve_server: curve.CurveServerKeys | None = None,
         curve_client: curve.CurveClientKeys | None = None,
+        track: TrackHandler | None = None,
     ) -> None:
         self.handler = handler
+        self.track = track
         self.config = config or WorkerConfig()
         self.curve_server = curve_server
         self.curve_client = curve_client
@@ -106,6 +113,7 @@ class Worker:
         self.ready = threading.Event()
         self._stop = threading.Event()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._track_jobs: queue.Queue[_Job | None] = queue.Queue()
         self._pending = 0  # jobs accepted and not yet replied; touched by the socket thread only
         self._done = 0
         self._failed = 0
@@ -123,25 +131,32 @@ class Worker:
         self._broker_mode = connect is not None
         ctx = zmq.Context()
         auth = curve.start_authenticator(ctx, self.curve_server) if bind and self.curve_server else None
-        pipe_addr = f"inproc://hgm-worker-results-{id(self)}"
-        pipe = ctx.socket(zmq.PAIR)
-        pipe.bind(pipe_addr)
         if isinstance(self.handler, ComputeSpec):
             self._child = ChildCompute(self.handler, ctx)
-        compute = threading.Thread(target=self._compute_loop, args=(ctx, pipe_addr), name="hgm-worker-compute", daemon=True)
-        compute.start()
+        lanes = [(self._jobs, "compute")] + ([(self._track_jobs, "track")] if self.track is not None else [])
+        pipes, computes = [], []
+        for jobs, name in lanes:  # one result pipe per compute thread (a PAIR has one peer)
+            pipe_addr = f"inproc://hgm-worker-{name}-{id(self)}"
+            pipe = ctx.socket(zmq.PAIR)
+            pipe.bind(pipe_addr)
+            compute = threading.Thread(target=self._compute_loop, args=(ctx, pipe_addr, jobs), name=f"hgm-worker-{name}", daemon=True)
+            compute.start()
+            pipes.append(pipe)
+            computes.append(compute)
         try:
             if bind is not None:
-                self._serve_direct(ctx, pipe, bind)
+                self._serve_direct(ctx, pipes, bind)
             else:
-                self._serve_broker(ctx, pipe, connect)
+                self._serve_broker(ctx, pipes, connect)
         finally:
-            self._jobs.put(None)
-            compute.join(timeout=2.0)
-            pipe.close(linger=0)
+            for (jobs, _), compute in zip(lanes, computes):
+                jobs.put(None)
+                compute.join(timeout=2.0)
+            for pipe in pipes:
+                pipe.close(linger=0)
             if auth is not None:
                 auth.stop()
-            if compute.is_alive():  # a handler call is still running; the process is exiting anyway
+            if any(c.is_alive() for c in computes):  # a handler call is still running; the process is exiting anyway
                 log.warning("worker stopped while a job was running")
             else:
                 if self._child is not None:
@@ -164,6 +179,7 @@ class Worker:
             "role": "worker",
             "protocol": PROTOCOL_VERSION,
             "stages": list(self.config.stages),
+            "track": self.track is not None,
             "busy": self._pending > 0,
             "queued": max(0, self._pending - 1),
             "queue_depth": self.config.queue_depth,
@@ -184,7 +200,7 @@ class Worker:
         sock.maxmsgsize = self.config.max_message_bytes
         return sock
 
-    def _serve_direct(self, ctx: zmq.Context, pipe: zmq.Socket, bind: str) -> None:
+    def _serve_direct(self, ctx: zmq.Context, pipes: list[zmq.Socket], bind: str) -> None:
         sock = self._socket(ctx, zmq.ROUTER)
         if self.curve_server is not None:
             curve.make_server(sock, self.curve_server)
@@ -195,7 +211,8 @@ class Worker:
             self.ready.set()
             poller = zmq.Poller()
             poller.register(sock, zmq.POLLIN)
-            poller.register(pipe, zmq.POLLIN)
+            for pipe in pipes:
+                poller.register(pipe, zmq.POLLIN)
             while not self._stop.is_set():
                 events = dict(poller.poll(100))
                 if sock in events:
@@ -203,20 +220,22 @@ class Worker:
                     # [routing id, (empty delimiter of a REQ peer), header, arrays...]
                     n = 2 if len(frames) > 2 and frames[1].bytes == b"" else 1
                     self._on_request(sock, frames[:n], frames[n:])
-                if pipe in events:
-                    self._pending -= 1
-                    sock.send_multipart(pipe.recv_multipart(copy=False), copy=False)
+                for pipe in pipes:
+                    if pipe in events:
+                        self._pending -= 1
+                        sock.send_multipart(pipe.recv_multipart(copy=False), copy=False)
             self._refuse_queued(sock)
         finally:
             sock.close(linger=0)
 
-    def _serve_broker(self, ctx: zmq.Context, pipe: zmq.Socket, connect: str) -> None:
+    def _serve_broker(self, ctx: zmq.Context, pipes: list[zmq.Socket], connect: str) -> None:
         cfg = self.config
         patience = cfg.heartbeat_interval_s * cfg.heartbeat_liveness
         backoff = cfg.heartbeat_interval_s
         sock = None
         poller = zmq.Poller()
-        poller.register(pipe, zmq.POLLIN)
+        for pipe in pipes:
+            poller.register(pipe, zmq.POLLIN)
         try:
             while not self._stop.is_set():
                 if sock is None:
@@ -238,11 +257,12 @@ class Worker:
                     # [job key (empty for control messages), header, arrays...]
                     if len(frames) >= 2 and frames[0].bytes:
                         self._on_request(sock, frames[:1], frames[1:])
-                if pipe in events:
-                    self._pending -= 1
-                    sock.send_multipart(pipe.recv_multipart(copy=False), copy=False)
-                    if self._pending == 0:
-                        self._send_control(sock, "ready")
+                for pipe in pipes:
+                    if pipe in events:
+                        self._pending -= 1
+                        sock.send_multipart(pipe.recv_multipart(copy=False), copy=False)
+                        if self._pending == 0:
+                            self._send_control(sock, "ready")
                 if now >= next_beat:
                     self._send_control(sock, "heartbeat")
                     next_beat = now + cfg.heartbeat_interval_s
@@ -271,9 +291,12 @@ class Worker:
             if msg.kind == "health":
                 self._reply(sock, envelope, encode("result", rid, info=self.health_info()))
                 return
-            if msg.kind != "reconstruct":
+            if msg.kind not in ("reconstruct", "track"):
                 raise ProtocolError("bad_request", f"kind {msg.kind!r} is not a request", rid)
             request = decode_request(msg, max_pixels=self.config.max_pixels, stages=self.config.stages)
+            if msg.kind == "track" and self.track is None:
+                raise ProtocolError("stage_unavailable", "this worker does not track (no track handler; "
+                                    "`hgm serve --isolate` serves reconstruct jobs only)", rid)
             if self._pending > self.config.queue_depth:
                 raise ProtocolError("busy", f"queue full ({self.config.queue_depth} waiting)", rid)
         except ProtocolError as e:
@@ -288,7 +311,7 @@ class Worker:
         deadline = msg.header.get("deadline_ms")
         expires = now + deadline / 1000 if deadline is not None else None
         self._pending += 1
-        self._jobs.put(_Job(envelope, msg, frames, request, now, expires))
+        (self._track_jobs if msg.kind == "track" else self._jobs).put(_Job(envelope, msg, frames, request, now, expires, msg.kind))
 
     def _reply(self, sock: zmq.Socket, envelope: list, frames: list) -> None:
         sock.send_multipart(envelope + frames, copy=False)
@@ -296,24 +319,25 @@ class Worker:
             self._send_control(sock, "ready")
 
     def _refuse_queued(self, sock: zmq.Socket) -> None:
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                return
-            if job is not None:
-                sock.send_multipart(job.envelope + encode_error(job.request_id, "unavailable", "worker is shutting down"))
+        for jobs in (self._jobs, self._track_jobs):
+            while True:
+                try:
+                    job = jobs.get_nowait()
+                except queue.Empty:
+                    break
+                if job is not None:
+                    sock.send_multipart(job.envelope + encode_error(job.request_id, "unavailable", "worker is shutting down"))
 
     # -- compute thread ---------------------------------------------------------------------------
 
-    def _compute_loop(self, ctx: zmq.Context, pipe_addr: str) -> None:
+    def _compute_loop(self, ctx: zmq.Context, pipe_addr: str, jobs: queue.Queue) -> None:
         # The compute child is started from this thread: its PDEATHSIG fires when this thread ends.
         pipe = ctx.socket(zmq.PAIR)
         pipe.connect(pipe_addr)
         try:
-            if self._child is not None:
+            if self._child is not None and jobs is self._jobs:
                 self._start_child()
-            while (job := self._jobs.get()) is not None:
+            while (job := jobs.get()) is not None:
                 try:
                     reply = self._run(job)
                 except Exception as e:  # last resort: the compute thread must outlive any job
@@ -345,6 +369,8 @@ class Worker:
 
     def _compute(self, job: _Job) -> list:
         """The job's reply frames, from the handler in this process or from the compute child."""
+        if job.kind == "track":
+            return run_job(self.track, job.request_id, job.request, kind="track")
         if self._child is None:
             return run_job(self.handler, job.request_id, job.request)
         digest = fingerprint(job.message)

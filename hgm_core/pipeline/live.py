@@ -1,0 +1,159 @@
+"""Live mode on the worker: keyframes bound to the body, then a pose per camera frame (docs/live_stream.md).
+
+    live = LivePipeline(Reconstructor.from_config(config))
+    key = live.run(ReconstructionRequest(image, stream="cam", bind=True)).keyframe   # canonical avatar + binding
+    pose = live.track(ReconstructionRequest(next_image, stream="cam"))              # bone transforms [J, 4, 4]
+
+A worker serves `run` (reconstruct jobs, keyframes) and `track` (track jobs) on two threads
+(`hgm_core.serve.worker`), so a keyframe never holds up the frames tracked meanwhile. The two share
+only the per-stream table of trackers, behind a lock; `track` has its own landmark estimator and
+body model (neither is thread-safe), built on the first track job.
+
+Tracking a stream starts from its latest keyframe: the body fitted with the keyframe's avatar
+freezes shape and scale, so the bone transforms of every tracked pose skin that keyframe's
+canonical avatar. `start_tracker` is the one place that makes a stream's tracker; until the
+camera-rate tracker of issue #12 lands it is `WarmFitTracker`, the existing warm-started body fit.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Protocol
+
+import torch
+
+from hgm_core.body.base import BodyModel
+from hgm_core.body.fit import BodyFit, FitConfig, fit_body, skeleton
+from hgm_core.body.skinning import bind_body
+from hgm_core.perception.perceive import Perception, PoseEstimator, perceive
+from hgm_core.pipeline.reconstructor import Reconstructor, _load_body_model
+from hgm_core.types import CropTooSmallError, Keyframe, NoPersonError, Reconstruction, ReconstructionRequest, TrackedPose
+
+
+@dataclass(frozen=True)
+class LiveConfig:
+    """How streams are tracked between keyframes.
+
+    Attributes:
+        warm_iterations: steps of the warm-started body fit per tracked frame (`WarmFitTracker`);
+            fewer than the pipeline's own warm fit (40) because consecutive camera frames are close.
+        max_streams: streams tracked at once; the least recently keyframed one is dropped beyond this.
+    """
+
+    warm_iterations: int = 20
+    max_streams: int = 16
+
+
+class StreamTracker(Protocol):
+    """One stream's tracker: started from a keyframe's body fit, then fed each frame's perception."""
+
+    def track(self, perception: Perception | None) -> TrackedPose:
+        """The pose in this frame (binding id left 0: the pipeline sets it), or a "lost" pose with
+        its reason; `perception` None: nobody was found in the frame."""
+        ...
+
+
+class WarmFitTracker:
+    """Interim tracker: each frame is a body fit warm-started from the previous frame's, shape frozen.
+
+    A frame whose warm fit fails its own check (the body moved too far, or the fit diverged: the
+    fit falls back to a cold fit, which would change the shape) is "lost" and the last pose is kept.
+    """
+
+    def __init__(self, keyframe_fit: BodyFit, body_model: BodyModel, fit_config: FitConfig) -> None:
+        self.body_model = body_model
+        self.fit_config = replace(fit_config, warm_shape=False)
+        self._last = keyframe_fit
+
+    def track(self, perception: Perception | None) -> TrackedPose:
+        if perception is None:
+            return TrackedPose("lost", reason="no person in the frame")
+        fit = fit_body(perception, None, self.body_model, config=self.fit_config, init=self._last.params)
+        if not fit.warm_started:
+            return TrackedPose("lost", reason="the pose moved too far from the last frame's to follow it",
+                               info={"fit": fit.residuals()})
+        self._last = fit
+        with torch.no_grad():
+            bones = self.body_model.bone_transforms(fit.params)[0].numpy()
+        return TrackedPose("tracking", bone_transforms=bones, skeleton=skeleton(fit), info={"fit": fit.residuals()})
+
+
+def start_tracker(keyframe_fit: BodyFit, body_model: BodyModel, fit_config: FitConfig, config: LiveConfig) -> StreamTracker:
+    """The tracker of a stream from its keyframe's body fit (the one place a tracker is chosen)."""
+    return WarmFitTracker(keyframe_fit, body_model, replace(fit_config, warm_iterations=config.warm_iterations))
+
+
+class LivePipeline:
+    """Keyframes (`run` with `request.bind`) and per-frame tracking (`track`) over one `Reconstructor`.
+
+    `run` and `track` may run on two threads at once (one each); see the module docstring.
+    """
+
+    def __init__(self, reconstructor: Reconstructor, config: LiveConfig | None = None) -> None:
+        self.reconstructor = reconstructor
+        self.config = config or LiveConfig()
+        self._lock = threading.Lock()
+        self._streams: dict[str, tuple[StreamTracker, int]] = {}  # stream -> (tracker, binding id), oldest first
+        self._ids = random.Random()  # binding ids: random so that a restarted worker does not repeat its predecessor's
+        self._estimator: PoseEstimator | None = None  # the track thread's own, built on its first job
+        self._track_body: BodyModel | None = None
+
+    def run(self, request: ReconstructionRequest) -> Reconstruction:
+        """`Reconstructor.run`; with `request.bind` also the keyframe (the avatar bound to its body),
+        from which `track` then follows `request.stream` (a "bind" timing is added)."""
+        frame, timings = self.reconstructor.run_frame(request)
+        recon = self.reconstructor.result(frame, timings)
+        if not request.bind:
+            return recon
+        t0 = time.perf_counter()
+        body = self.reconstructor.stages["fit_body"].body_model
+        gaussians = frame.gaussians if frame.gaussians.sh is None else replace(frame.gaussians, sh=None)
+        binding = bind_body(gaussians, body, frame.body.params)
+        with torch.no_grad():
+            bones = body.bone_transforms(frame.body.params)[0].numpy()
+        binding_id = self._ids.randrange(1, 2**32)
+        recon.keyframe = Keyframe(binding.canonical.to_raw().numpy(), binding.to_arrays(binding_id, body.name), bones)
+        tracker = start_tracker(frame.body, self._tracking_body(), self.reconstructor.config.body.fit, self.config)
+        with self._lock:
+            self._streams.pop(request.stream, None)
+            self._streams[request.stream] = (tracker, binding_id)
+            while len(self._streams) > self.config.max_streams:
+                self._streams.pop(next(iter(self._streams)))
+        recon.timings["bind"] = time.perf_counter() - t0
+        if frame.gaussians.sh is not None:
+            recon.info.setdefault("warnings", []).append("the keyframe's avatar lost its higher-order SH colour (skinning cannot rotate it)")
+        return recon
+
+    def track(self, request: ReconstructionRequest) -> TrackedPose:
+        """The pose of `request.stream`'s person in `request.image`, tracked from the stream's keyframe.
+
+        "lost" (not an exception) when the stream has no keyframe here, no person is found, or the
+        tracker loses the body. Raises `BadInputError` for a malformed image, mask or camera.
+        """
+        t0 = time.perf_counter()
+        with self._lock:
+            tracker, binding_id = self._streams.get(request.stream, (None, 0))
+        if tracker is None:
+            return TrackedPose("lost", reason=f"no keyframe of stream {request.stream!r} on this worker")
+        if self._estimator is None:
+            self._estimator = PoseEstimator()
+        try:
+            perception, missing = perceive(request.image, self._estimator, mask=request.mask, camera=request.camera,
+                                           config=self.reconstructor.config.perception), ""
+        except (NoPersonError, CropTooSmallError) as e:
+            perception, missing = None, str(e)
+        t1 = time.perf_counter()
+        pose = tracker.track(perception)
+        t2 = time.perf_counter()
+        reason = f"{pose.reason}: {missing}" if missing and pose.state == "lost" else pose.reason
+        return replace(pose, binding_id=binding_id, reason=reason, timings={**pose.timings, "perceive": t1 - t0, "track": t2 - t1})
+
+    def _tracking_body(self) -> BodyModel:
+        """The body model the trackers use (their own instance: the keyframe's runs on another thread)."""
+        with self._lock:
+            if self._track_body is None:
+                self._track_body = _load_body_model(self.reconstructor.config.body)
+            return self._track_body

@@ -1,0 +1,227 @@
+"""The node's live mode (parameter `mode: live`, docs/live_stream.md): keyframes now and then, a
+tracked pose for every frame, the keyframe avatar re-posed by numpy skinning (no torch here).
+
+Per frame (on the node's job thread, `LiveMode.process`): a `track` job on the worker returns the
+body's bone transforms (a few KB); the node skins the keyframe's canonical avatar with them
+(`hgm_core.io.live_stream.skin_raw`) and publishes the posed avatar on `human_gaussians` with the
+joints, plus the compact frame on `human_avatar/bones`. Keyframes run on a thread of their own
+(`LiveMode._keyframe_loop`), concurrently with the frame path, at start, on `~/capture`, when
+tracking is lost, and every `keyframe_period_s`; each publishes the canonical avatar and its
+binding, latched, on `human_avatar/canonical` and `human_avatar/binding`.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, PointCloud2
+from std_msgs.msg import Header
+
+from hgm_core.io.live_stream import BindingArrays, encode_frame, skin_raw, write_binding
+from hgm_core.serve.client import JobResult, WorkerError
+from hgm_node.conversions import gaussians_to_pointcloud2
+from hgm_node.qos import LATCHED_QOS
+
+CANONICAL_FRAME_ID = "hgm_avatar_canonical"
+"""frame_id of `human_avatar/canonical`: the body model's canonical frame, which TF does not know."""
+BINDING_FORMAT = "hgm-binding"
+BONES_FORMAT = "hgm-bones"
+"""`format` of the CompressedImage messages that carry the binding file and the compact frames."""
+
+
+@dataclass(frozen=True)
+class LiveInput:
+    """One converted camera frame: `[H, W, 3]` uint8 image, `[3, 3]` K or None, `[H, W]` mask or None,
+    the source header and when the node received it (monotonic seconds)."""
+
+    image: np.ndarray
+    K: np.ndarray | None
+    mask: np.ndarray | None
+    header: Header
+    received: float
+
+
+@dataclass(frozen=True)
+class LiveAvatar:
+    """What the node skins with: the keyframe's canonical raw rows `[N, 14]` and their binding."""
+
+    canonical_raw: np.ndarray
+    binding: BindingArrays
+
+    @property
+    def binding_id(self) -> int:
+        return self.binding.binding_id
+
+
+@dataclass(frozen=True)
+class FrameOutcome:
+    """What `LiveMode.process` did with one frame: state "tracking" (published), "lost", or
+    "waiting" (no keyframe yet, or the pose belongs to a keyframe the node does not hold yet);
+    `cloud_bytes`/`gaussians` of the published avatar; the track job's timings."""
+
+    state: str
+    message: str
+    cloud_bytes: int = 0
+    gaussians: int = 0
+    timings: dict[str, float] | None = None
+
+
+class LiveMode:
+    """Keyframe thread + per-frame tracking for one node (see the module docstring).
+
+    Args:
+        node: publishes `human_avatar/*` through it.
+        link: the node's `WorkerLink` (`track`, `reconstruct(bind=True)`).
+        stream: the worker-side stream name (the node's fully qualified name).
+        stages: level of the keyframe reconstructions.
+        publish_avatar: `(raw [N, 14], joints [J, 3] | None, bones, header) -> cloud bytes`, the node's
+            own publisher of `human_gaussians` and the joints.
+        keyframe_period_s: also re-keyframe this often (0: never just for age).
+        retry_s: least time between a failed keyframe and the next attempt.
+        logger: the node's logger (`get_logger()`).
+    """
+
+    def __init__(self, node: Node, link, *, stream: str, stages: str, publish_avatar: Callable,
+                 keyframe_period_s: float = 0.0, retry_s: float = 1.0, logger=None) -> None:
+        self._link, self._stream, self._stages = link, stream, stages
+        self._publish_avatar = publish_avatar
+        self._period_s, self._retry_s = keyframe_period_s, retry_s
+        self._logger = logger or node.get_logger()
+        self._pub_canonical = node.create_publisher(PointCloud2, "human_avatar/canonical", LATCHED_QOS)
+        self._pub_binding = node.create_publisher(CompressedImage, "human_avatar/binding", LATCHED_QOS)
+        self._pub_bones = node.create_publisher(CompressedImage, "human_avatar/bones", LATCHED_QOS)
+        self._cond = threading.Condition()
+        self._avatar: LiveAvatar | None = None
+        self._input: LiveInput | None = None  # newest converted frame (what a keyframe reconstructs)
+        self._wanted: str | None = "start"  # why a keyframe is wanted, None when not
+        self._not_before = 0.0  # no keyframe attempt before this (monotonic), after a failure
+        self._keyframed_at = -float("inf")
+        self._last_published = -float("inf")  # `received` of the newest frame published on human_gaussians
+        self._stopping = False
+        self.keyframes = 0
+        self.keyframe_failures = 0
+        self.last_keyframe_s = 0.0
+        self._thread = threading.Thread(target=self._keyframe_loop, name="hgm-keyframes", daemon=True)
+        self._thread.start()
+
+    def close(self) -> None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        self._thread.join(timeout=5.0)
+
+    def request_keyframe(self, reason: str) -> None:
+        """Ask for a new keyframe from the next frame (a request already pending keeps its reason)."""
+        with self._cond:
+            if self._wanted is None:
+                self._wanted = reason
+                self._not_before = 0.0
+            self._cond.notify_all()
+
+    @property
+    def avatar(self) -> LiveAvatar | None:
+        with self._cond:
+            return self._avatar
+
+    # -- frame path (the node's job thread) --------------------------------------------------------
+
+    def process(self, frame: LiveInput) -> FrameOutcome:
+        """Track one frame and publish the re-posed avatar. Raises `WorkerError` when the job fails."""
+        with self._cond:
+            self._input = frame
+            avatar = self._avatar
+            if self._period_s > 0 and time.monotonic() - self._keyframed_at > self._period_s and self._wanted is None:
+                self._wanted = "periodic"
+            self._cond.notify_all()
+        if avatar is None:
+            return FrameOutcome("waiting", "waiting for the first keyframe")
+        pose = self._link.track(frame.image, K=frame.K, mask=frame.mask, stream=self._stream)
+        if pose.state == "lost":
+            self.request_keyframe(f"tracking lost: {pose.reason}")
+            return FrameOutcome("lost", f"tracking lost ({pose.reason}); new keyframe requested", timings=pose.timings)
+        if pose.binding_id != avatar.binding_id:
+            # The worker already tracks from a keyframe whose result has not reached this thread.
+            return FrameOutcome("waiting", f"pose of keyframe {pose.binding_id}, holding {avatar.binding_id}", timings=pose.timings)
+        t0 = time.perf_counter()
+        posed = skin_raw(avatar.canonical_raw, avatar.binding, pose.bone_transforms)
+        skin_s = time.perf_counter() - t0
+        skeleton = pose.skeleton
+        cloud_bytes = self._publish(frame, posed, pose.bone_transforms, pose.binding_id,
+                                    None if skeleton is None else skeleton.joints, () if skeleton is None else skeleton.bones)
+        timings = {**pose.timings, "skin": skin_s}
+        return FrameOutcome("tracking", f"tracking (keyframe {avatar.binding_id})", cloud_bytes, len(posed), timings)
+
+    def _publish(self, frame: LiveInput, raw: np.ndarray, transforms: np.ndarray, binding_id: int,
+                 joints: np.ndarray | None, bones: tuple[tuple[int, int], ...]) -> int:
+        """Publish the posed avatar `raw [N, 14]`, its joints and its compact frame, stamped like
+        `frame`; nothing (0 bytes) when a newer frame is out already (the keyframe thread and the
+        frame path both publish)."""
+        header = Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id)
+        with self._cond:
+            if frame.received < self._last_published:
+                return 0
+            self._last_published = frame.received
+            cloud_bytes = self._publish_avatar(raw, joints, bones, header)
+            self._pub_bones.publish(CompressedImage(header=header, format=BONES_FORMAT, data=encode_frame(transforms, binding_id)))
+        return cloud_bytes
+
+    # -- keyframes (their own thread) ---------------------------------------------------------------
+
+    def _keyframe_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._stopping and (self._wanted is None or self._input is None
+                                              or time.monotonic() < self._not_before):
+                    self._cond.wait(0.1)
+                if self._stopping:
+                    return
+                frame, reason = self._input, self._wanted
+            try:
+                self._keyframe(frame, reason)
+            except Exception as e:  # a bug here must not end the keyframe thread
+                self._failed(f"keyframe failed unexpectedly: {type(e).__name__}: {e}")
+
+    def _keyframe(self, frame: LiveInput, reason: str) -> None:
+        t0 = time.monotonic()
+        try:
+            result = self._link.reconstruct(frame.image, K=frame.K, mask=frame.mask, stages=self._stages,
+                                            stream=self._stream, bind=True)
+        except WorkerError as e:
+            self._failed(f"keyframe ({reason}) failed: {e}")
+            return
+        if result.keyframe is None:
+            self._failed("the worker's result has no keyframe (a worker without live support, e.g. `hgm serve --isolate`)")
+            return
+        self._install(result, frame)
+        self.last_keyframe_s = time.monotonic() - t0
+        self._logger.info(f"keyframe {result.keyframe.binding.binding_id} ({reason}): {len(result.gaussians)} Gaussians "
+                          f"in {self.last_keyframe_s:.2f} s")
+
+    def _install(self, result: JobResult, frame: LiveInput) -> None:
+        """Publish the keyframe's canonical avatar and binding, then skin with it."""
+        key = result.keyframe
+        canonical_header = Header(stamp=frame.header.stamp, frame_id=CANONICAL_FRAME_ID)
+        binding_file = io.BytesIO()
+        write_binding(binding_file, key.binding)
+        self._pub_canonical.publish(gaussians_to_pointcloud2(key.canonical_raw, canonical_header))
+        self._pub_binding.publish(CompressedImage(header=Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id),
+                                                  format=BINDING_FORMAT, data=binding_file.getvalue()))
+        with self._cond:
+            self._avatar = LiveAvatar(np.array(key.canonical_raw), key.binding)
+            self._wanted = None
+            self._keyframed_at = time.monotonic()
+            self.keyframes += 1
+        # The keyframe's own avatar, unless the frame path has published a newer frame meanwhile.
+        self._publish(frame, np.asarray(result.gaussians), key.bone_transforms, key.binding.binding_id, result.joints, result.bones)
+
+    def _failed(self, message: str) -> None:
+        with self._cond:
+            self.keyframe_failures += 1
+            self._not_before = time.monotonic() + self._retry_s
+        self._logger.warning(message, throttle_duration_sec=5.0)

@@ -1,0 +1,161 @@
+"""hgm_node in live mode over real rclpy: keyframes, per-frame tracking, the compact stream.
+
+The graph is tests/test_node_ros.py's (node and worker in processes of their own, a random
+ROS_DOMAIN_ID); the worker serves `BlobLiveHandler` (tests/handlers.py): the "person" is a bright
+square on a dark image, its avatar one Gaussian per bright pixel at 2 m, tracked by the square's
+centroid. The test process is the camera and subscribes to the node's outputs.
+"""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from geometry_msgs.msg import PoseArray  # noqa: E402
+from sensor_msgs.msg import CompressedImage, PointCloud2  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+
+from hgm_core.io.live_stream import decode_frame, read_binding, skin_raw  # noqa: E402
+from hgm_core.io.pointcloud import unpack_gaussians  # noqa: E402
+from hgm_node.qos import LATCHED_QOS  # noqa: E402
+from tests.handlers import WORKER_COMMAND  # noqa: E402
+from tests.test_node_ros import REPO, Graph, _frame  # noqa: E402
+
+KEYFRAME_SLEEP_S = 1.5
+"""Each keyframe takes this long on the test worker, so frames are tracked while one runs."""
+
+
+def blob_rgb(x: int, y: int = 20, size: int = 8) -> np.ndarray:
+    """A dark 48 x 64 image with a bright square whose top-left corner is at (x, y)."""
+    image = np.full((48, 64, 3), 10, np.uint8)
+    if x >= 0:
+        image[y : y + size, x : x + size] = (200, 150, 100)
+    return image
+
+
+def expected_x(x: int, size: int = 8) -> float:
+    """Camera-frame x of the square's centre at 2 m (the graph's K: f = 60 px, cx = 32)."""
+    return (x + size / 2 - 32) / 60 * 2.0
+
+
+class LiveGraph(Graph):
+    """The test graph with a live worker, and the node's live outputs collected in this process."""
+
+    def __init__(self, tmp) -> None:
+        super().__init__(tmp, node_params={"mode": "live", "keyframe_retry_s": 0.2})
+        self.lock = threading.Lock()
+        self.clouds: dict[int, PointCloud2] = {}  # stamp sec -> the posed avatar
+        self.bones: dict[int, CompressedImage] = {}
+        self.joints: dict[int, PoseArray] = {}
+        self.canonical: list[PointCloud2] = []
+        self.bindings: list[CompressedImage] = []
+        for kind, topic, store in ((PointCloud2, "human_gaussians", self.clouds), (CompressedImage, "human_avatar/bones", self.bones),
+                                   (PoseArray, "human_body/joints", self.joints)):
+            self.ros.create_subscription(kind, topic, lambda m, s=store: self._keep(s, m), LATCHED_QOS)
+        self.ros.create_subscription(PointCloud2, "human_avatar/canonical", lambda m: self._append(self.canonical, m), LATCHED_QOS)
+        self.ros.create_subscription(CompressedImage, "human_avatar/binding", lambda m: self._append(self.bindings, m), LATCHED_QOS)
+
+    def start_worker(self, sleep_s: float):
+        import subprocess
+
+        return subprocess.Popen(WORKER_COMMAND + ["--bind", self.endpoint, "--live", "--keyframe-sleep", str(KEYFRAME_SLEEP_S)], cwd=REPO)
+
+    def _keep(self, store: dict, msg) -> None:
+        with self.lock:
+            store[msg.header.stamp.sec] = msg
+
+    def _append(self, store: list, msg) -> None:
+        with self.lock:
+            store.append(msg)
+
+    def keyframes(self) -> int:
+        return int(self.diag("pipeline").get("live_keyframes", 0))
+
+    def track(self, x: int, sec: int, timeout_s: float = 30.0) -> np.ndarray:
+        """Publish the square at `x` stamped `sec` until its posed avatar arrives; its raw rows."""
+        self.publish_until(_frame(blob_rgb(x), sec), lambda: sec in self.clouds and sec in self.bones, timeout_s,
+                           f"the posed avatar of frame {sec}")
+        cloud = self.clouds[sec]
+        assert cloud.header.frame_id == "test_camera_optical"
+        return unpack_gaussians(cloud.fields, cloud.point_step, bytes(cloud.data))[0]
+
+
+@pytest.fixture()
+def graph(tmp_path):
+    g = LiveGraph(tmp_path)
+    try:
+        g.ready()
+        yield g
+    finally:
+        g.close()
+
+
+def test_moving_body_in_moving_avatar_out_and_the_compact_stream_agrees(graph):
+    graph.publish_until(_frame(blob_rgb(10), 1), lambda: graph.keyframes() >= 1 and graph.canonical and graph.bindings,
+                        60.0, "the first keyframe")
+    xs = [10, 16, 22, 28, 34, 40]
+    posed = {x: graph.track(x, 10 + x) for x in xs}
+    # The avatar moves with the body: its centre follows the square across the image.
+    centres = [float(posed[x][:, 0].mean()) for x in xs]
+    np.testing.assert_allclose(centres, [expected_x(x) for x in xs], atol=1e-4)
+    assert all(b > a for a, b in zip(centres, centres[1:]))
+    for x in xs:  # the joints move along
+        assert graph.joints[10 + x].poses[0].position.x == pytest.approx(expected_x(x), abs=1e-4)
+
+    # A client of the compact stream: the canonical avatar and the binding once, then bone frames.
+    with graph.lock:
+        canonical_msg, binding_msg = graph.canonical[-1], graph.bindings[-1]
+    assert binding_msg.format == "hgm-binding" and canonical_msg.header.frame_id == "hgm_avatar_canonical"
+    binding = read_binding(io.BytesIO(bytes(binding_msg.data)))
+    canonical = unpack_gaussians(canonical_msg.fields, canonical_msg.point_step, bytes(canonical_msg.data))[0]
+    for x in xs:
+        frame = graph.bones[10 + x]
+        assert frame.format == "hgm-bones" and frame.header.frame_id == "test_camera_optical"
+        transforms, binding_id = decode_frame(bytes(frame.data))
+        assert binding_id == binding.binding_id and len(frame.data) == 12 + 28 * len(binding.joint_names)
+        np.testing.assert_allclose(skin_raw(canonical, binding, transforms), posed[x], atol=1e-5)
+    diag = graph.diag("pipeline")
+    assert diag["live_state"] == "tracking" and diag["level"] == 0 and float(diag["latency.total_s"]) > 0
+
+
+def test_lost_person_recovered_by_a_new_keyframe_without_stalling_the_frames(graph):
+    graph.publish_until(_frame(blob_rgb(10), 1), lambda: graph.keyframes() >= 1, 60.0, "the first keyframe")
+    graph.track(12, 2)
+    first_id = read_binding(io.BytesIO(bytes(graph.bindings[-1].data))).binding_id
+
+    # Nobody in view: lost, a keyframe is requested (and fails while nobody is there).
+    graph.publish_until(_frame(blob_rgb(-1), 3), lambda: graph.diag("pipeline").get("live_state") == "lost", 30.0, "lost")
+    assert graph.diag("pipeline")["level"] == 1 and "tracking lost" in graph.diag("pipeline")["message"]
+    assert 3 not in graph.clouds  # nothing is published for a lost frame; the last avatar stays latched
+
+    # The person is back: tracked frames are published while the new keyframe runs, then it lands.
+    sec = 4
+    while graph.keyframes() < 2:
+        graph.track(20 + sec % 8, sec)
+        sec += 1
+        assert sec < 60, f"no second keyframe; diagnostics {graph.diagnostics}; node log:\n{graph.log()}"
+    assert sec - 4 >= 2, "tracked frames should have been published while the keyframe ran"
+    with graph.lock:
+        new_id = read_binding(io.BytesIO(bytes(graph.bindings[-1].data))).binding_id
+    assert new_id != first_id
+    graph.track(30, sec + 1)
+    assert decode_frame(bytes(graph.bones[sec + 1].data))[1] == new_id
+
+    # ~/capture asks for one more keyframe.
+    capture = graph.ros.create_client(Trigger, "/hgm_node/capture")
+    assert capture.wait_for_service(10.0)
+    response = capture.call_async(Trigger.Request())
+    graph.wait(response.done, 10.0, "the capture service")
+    assert response.result().success and "keyframe" in response.result().message
+    sec += 2
+    deadline = time.monotonic() + 60
+    while graph.keyframes() < 3 and time.monotonic() < deadline:
+        graph.track(24, sec)
+        sec += 1
+    assert graph.keyframes() >= 3

@@ -1,0 +1,157 @@
+"""The worker's live jobs: keyframes (`bind`) and `track`, over the real wire (hgm_core/serve/protocol.py).
+
+Transport tests serve `BlobLiveHandler` (tests/handlers.py); the slow test at the end serves the
+real `LivePipeline` on the bundled sample photo.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from hgm_core.io.live_stream import skin_raw
+from hgm_core.serve.client import WorkerClient, WorkerError
+from hgm_core.serve.protocol import decode, encode, new_id
+from hgm_core.serve.schema import decode_result, decode_track_result, encode_request
+from tests.handlers import BlobLiveHandler, PixelSplatHandler, running_worker
+
+K = np.array([[60.0, 0, 32], [0, 60, 24], [0, 0, 1]])
+
+
+def blob_image(x: int, y: int = 20, size: int = 8) -> np.ndarray:
+    """A dark 48 x 64 image with a bright square whose top-left corner is at (x, y)."""
+    image = np.full((48, 64, 3), 10, np.uint8)
+    image[y : y + size, x : x + size] = (200, 150, 100)
+    return image
+
+
+@pytest.fixture()
+def live():
+    handler = BlobLiveHandler()
+    with running_worker(handler, track=handler.track) as worker, WorkerClient(worker.endpoint, timeout_s=10) as client:
+        yield handler, client
+
+
+def test_keyframe_then_tracked_frames_skin_to_the_moved_avatar(live):
+    handler, client = live
+    result = client.reconstruct(blob_image(10), K=K, stream="cam", bind=True)
+    key = result.keyframe
+    assert key is not None and key.binding.binding_id == handler.keyframes["cam"]
+    assert key.binding.joint_names == ("root", "head") and key.binding.joint_parents == (-1, 0)
+    # The keyframe's own pose gives the avatar back.
+    np.testing.assert_allclose(skin_raw(key.canonical_raw, key.binding, key.bone_transforms), result.gaussians, atol=1e-5)
+
+    pose = client.track(blob_image(30), K=K, stream="cam")
+    assert pose.state == "tracking" and pose.binding_id == key.binding.binding_id and pose.reason == ""
+    assert pose.bone_transforms.shape == (2, 4, 4) and pose.skeleton.names == ("root", "head")
+    posed = skin_raw(key.canonical_raw, key.binding, pose.bone_transforms)
+    moved = client.reconstruct(blob_image(30), K=K)  # the avatar reconstructed where the blob is now
+    np.testing.assert_allclose(posed[:, :3], moved.gaussians[:, :3], atol=1e-5)
+    assert posed[:, 0].mean() - result.gaussians[:, 0].mean() == pytest.approx(20 / 60 * 2.0, abs=1e-4)  # 20 px at 2 m
+    assert {"worker_total", "roundtrip", "queue"} <= set(pose.timings)
+
+
+def test_lost_without_a_keyframe_or_a_person(live):
+    handler, client = live
+    pose = client.track(blob_image(10), stream="nobody-keyframed-this")
+    assert (pose.state, pose.binding_id, pose.bone_transforms, pose.skeleton) == ("lost", 0, None, None)
+    assert "no keyframe" in pose.reason
+    client.reconstruct(blob_image(10), stream="cam", bind=True)
+    pose = client.track(np.full((48, 64, 3), 10, np.uint8), stream="cam")
+    assert pose.state == "lost" and pose.binding_id == handler.keyframes["cam"] and pose.reason == "no bright pixels"
+
+
+def test_a_new_keyframe_changes_the_binding_id(live):
+    handler, client = live
+    first = client.reconstruct(blob_image(10), stream="cam", bind=True).keyframe.binding.binding_id
+    second = client.reconstruct(blob_image(12), stream="cam", bind=True).keyframe.binding.binding_id
+    assert first != second and client.track(blob_image(14), stream="cam").binding_id == second
+
+
+def test_track_jobs_are_served_while_a_keyframe_runs():
+    handler = BlobLiveHandler(keyframe_sleep_s=3.0)
+    with running_worker(handler, track=handler.track) as worker, WorkerClient(worker.endpoint, timeout_s=20) as client:
+        client.reconstruct(blob_image(10), stream="cam", bind=True)
+        slow = threading.Thread(target=client.reconstruct, args=(blob_image(12),), kwargs={"stream": "cam", "bind": True})
+        slow.start()
+        while not client.health()["busy"]:
+            pass
+        poses = [client.track(blob_image(10 + i), stream="cam") for i in range(3)]
+        assert slow.is_alive(), "the track jobs waited for the keyframe"
+        slow.join()
+    assert [p.state for p in poses] == ["tracking"] * 3
+
+
+def test_refusals():
+    with running_worker(PixelSplatHandler()) as worker, WorkerClient(worker.endpoint, timeout_s=10) as client:
+        assert client.health()["track"] is False
+        with pytest.raises(WorkerError) as e:
+            client.track(blob_image(10), stream="cam")
+        assert e.value.kind == "stage_unavailable"
+        with pytest.raises(WorkerError) as e:  # refused by the client's own checks, as the worker would
+            client.track(blob_image(10), stream="")
+        assert e.value.kind == "bad_request"
+        # The worker refuses a track message without a stream, and a non-boolean bind.
+        for header in ({"stream": ""}, {}):
+            rid = new_id()
+            with pytest.raises(WorkerError) as e:
+                client._call(rid, encode("track", rid, {"image": blob_image(10)}, **header), 10, 0, None)
+            assert e.value.kind == "bad_request" and "needs a stream" in str(e.value)
+        frames = encode_request("r1", blob_image(10))
+        frames[0] = frames[0].replace(b'"kind":"reconstruct"', b'"kind":"reconstruct","bind":1')
+        with pytest.raises(WorkerError) as e:
+            client._call("r1", frames, 10, 0, None)
+        assert e.value.kind == "bad_request" and "bind" in str(e.value)
+
+
+def test_malformed_live_results_are_refused():
+    from hgm_core.serve.protocol import ProtocolError
+
+    bad_track = decode(encode("result", "r", {"bone_transforms": np.zeros((2, 3, 4), np.float32)},
+                              track={"state": "tracking", "binding_id": 1, "reason": ""}), max_message_bytes=1 << 20)
+    with pytest.raises(ProtocolError, match="bone_transforms"):
+        decode_track_result(bad_track)
+    with pytest.raises(ProtocolError, match="state"):
+        decode_track_result(decode(encode("result", "r", track={"state": "dancing"}), max_message_bytes=1 << 20))
+    with pytest.raises(ProtocolError, match="keyframe"):  # a binding without its arrays
+        decode_result(decode(encode("result", "r", {"gaussians": np.zeros((3, 14), np.float32)},
+                                    binding={"binding_id": 1, "body_model": "x", "joint_names": ["a"], "joint_parents": [-1]}),
+                             max_message_bytes=1 << 20))
+
+
+@pytest.mark.slow
+def test_real_live_pipeline_tracks_the_sample_photo():
+    """Keyframe on the sample photo (prior level), then track it shifted by 12 px: the root bone
+    follows the shift; a blank frame is lost."""
+    from PIL import Image
+
+    from hgm_core.paths import ASSETS_DIR
+    from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+    from hgm_core.pipeline.live import LivePipeline
+    from hgm_core.types import ReconstructionRequest
+
+    photo = np.asarray(Image.open(ASSETS_DIR / "sample" / "person.jpg").convert("RGB"))
+    h, w = photo.shape[:2]
+    canvas = np.full((h, w + 40, 3), 255, np.uint8)
+
+    def shifted(dx: int) -> np.ndarray:
+        frame = canvas.copy()
+        frame[:, dx : dx + w] = photo
+        return frame
+
+    live = LivePipeline(Reconstructor.from_config(ReconstructorConfig().override({"coarse.checkpoint": None})))
+    recon = live.run(ReconstructionRequest(shifted(10), stream="cam", bind=True))
+    key = recon.keyframe
+    np.testing.assert_allclose(skin_raw(key.canonical_raw, key.binding, key.bone_transforms)[:, :3],
+                               recon.gaussians.to_raw().numpy()[:, :3], atol=2e-4)
+    pose = live.track(ReconstructionRequest(shifted(22), stream="cam"))
+    assert pose.state == "tracking", pose.reason
+    assert pose.binding_id == key.binding.binding_id
+    # 12 px to the right: the pelvis moves by 12 px * depth / f along x, in the camera frame.
+    root0, root1 = key.bone_transforms[0, :3, 3], pose.bone_transforms[0, :3, 3]
+    f = 0.5 * max(h, w + 40) / np.tan(np.radians(55) / 2)
+    assert root1[0] - root0[0] == pytest.approx(12 * root0[2] / f, rel=0.5)
+    lost = live.track(ReconstructionRequest(canvas, stream="cam"))
+    assert lost.state == "lost" and lost.reason
