@@ -129,9 +129,21 @@ def intrinsics_from_fov(
     `across` names the image extent the field of view spans: "height" is the vertical field of view
     (HGM/LGM `fovy`), "longer" the longer image side (perception's default camera without CameraInfo).
     """
-    side = height if across == "height" else max(width, height)
-    f = (side / 2) / math.tan(math.radians(fov_deg) / 2)
+    f = (_fov_side(width, height, across) / 2) / math.tan(math.radians(fov_deg) / 2)
     return intrinsics(f, f, width / 2, height / 2, dtype=dtype)
+
+
+def fov_from_intrinsics(K: Array, width: int, height: int, *, across: Literal["height", "longer"] = "height") -> float:
+    """The field of view in degrees that the vertical focal length `K[1, 1]` of `K [3, 3]` spans
+    across the image extent `across` names (as in `intrinsics_from_fov`, whose inverse this is).
+
+    HGM's `get_rays` keeps only this of a camera (`fovy`): `plucker_rays(..., fov_from_intrinsics(K, W, H))`.
+    """
+    return math.degrees(2 * math.atan(_fov_side(width, height, across) / (2 * float(K[1, 1]))))
+
+
+def _fov_side(width: int, height: int, across: Literal["height", "longer"]) -> int:
+    return height if across == "height" else max(width, height)
 
 
 def scale_intrinsics(K: torch.Tensor, sx: float, sy: float) -> torch.Tensor:

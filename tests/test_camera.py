@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from hgm_core.camera import (
-    CameraError, Cameras, cameras_from_c2w_gl, crop_intrinsics, flip_camera_axes, intrinsics, intrinsics_from_fov, look_at,
-    orbit_cameras, orbit_poses, plucker_rays, plucker_rays_from_K, project_points, scale_intrinsics,
+    CameraError, Cameras, cameras_from_c2w_gl, crop_intrinsics, flip_camera_axes, fov_from_intrinsics, intrinsics,
+    intrinsics_from_fov, look_at, orbit_cameras, orbit_poses, plucker_rays, plucker_rays_from_K, project_points, scale_intrinsics,
 )
 
 
@@ -88,6 +88,16 @@ def test_plucker_rays_match_hgm_formula():
     d, m = ours[3:], ours[:3]
     torch.testing.assert_close(d.norm(dim=0), torch.ones(24, 24, dtype=torch.float64))
     torch.testing.assert_close((d * m).sum(0), torch.zeros(24, 24, dtype=torch.float64), atol=1e-12, rtol=0)
+
+
+def test_fov_from_intrinsics_inverts_intrinsics_from_fov():
+    for across in ("height", "longer"):
+        for K in (intrinsics_from_fov(64, 48, 50.0, across=across, dtype=torch.float64), intrinsics_from_fov(48, 64, 50.0, across=across).numpy()):
+            w, h = (64, 48) if K[0, 2] == 32 else (48, 64)
+            assert fov_from_intrinsics(K, w, h, across=across) == pytest.approx(50.0, abs=1e-9 if K.dtype == torch.float64 else 1e-4)
+    # "longer" of a landscape image spans the width: the vertical field of view is narrower.
+    K = intrinsics_from_fov(64, 48, 50.0, across="longer", dtype=torch.float64)
+    assert fov_from_intrinsics(K, 64, 48) == pytest.approx(math.degrees(2 * math.atan(24 / (32 / math.tan(math.radians(25))))))
 
 
 def test_plucker_from_K_honours_principal_point():

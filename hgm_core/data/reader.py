@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from hgm_core.camera import CANONICAL_CAM_RADIUS, Cameras, cameras_from_c2w_gl, plucker_rays
+from hgm_core.camera import CANONICAL_CAM_RADIUS, Cameras, cameras_from_c2w_gl, fov_from_intrinsics, plucker_rays
 from hgm_core.model.hgm import IMAGENET_MEAN, IMAGENET_STD
 
 _VIEW_DIR = re.compile(r"^(?P<id>.+)_(?P<view>\d{3})$")
@@ -168,7 +168,7 @@ class MultiViewDataset(Dataset):
         mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
         images_in = torch.stack([(resized(views[v][0], cfg.input_size) - mean) / std for v in in_views])
         K_in = Ks[in_views[0]] * np.array([[cfg.input_size / w], [cfg.input_size / h], [1.0]])
-        fovy = float(np.degrees(2 * np.arctan(cfg.input_size / (2 * K_in[1, 1]))))
+        fovy = fov_from_intrinsics(K_in, cfg.input_size, cfg.input_size)
         rays = torch.stack([plucker_rays(c2w_t[v], cfg.input_size, cfg.input_size, fovy) for v in in_views])
 
         cams = cameras_from_c2w_gl(c2w_t, torch.from_numpy(Ks).float(), w, h).resized(cfg.output_size, cfg.output_size)

@@ -17,7 +17,6 @@ quaternion w-first, rgb) in HGM's canonical frame (OpenGL axes, input camera at 
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hgm_core.camera import flip_camera_axes, intrinsics_from_fov, orbit_poses, plucker_rays
+from hgm_core.camera import flip_camera_axes, fov_from_intrinsics, intrinsics_from_fov, orbit_poses, plucker_rays
 from hgm_core.gaussians import Gaussians
 from hgm_core.model.checkpoint import ModelCard, check_state_dict, load_checkpoint, save_pretrained
 from hgm_core.model.body_branch import BodyGaussianHead, VertexCrossAttention, project_to_grid, sample_views
@@ -186,12 +185,11 @@ class HGM(nn.Module):
         """`[B, V, 3, H, W]` RGB in [0, 1] -> `[B*V, 9, H, W]`: ImageNet-normalised RGB + Plücker rays.
 
         Rays are HGM's (`hgm_core.camera.plucker_rays`): principal point at the image centre, focal
-        from `fy` (fovy = 2 atan(H / 2 fy)), exactly as the official `get_rays`.
+        from `fy` (`fov_from_intrinsics`: fovy = 2 atan(H / 2 fy)), exactly as the official `get_rays`.
         """
         B, V, _, H, W = images.shape
         rgb = (images.reshape(B * V, 3, H, W) - self.mean) / self.std
-        fovy = [math.degrees(2 * math.atan(H / (2 * float(fy)))) for fy in K[..., 1, 1].reshape(-1)]
-        rays = torch.stack([plucker_rays(p, H, W, f) for p, f in zip(c2w.reshape(-1, 4, 4), fovy)])
+        rays = torch.stack([plucker_rays(p, H, W, fov_from_intrinsics(k, W, H)) for p, k in zip(c2w.reshape(-1, 4, 4), K.reshape(-1, 3, 3))])
         return torch.cat((rgb, rays.to(rgb.dtype)), 1)
 
     # ------------------------------------------------------------------ forward
