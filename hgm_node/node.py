@@ -4,7 +4,9 @@ Subscribes (remappable, depth 1, reliable unless the publisher is best effort: `
 `image` (sensor_msgs/Image) or `image/compressed` (sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`. Publishes (reliable,
 TRANSIENT_LOCAL, depth 1): `human_gaussians` (PointCloud2), `human_body` (MarkerArray skeleton),
 `human_body/joints` (PoseArray), `human_mesh` (Marker TRIANGLE_LIST, with parameter `mesh`, when the worker makes a
-mesh), all stamped with the source image's header; and `/diagnostics`. With `mode: live` also
+mesh), `human_splats` (gsplat_msgs/SplatArray for RVizSplat, only when gsplat_msgs is importable:
+`hgm_node.splat`), all stamped with the source image's header; and `/diagnostics`. With parameter
+`record`, every input and output topic also goes to an MCAP file (`hgm_node.record`). With `mode: live` also
 `human_avatar/canonical`, `human_avatar/binding` and `human_avatar/bones` (`hgm_node.live`,
 docs/live_stream.md), and `human_gaussians` is the keyframe avatar re-posed in every frame.
 
@@ -47,6 +49,8 @@ from hgm_node.diagnostics import ERROR, OK, WARN, PipelineStats, diagnostic_arra
 from hgm_node.live import LiveInput, LiveMode
 from hgm_node.params import NodeParams, declare_parameters
 from hgm_node.qos import DIAGNOSTICS_QOS, LATCHED_QOS, InputSubscription
+from hgm_node.record import McapSink, TopicRecorder
+from hgm_node.splat import encode_splat_array, splat_publisher
 from hgm_node.worker_link import WorkerLink, WorkerStatus
 
 SEVERE_WORKER_ERRORS = ("timeout", "internal", "unavailable", "protocol")
@@ -71,6 +75,7 @@ class HgmNode(Node):
         self._link: WorkerLink | None = None
         self._live: LiveMode | None = None
         self._job_thread: threading.Thread | None = None
+        self._sink: McapSink | None = None
         self.params: NodeParams = declare_parameters(self)
         p = self.params
         self._stats = PipelineStats()
@@ -95,6 +100,7 @@ class HgmNode(Node):
         self._pub_joints = self.create_publisher(PoseArray, "human_body/joints", LATCHED_QOS)
         self._pub_mesh = self.create_publisher(Marker, "human_mesh", LATCHED_QOS)
         self._pub_diagnostics = self.create_publisher(DiagnosticArray, "/diagnostics", DIAGNOSTICS_QOS)
+        self._pub_splats = splat_publisher(self, LATCHED_QOS)  # RVizSplat's SplatArray, when gsplat_msgs is importable
 
         if p.image_transport == "raw":
             self._image_sub = InputSubscription(self, Image, "image", self._on_image)
@@ -112,6 +118,9 @@ class HgmNode(Node):
             self.create_service(Trigger, "~/capture", self._on_capture)
         self.create_timer(p.diagnostics_period_s, self.publish_diagnostics)
 
+        if p.record:  # last: it records every topic created above
+            self._sink = McapSink(p.record)
+            TopicRecorder(self, self._sink).add_node_topics(self)
         self._link.start()
         self._job_thread = threading.Thread(target=self._job_loop, name="hgm-jobs", daemon=True)
         self._job_thread.start()
@@ -130,6 +139,8 @@ class HgmNode(Node):
             self._live.close()
         if self._job_thread is not None:
             self._job_thread.join(timeout=5.0)
+        if self._sink is not None:
+            self._sink.close()
         super().destroy_node()
 
     def worker_status(self) -> WorkerStatus:
@@ -295,6 +306,8 @@ class HgmNode(Node):
         """`human_gaussians` from raw rows `[N, 14]`, and the skeleton when there are joints `[J, 3]`; the cloud's bytes."""
         cloud = gaussians_to_pointcloud2(raw, header)
         self._pub_gaussians.publish(cloud)
+        if self._pub_splats is not None:
+            self._pub_splats.publish(encode_splat_array(raw, (header.stamp.sec, header.stamp.nanosec), header.frame_id))
         if joints is not None and len(joints):
             self._pub_body.publish(skeleton_to_markers(joints, bones, header))
             self._pub_joints.publish(joints_to_pose_array(joints, header))

@@ -55,6 +55,8 @@ class NodeParams:
     diagnostics_period_s: float = _param(1.0, "/diagnostics publishing period", min_value=0.05)
     curve_server_key: str = _param("", "remote worker's CURVE public key file (from `hgm keys`); empty: no CURVE")
     curve_client_secret: str = _param("", "this client's CURVE secret key file; empty: an ephemeral key pair")
+    record: str = _param("", "MCAP file to record the node's input and output topics to (serialized as received; "
+                         "`hgm play`, Foxglove and rosbag2 read it); empty: no recording")
 
 
 PARAMETER_NAMES: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(NodeParams))
