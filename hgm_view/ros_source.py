@@ -38,8 +38,8 @@ def skeleton_from_markers(msg: MarkerArray) -> tuple[np.ndarray, np.ndarray]:
 class AvatarTopics(Node):
     """Subscribes to the node's avatar topics and calls `publish(AvatarUpdate)` for every new cloud."""
 
-    def __init__(self, publish: Callable[[AvatarUpdate], object], node_name: str = "hgm_view") -> None:
-        super().__init__(node_name)
+    def __init__(self, publish: Callable[[AvatarUpdate], object], node_name: str = "hgm_view", **kwargs) -> None:
+        super().__init__(node_name, **kwargs)
         self._publish = publish
         self._skeleton = (np.zeros((0, 2, 3), np.float32), np.zeros((0, 3), np.float32))
         self._skeleton_stamp = -1.0

@@ -120,6 +120,7 @@ def _write_outputs(out_dir: Path, args: argparse.Namespace, frame, result, score
         "params": fit.params.to_dict(),
         "joint_names": list(fit.joint_names),
         "joints": fit.joints.tolist(),
+        "bones": [list(b) for b in result.skeleton.bones] if result.skeleton is not None else [],  # for hgm view
         "keypoint_names": list(fit.keypoint_names),
         "keypoints_2d": fit.keypoints_2d.tolist(),
         "K": fit.K.tolist(),
