@@ -6,7 +6,6 @@ No ROS and no torch here: the node owns one `WorkerLink` and reads `status()` fo
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shlex
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hgm_core.serve.client import JobResult, WorkerCancelled, WorkerClient, WorkerError, WorkerTimeout
+from hgm_core.serve.children import die_with_parent
 from hgm_core.types import TrackedPose
 
 log = logging.getLogger("hgm_node.worker")
@@ -29,8 +29,6 @@ log = logging.getLogger("hgm_node.worker")
 HEALTH_TIMEOUT_S = 2.0
 """A worker answers health from its socket thread even while a job runs, so silence this long means
 it is gone (or the host is badly overloaded)."""
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 
 
 @dataclass(frozen=True)
@@ -198,7 +196,7 @@ class WorkerLink:
 
     def _spawn(self, restart: bool = False) -> None:
         log.info("starting local worker: %s", shlex.join(self._command))
-        process = subprocess.Popen(self._command, preexec_fn=_die_with_parent, stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(self._command, preexec_fn=die_with_parent, stdin=subprocess.DEVNULL)
         with self._lock:
             self._process = process
             restarts = self._status.restarts + int(restart)
@@ -221,11 +219,6 @@ class WorkerLink:
             self._ready.clear()
         if state != old.state:
             (log.info if state == "ok" else log.warning)("worker %s: %s", state, message)
-
-
-def _die_with_parent() -> None:
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def _terminate(process: subprocess.Popen, grace_s: float = 5.0) -> None:

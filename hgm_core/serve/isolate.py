@@ -15,7 +15,6 @@ with `ComputeSpec.factory` and dies with its parent (PDEATHSIG).
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import logging
@@ -31,23 +30,13 @@ from typing import Any, Callable
 
 import zmq
 
+from hgm_core.serve.children import die_with_parent
 from hgm_core.serve.protocol import Message, decode, encode, encode_error, new_id
 
 log = logging.getLogger("hgm.serve.isolate")
 
-_PR_SET_PDEATHSIG = 1
-_prctl = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
 UNLIMITED = 1 << 62
 """The child's message limits: the parent has enforced the real ones before forwarding."""
-
-
-def die_with_parent() -> None:
-    """`preexec_fn` of a child process that must not outlive its parent (Linux; else a no-op).
-
-    PDEATHSIG fires when the *thread* that spawned the child ends, so spawn from a thread that
-    lives as long as the child should."""
-    if _prctl is not None:
-        _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass(frozen=True)
