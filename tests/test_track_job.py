@@ -122,14 +122,15 @@ def test_malformed_live_results_are_refused():
 
 
 @pytest.mark.slow
-def test_real_live_pipeline_tracks_the_sample_photo():
+@pytest.mark.parametrize("tracker", ["pose", "warm_fit"])
+def test_real_live_pipeline_tracks_the_sample_photo(tracker):
     """Keyframe on the sample photo (prior level), then track it shifted by 12 px: the root bone
     follows the shift; a blank frame is lost."""
     from PIL import Image
 
     from hgm_core.paths import ASSETS_DIR
     from hgm_core.pipeline import Reconstructor, ReconstructorConfig
-    from hgm_core.pipeline.live import LivePipeline
+    from hgm_core.pipeline.live import LiveConfig, LivePipeline
     from hgm_core.types import ReconstructionRequest
 
     photo = np.asarray(Image.open(ASSETS_DIR / "sample" / "person.jpg").convert("RGB"))
@@ -141,7 +142,8 @@ def test_real_live_pipeline_tracks_the_sample_photo():
         frame[:, dx : dx + w] = photo
         return frame
 
-    live = LivePipeline(Reconstructor.from_config(ReconstructorConfig().override({"coarse.checkpoint": None})))
+    live = LivePipeline(Reconstructor.from_config(ReconstructorConfig().override({"coarse.checkpoint": None})),
+                        LiveConfig(tracker=tracker))
     recon = live.run(ReconstructionRequest(shifted(10), stream="cam", bind=True))
     key = recon.keyframe
     np.testing.assert_allclose(skin_raw(key.canonical_raw, key.binding, key.bone_transforms)[:, :3],
@@ -153,5 +155,6 @@ def test_real_live_pipeline_tracks_the_sample_photo():
     root0, root1 = key.bone_transforms[0, :3, 3], pose.bone_transforms[0, :3, 3]
     f = 0.5 * max(h, w + 40) / np.tan(np.radians(55) / 2)
     assert root1[0] - root0[0] == pytest.approx(12 * root0[2] / f, rel=0.5)
+    assert pose.skeleton is not None and len(pose.skeleton.joints) == len(pose.skeleton.names)
     lost = live.track(ReconstructionRequest(canvas, stream="cam"))
-    assert lost.state == "lost" and lost.reason
+    assert lost.state == "lost" and lost.reason and lost.bone_transforms is None

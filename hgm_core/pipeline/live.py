@@ -11,8 +11,9 @@ body model (neither is thread-safe), built on the first track job.
 
 Tracking a stream starts from its latest keyframe: the body fitted with the keyframe's avatar
 freezes shape and scale, so the bone transforms of every tracked pose skin that keyframe's
-canonical avatar. `start_tracker` is the one place that makes a stream's tracker; until the
-camera-rate tracker of issue #12 lands it is `WarmFitTracker`, the existing warm-started body fit.
+canonical avatar. `start_tracker` is the one place that makes a stream's tracker: the camera-rate
+`hgm_core.body.pose_tracker.PoseTracker` for anny (landmarks + a few Levenberg-Marquardt steps on
+the reduced body), else `WarmFitTracker`, the warm-started full body fit (~10x slower).
 """
 
 from __future__ import annotations
@@ -20,17 +21,21 @@ from __future__ import annotations
 import random
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import torch
 
 from hgm_core.body.base import BodyModel
 from hgm_core.body.fit import BodyFit, FitConfig, fit_body, skeleton
+from hgm_core.body.pose_tracker import PoseTrackConfig, PoseTracker
 from hgm_core.body.skinning import bind_body
 from hgm_core.perception.perceive import Perception, PoseEstimator, perceive
 from hgm_core.pipeline.reconstructor import Reconstructor, _load_body_model
-from hgm_core.types import CropTooSmallError, Keyframe, NoPersonError, Reconstruction, ReconstructionRequest, TrackedPose
+from hgm_core.types import CropTooSmallError, Keyframe, NoPersonError, Reconstruction, ReconstructionRequest, Skeleton, TrackedPose
+
+
+TRACKERS = ("pose", "warm_fit")
 
 
 @dataclass(frozen=True)
@@ -38,22 +43,49 @@ class LiveConfig:
     """How streams are tracked between keyframes.
 
     Attributes:
+        tracker: "pose" (`PoseTracker`, anny only; other body models use "warm_fit") or "warm_fit".
+        pose: the `PoseTracker`'s settings.
         warm_iterations: steps of the warm-started body fit per tracked frame (`WarmFitTracker`);
             fewer than the pipeline's own warm fit (40) because consecutive camera frames are close.
         max_streams: streams tracked at once; the least recently keyframed one is dropped beyond this.
     """
 
+    tracker: str = "pose"
+    pose: PoseTrackConfig = field(default_factory=PoseTrackConfig)
     warm_iterations: int = 20
     max_streams: int = 16
+
+    def __post_init__(self) -> None:
+        if self.tracker not in TRACKERS:
+            raise ValueError(f"LiveConfig.tracker must be one of {TRACKERS}, got {self.tracker!r}")
 
 
 class StreamTracker(Protocol):
     """One stream's tracker: started from a keyframe's body fit, then fed each frame's perception."""
 
-    def track(self, perception: Perception | None) -> TrackedPose:
+    def track(self, perception: Perception | None, stamp_s: float) -> TrackedPose:
         """The pose in this frame (binding id left 0: the pipeline sets it), or a "lost" pose with
-        its reason; `perception` None: nobody was found in the frame."""
+        its reason; `perception` None: nobody was found in the frame; `stamp_s`: the frame's time."""
         ...
+
+
+class PoseTrackerStream:
+    """`StreamTracker` over `hgm_core.body.pose_tracker.PoseTracker` (the camera-rate tracker)."""
+
+    def __init__(self, keyframe_fit: BodyFit, body_model: BodyModel, config: PoseTrackConfig) -> None:
+        self.body_model = body_model
+        self.bones = tuple((p, c) for c, p in enumerate(body_model.joint_parents) if p >= 0)
+        self._tracker = PoseTracker(body_model, config)
+        self._tracker.start(keyframe_fit)
+
+    def track(self, perception: Perception | None, stamp_s: float) -> TrackedPose:
+        r = self._tracker.track(perception, stamp_s)
+        timings = {f"tracker_{k}": v for k, v in r.timings.items()}
+        if r.state != "tracking":
+            return TrackedPose("lost", reason=r.reason, timings=timings)
+        return TrackedPose("tracking", bone_transforms=r.bone_transforms.numpy(),
+                           skeleton=Skeleton(r.joints.numpy(), self.body_model.joint_names, self.bones), timings=timings,
+                           info={"keypoint_error": r.keypoint_error, "reinitialised": r.reinitialised})
 
 
 class WarmFitTracker:
@@ -68,7 +100,7 @@ class WarmFitTracker:
         self.fit_config = replace(fit_config, warm_shape=False)
         self._last = keyframe_fit
 
-    def track(self, perception: Perception | None) -> TrackedPose:
+    def track(self, perception: Perception | None, stamp_s: float) -> TrackedPose:
         if perception is None:
             return TrackedPose("lost", reason="no person in the frame")
         fit = fit_body(perception, None, self.body_model, config=self.fit_config, init=self._last.params)
@@ -83,6 +115,8 @@ class WarmFitTracker:
 
 def start_tracker(keyframe_fit: BodyFit, body_model: BodyModel, fit_config: FitConfig, config: LiveConfig) -> StreamTracker:
     """The tracker of a stream from its keyframe's body fit (the one place a tracker is chosen)."""
+    if config.tracker == "pose" and body_model.name == "anny":
+        return PoseTrackerStream(keyframe_fit, body_model, config.pose)
     return WarmFitTracker(keyframe_fit, body_model, replace(fit_config, warm_iterations=config.warm_iterations))
 
 
@@ -146,7 +180,9 @@ class LivePipeline:
         except (NoPersonError, CropTooSmallError) as e:
             perception, missing = None, str(e)
         t1 = time.perf_counter()
-        pose = tracker.track(perception)
+        # The filter's clock: when the job started here (frames reach the worker at the camera's
+        # spacing, give or take the network), as track requests carry no stamp.
+        pose = tracker.track(perception, time.monotonic())
         t2 = time.perf_counter()
         reason = f"{pose.reason}: {missing}" if missing and pose.state == "lost" else pose.reason
         return replace(pose, binding_id=binding_id, reason=reason, timings={**pose.timings, "perceive": t1 - t0, "track": t2 - t1})
