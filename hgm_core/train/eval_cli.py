@@ -1,17 +1,28 @@
 """`hgm eval`: reconstruct every subject of a render layout from view 0 and score it like the paper.
 
-For each subject the `Reconstructor` gets view 0 with its intrinsics and GT mask; its Gaussians
-(in view 0's optical frame) are rendered from the other views, whose cameras are the layout's
-extrinsics relative to view 0 (`E_v E_0^-1`). Novel-view PSNR / SSIM / LPIPS (Table 1) are averaged
-over views 1..V-1; the avatar mesh (TSDF-fused from its Gaussians, `ReconstructorConfig.mesh`) is compared with
-the GT mesh in view 0's frame (Chamfer / P2S / NC, Table 3); the body fit's COCO keypoints with
-the GT keypoints (MPJPE / PA-MPJPE). Writes `eval.json`, `eval.md` and side-by-side images
-(input | ours | ground truth) of the worst subjects.
+For each subject view 0 (with its intrinsics and GT mask) goes through `perceive` and `fit_body`
+once; every method (`prior`, or a checkpoint run by the `coarse` stage) then builds its avatar from
+that same fit, so methods differ only in what they do with it. Protocols (issue #11):
+
+- `wild`: the fit as it is (metric placement from one image, its distance error included);
+- `canonical`: the fit moved onto the ground-truth body's placement — the similarity (scale,
+  rotation, translation) that best maps its vertices onto the GT body's (same body model) — as the
+  paper's normalised renders give the network the subject's true frame. Pose and shape stay the
+  fit's, so appearance and shape are scored apart from the monocular distance error.
+
+The avatar (in view 0's optical frame) is rendered from the other views, whose cameras are the
+layout's extrinsics relative to view 0 (`E_v E_0^-1`). Per novel view: PSNR, PSNR inside the GT
+mask ("fg PSNR": a white background mostly rewards the outline), SSIM, LPIPS (Table 1), averaged
+over views and by view group (front: within 30° of the input, back: 150°-210°, side: the rest).
+The avatar mesh (TSDF-fused from its Gaussians) is compared with the GT mesh (Chamfer / P2S / NC,
+Table 3); the body's COCO keypoints with the GT keypoints (MPJPE / PA-MPJPE). Writes `eval.json`,
+`eval.md` and side-by-side images (input | method | ground truth) of the worst subjects.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import time
@@ -19,19 +30,65 @@ from pathlib import Path
 
 import numpy as np
 
-HELP = "evaluate a method on a render layout (novel-view PSNR/SSIM/LPIPS, mesh Chamfer/P2S/NC, MPJPE)"
+HELP = "evaluate methods on a render layout (novel-view PSNR/fg PSNR/SSIM/LPIPS by view group, mesh Chamfer/P2S/NC, MPJPE)"
 NOVEL_VIEWS_SHOWN = (3, 6, 9)
+PROTOCOLS = ("wild", "canonical")
+IMAGE_METRICS = ("psnr", "fg_psnr", "ssim", "lpips")
+GROUPS = ("all", "front", "side", "back")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="render layout (hgm datagen output or THuman2.0 renders)")
-    p.add_argument("--method", default="prior", help="'prior' (no network) or a checkpoint directory")
-    p.add_argument("--stages", default=None, help="pipeline stages (default: prior, or coarse with a checkpoint)")
-    p.add_argument("-o", "--output", "--out", type=Path, default=None, help="output directory (default: DATA/eval_<method>)")
+    p.add_argument("--method", nargs="+", default=["prior"],
+                   help="methods: 'prior' (no network) and/or checkpoint directories (the coarse stage); all use one fit per subject")
+    p.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=["wild"],
+                   help="wild: the fit's own placement; canonical: the fit moved onto the GT body's placement (default: wild)")
+    p.add_argument("-o", "--output", "--out", type=Path, default=None, help="output directory (default: DATA/eval_<methods>)")
     p.add_argument("--size", type=int, default=None, help="evaluation image size (default: the dataset's)")
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N subjects")
-    p.add_argument("--worst", type=int, default=3, help="subjects shown side by side (default: 3)")
+    p.add_argument("--worst", type=int, default=3, help="subjects shown side by side per protocol and method (default: 3)")
     p.add_argument("--backend", default="auto", help="rasterizer backend (default: auto)")
+
+
+# --------------------------------------------------------------------------------------------- pure parts
+
+
+def placement_transform(fitted: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """`[4, 4]` similarity (scale * rotation, translation) that best maps `fitted [N, 3]` onto `target [N, 3]`
+    (corresponding points, least squares: `body.metrics.procrustes_align`)."""
+    from hgm_core.body.metrics import procrustes_align
+
+    fitted = np.asarray(fitted, np.float64)
+    aligned = procrustes_align(fitted, np.asarray(target, np.float64))
+    # The aligned points are an exact similarity of the fitted ones: recover it as an affine map.
+    A, *_ = np.linalg.lstsq(np.c_[fitted, np.ones(len(fitted))], aligned, rcond=None)  # [4, 3]
+    M = np.eye(4)
+    M[:3, :3], M[:3, 3] = A[:3].T, A[3]
+    return M
+
+
+def view_offset_deg(relative: np.ndarray) -> float:
+    """Angle in [0, 180] of the rotation part of `relative [4, 4]` (view-0 camera -> view v camera).
+
+    Ring cameras about a vertical axis differ by a rotation about that axis, so this is the azimuth
+    between the input view and view v, elevation or not."""
+    R = np.asarray(relative, np.float64)[:3, :3]
+    return float(np.degrees(np.arccos(np.clip((np.trace(R) - 1) / 2, -1.0, 1.0))))
+
+
+def group_means(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """Image metrics averaged over every (subject, novel view) pair, overall and by view group.
+
+    `rows`: subject rows whose `views` list has per-view dicts with `group` and `IMAGE_METRICS`."""
+    out: dict[str, dict[str, float]] = {}
+    for g in GROUPS:
+        views = [v for r in rows for v in r["views"] if g == "all" or v["group"] == g]
+        if views:
+            out[g] = {k: float(np.mean([v[k] for v in views])) for k in IMAGE_METRICS} | {"views": len(views)}
+    return out
+
+
+# --------------------------------------------------------------------------------------------- one subject
 
 
 def _load_view_image(root: Path, sid: str, v: int, size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,66 +109,106 @@ def _read_ply_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(m.vertices, np.float64), np.asarray(m.faces, np.int64)
 
 
-def evaluate_subject(reconstructor, lpips_model, root: Path, sid: str, stages: str, size: int | None, backend: str) -> tuple[dict, dict]:
-    """Metrics of one subject and the images needed for the side-by-side figure."""
+class Subject:
+    """One subject of the layout at the evaluation size: view 0's request, the novel views' cameras,
+    images and masks, and the GT body / mesh / keypoints in view 0's optical frame."""
+
+    def __init__(self, root: Path, sid: str, size: int | None) -> None:
+        import torch
+
+        from hgm_core.camera import Cameras
+        from hgm_core.data.reader import load_subject_cameras
+
+        E, Ks, native = load_subject_cameras(root, sid)
+        self.root, self.id, self.size = root, sid, size or native
+        scale = np.array([[self.size / native], [self.size / native], [1.0]])
+        self.K0 = Ks[0] * scale
+        self.image, self.mask = _load_view_image(root, sid, 0, self.size)
+        self.E0 = E[0]
+        self.novel = list(range(1, len(E)))
+        rel = E[self.novel] @ np.linalg.inv(E[0])  # view-0 optical frame -> camera v
+        self.offsets = [view_offset_deg(r) for r in rel]
+        Kn = Ks[self.novel] * scale[None]
+        self.cameras = Cameras(torch.from_numpy(Kn).float(), torch.from_numpy(rel).float(), self.size, self.size)
+        views = [_load_view_image(root, sid, v, self.size) for v in self.novel]
+        self.gt_images = [v[0] for v in views]
+        self.gt = torch.from_numpy(np.stack(self.gt_images)).float().permute(0, 3, 1, 2) / 255.0
+        self.gt_mask = torch.from_numpy(np.stack([v[1] for v in views]) > 127).float()[:, None]
+
+    def to_view0(self, world: np.ndarray) -> np.ndarray:
+        return np.asarray(world, np.float64) @ self.E0[:3, :3].T + self.E0[:3, 3]
+
+    def gt_body(self) -> np.ndarray | None:
+        """GT body vertices `[Nv, 3]` in view 0's optical frame, or None when the layout has none."""
+        path = self.root / "body" / f"{self.id}.npz"
+        if not path.exists():
+            return None
+        with np.load(path, allow_pickle=False) as f:
+            return self.to_view0(f["vertices"])
+
+
+def place_body(fit, target_vertices: np.ndarray):
+    """The `canonical` protocol: `fit` (a `BodyFit`) moved by the similarity that best maps its vertices
+    onto `target_vertices` (same body model); vertices, joints and keypoints move together, pose and
+    shape stay the fit's."""
+    from hgm_core.cli import CliError
+
+    if target_vertices.shape != fit.vertices.shape:
+        raise CliError(f"the canonical protocol needs the GT body in the fit's body model ({fit.body_model}, "
+                       f"{len(fit.vertices)} vertices); the layout's body has {len(target_vertices)}")
+    M = placement_transform(fit.vertices, target_vertices)
+
+    def move(p: np.ndarray) -> np.ndarray:
+        return (np.asarray(p, np.float64) @ M[:3, :3].T + M[:3, 3]).astype(np.asarray(p).dtype)
+
+    return dataclasses.replace(fit, vertices=move(fit.vertices), joints=move(fit.joints), keypoints=move(fit.keypoints))
+
+
+def score_avatar(rec, subject: Subject, lpips_model, backend: str) -> tuple[dict, dict]:
+    """Metrics of one reconstruction of `subject` and the images for the side-by-side figure."""
     import torch
 
     from hgm_core.body.metrics import mpjpe, pa_mpjpe
-    from hgm_core.camera import Cameras
-    from hgm_core.data.reader import load_subject_cameras
-    from hgm_core.types import CameraInfo, ReconstructionRequest
     from hgm_core.render import rasterize
     from hgm_core.train import metrics
+    from hgm_core.train.validate import angle_group
 
-    E, Ks, native = load_subject_cameras(root, sid)
-    size = size or native
-    K0 = Ks[0] * np.array([[size / native], [size / native], [1.0]])
-    image, mask = _load_view_image(root, sid, 0, size)
-    t0 = time.perf_counter()
-    rec = reconstructor.run(ReconstructionRequest(image, camera=CameraInfo(K0, size, size), mask=mask, stages=stages))
-    seconds = time.perf_counter() - t0
-
-    novel = list(range(1, len(E)))
-    rel = E[novel] @ np.linalg.inv(E[0])  # view-0 optical frame -> camera v
-    Kn = Ks[novel] * np.array([[size / native], [size / native], [1.0]])[None]
-    cams = Cameras(torch.from_numpy(Kn).float(), torch.from_numpy(rel).float(), size, size)
     g = rec.gaussians.to(dtype=torch.float32)
-    renders = []
-    with torch.no_grad():
-        for i in range(len(novel)):  # one view at a time keeps the CPU rasterizer's memory bounded
-            renders.append(rasterize(g, cams[i], background=(1.0, 1.0, 1.0), backend=backend).rgb[0].clamp(0, 1))
-    pred = torch.stack(renders).permute(0, 3, 1, 2)
-    gt_imgs = [_load_view_image(root, sid, v, size)[0] for v in novel]
-    gt = torch.from_numpy(np.stack(gt_imgs)).float().permute(0, 3, 1, 2) / 255.0
-
-    row: dict = {"id": sid, "seconds": seconds,
-                 "psnr": float(metrics.psnr(pred, gt).mean()), "ssim": float(metrics.ssim(pred, gt).mean()),
-                 "lpips": float(metrics.lpips(lpips_model, pred, gt).mean())}
+    with torch.no_grad():  # one view at a time keeps the CPU rasterizer's memory bounded
+        pred = torch.stack([rasterize(g, subject.cameras[i], background=(1.0, 1.0, 1.0), backend=backend).rgb[0].clamp(0, 1)
+                            for i in range(len(subject.novel))]).permute(0, 3, 1, 2)
+    per_view = {"psnr": metrics.psnr(pred, subject.gt), "fg_psnr": metrics.psnr(pred, subject.gt, subject.gt_mask),
+                "ssim": metrics.ssim(pred, subject.gt), "lpips": metrics.lpips(lpips_model, pred, subject.gt)}
+    views = [{"view": v, "offset_deg": round(a, 1), "group": angle_group(round(a, 1))} | {k: float(per_view[k][i]) for k in IMAGE_METRICS}
+             for i, (v, a) in enumerate(zip(subject.novel, subject.offsets))]
+    row: dict = {"id": subject.id} | {k: float(np.mean([v[k] for v in views])) for k in IMAGE_METRICS} | {"views": views}
     mesh = rec.mesh if rec.mesh is not None else rec.body_mesh
-    gt_mesh_path = root / "mesh" / f"{sid}.ply"
+    gt_mesh_path = subject.root / "mesh" / f"{subject.id}.ply"
     if mesh is not None and gt_mesh_path.exists():
         gv, gf = _read_ply_mesh(gt_mesh_path)
-        gv = gv @ E[0, :3, :3].T + E[0, :3, 3]
-        mm = metrics.mesh_metrics((mesh.vertices, mesh.faces), (gv, gf))
+        mm = metrics.mesh_metrics((mesh.vertices, mesh.faces), (subject.to_view0(gv), gf))
         row |= {"mesh_source": "mesh" if rec.mesh is not None else "body_mesh", "chamfer_cm": mm.chamfer_cm,
                 "p2s_cm": mm.p2s_cm, "nc": mm.normal_consistency}
-    kp_path = root / "keypoints" / f"{sid}.json"
+    kp_path = subject.root / "keypoints" / f"{subject.id}.json"
     if rec.skeleton is not None and kp_path.exists():
         kp = json.loads(kp_path.read_text())
         names = [n for n in kp["names"] if n in rec.skeleton.names]
         if len(names) >= 4:
-            gt_world = np.array([kp["world"][kp["names"].index(n)] for n in names])
-            gt_cam = gt_world @ E[0, :3, :3].T + E[0, :3, 3]
+            gt_cam = subject.to_view0(np.array([kp["world"][kp["names"].index(n)] for n in names]))
             pred_j = np.array([rec.skeleton.joints[rec.skeleton.names.index(n)] for n in names])
             row |= {"mpjpe_mm": mpjpe(pred_j, gt_cam, scale=1000), "pa_mpjpe_mm": pa_mpjpe(pred_j, gt_cam, scale=1000),
                     "joints": len(names)}
-    shown = {v: ((pred[v - 1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), gt_imgs[v - 1])
-             for v in NOVEL_VIEWS_SHOWN if v < len(E)}
-    return row, {"input": image, "views": shown}
+    shown = {v: ((pred[v - 1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), subject.gt_images[v - 1])
+             for v in NOVEL_VIEWS_SHOWN if v - 1 < len(subject.novel)}
+    return row, {"input": subject.image, "views": shown}
 
 
-_COLUMNS = (("psnr", "PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4), ("chamfer_cm", "CD (cm) ↓", 3),
-            ("p2s_cm", "P2S (cm) ↓", 3), ("nc", "NC ↑", 4), ("mpjpe_mm", "MPJPE (mm) ↓", 1), ("pa_mpjpe_mm", "PA-MPJPE (mm) ↓", 1))
+# --------------------------------------------------------------------------------------------- tables
+
+_COLUMNS = (("psnr", "PSNR ↑", 2), ("fg_psnr", "fg PSNR ↑", 2), ("ssim", "SSIM ↑", 4), ("lpips", "LPIPS ↓", 4),
+            ("chamfer_cm", "CD (cm) ↓", 3), ("p2s_cm", "P2S (cm) ↓", 3), ("nc", "NC ↑", 4), ("mpjpe_mm", "MPJPE (mm) ↓", 1),
+            ("pa_mpjpe_mm", "PA-MPJPE (mm) ↓", 1))
+_GROUP_NAMES = {"all": "all novel views", "front": "near-front (≤ 30°)", "side": "sides", "back": "back (150°–210°)"}
 
 
 def _fmt(value, digits: int) -> str:
@@ -121,26 +218,69 @@ def _fmt(value, digits: int) -> str:
 
 
 def markdown_table(summary: dict) -> str:
-    """Mean row (paper Tables 1 and 3 columns), then one row per subject, then the worst cases."""
-    cols = [c for c in _COLUMNS if any(c[0] in r for r in summary["subjects"])]
-    head = "| " + " | ".join(["subject"] + [c[1] for c in cols]) + " |"
-    sep = "|" + "---|" * (len(cols) + 1)
-    lines = [f"# `hgm eval` — method `{summary['method']}`, stages `{summary['stages']}`", "",
-             f"Data: `{summary['data']}` ({summary['n_subjects']} subjects, {summary['size']}² px, novel views 1..{summary['n_views'] - 1} "
-             f"from view 0). Mesh metrics use `{summary.get('mesh_source', '–')}` vs the GT mesh.", "", head, sep,
-             "| **mean** | " + " | ".join(_fmt(summary["mean"].get(c[0]), c[2]) for c in cols) + " |"]
-    for r in summary["subjects"]:
-        lines.append(f"| {r['id']} | " + " | ".join(_fmt(r.get(c[0]), c[2]) for c in cols) + " |")
-    if summary.get("worst"):
-        lines += ["", "Worst subjects by LPIPS (columns: input view 0 | ours | ground truth; rows: views "
-                  + ", ".join(str(v) for v in NOVEL_VIEWS_SHOWN) + "):", ""]
-        lines += [f"![{w}](worst_{w}.png)" for w in summary["worst"]]
-    return "\n".join(lines) + "\n"
+    """Per protocol: one mean row per method (paper Tables 1 and 3 columns plus fg PSNR), the image
+    metrics per view group, then one row per subject and method, then the worst cases."""
+    lines = [f"# `hgm eval` — {', '.join(f'`{m}`' for m in summary['methods'])}", "",
+             f"Data: `{summary['data']}` ({summary['n_subjects']} subjects, {summary['size']}² px, novel views "
+             f"1..{summary['n_views'] - 1} from view 0). One body fit per subject shared by every method. fg PSNR: PSNR "
+             "inside the ground-truth mask.", ""]
+    img_cols = [c for c in _COLUMNS if c[0] in IMAGE_METRICS]
+    for protocol, by_method in summary["results"].items():
+        rows_all = [r for res in by_method.values() for r in res["subjects"]]
+        cols = [c for c in _COLUMNS if any(c[0] in r for r in rows_all)]
+        lines += [f"## Protocol `{protocol}`", "", "| method | " + " | ".join(c[1] for c in cols) + " |",
+                  "|" + "---|" * (len(cols) + 1)]
+        lines += [f"| {m} | " + " | ".join(_fmt(res["mean"].get(c[0]), c[2]) for c in cols) + " |" for m, res in by_method.items()]
+        lines += ["", "By view group (means over subject × view):", "",
+                  "| view group | method | views | " + " | ".join(c[1] for c in img_cols) + " |", "|" + "---|" * (len(img_cols) + 3)]
+        for g in GROUPS:
+            for m, res in by_method.items():
+                if g in res["groups"]:
+                    gm = res["groups"][g]
+                    lines.append(f"| {_GROUP_NAMES[g]} | {m} | {gm['views']} | " + " | ".join(_fmt(gm[c[0]], c[2]) for c in img_cols) + " |")
+        lines += ["", "<details><summary>per subject</summary>", "", "| subject | method | " + " | ".join(c[1] for c in cols) + " |",
+                  "|" + "---|" * (len(cols) + 2)]
+        for m, res in by_method.items():
+            lines += [f"| {r['id']} | {m} | " + " | ".join(_fmt(r.get(c[0]), c[2]) for c in cols) + " |" for r in res["subjects"]]
+        lines += ["", "</details>", ""]
+        for m, res in by_method.items():
+            if res.get("failures"):
+                lines += [f"Failures ({m}): " + "; ".join(f"{k}: {v}" for k, v in res["failures"].items()), ""]
+            if res.get("worst"):
+                lines += [f"Worst subjects of `{m}` by LPIPS (input view 0 | {m} | ground truth; rows: views "
+                          + ", ".join(str(v) for v in NOVEL_VIEWS_SHOWN) + "):", ""]
+                lines += [f"![{w}]({_figure_name(protocol, m, w)})" for w in res["worst"]] + [""]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _figure_name(protocol: str, method: str, sid: str) -> str:
+    return f"worst_{protocol}_{method}_{sid}.png"
 
 
 def _side_by_side(figure: dict) -> np.ndarray:
     rows = [np.concatenate([figure["input"], ours, gt], 1) for ours, gt in figure["views"].values()]
     return np.concatenate(rows, 0)
+
+
+def summarise(rows: list[dict], failures: dict[str, str], worst: int) -> dict:
+    """Means of one (protocol, method): every metric over subjects, image metrics by view group."""
+    keys = [c[0] for c in _COLUMNS]
+    mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)}
+    return {"mean": mean, "groups": group_means(rows), "subjects": rows, "failures": failures,
+            "worst": [r["id"] for r in sorted(rows, key=lambda r: -r["lpips"])[:worst]],
+            "mesh_source": rows[0].get("mesh_source") if rows else None}
+
+
+def _method_labels(methods: list[str]) -> dict[str, str]:
+    """Table label per method argument: 'prior' or the checkpoint folder's name (made unique)."""
+    labels: dict[str, str] = {}
+    for m in methods:
+        base = m if m == "prior" else Path(m).name
+        label, k = base, 2
+        while label in labels.values():
+            label, k = f"{base}_{k}", k + 1
+        labels[m] = label
+    return labels
 
 
 def run(args: argparse.Namespace) -> int:
@@ -157,50 +297,87 @@ def run(args: argparse.Namespace) -> int:
         subjects = subjects[: args.limit]
     if not subjects:
         raise CliError(f"no subjects under {args.data}")
+    for m in args.method:
+        if m != "prior" and not Path(m).is_dir():
+            raise CliError(f"--method takes 'prior' or checkpoint directories; {m} is neither")
     try:
         from hgm_core.pipeline import Reconstructor, ReconstructorConfig
-        from hgm_core.types import PipelineError
+        from hgm_core.pipeline.coarse import CoarseStage
+        from hgm_core.pipeline.stage import Frame, update
+        from hgm_core.types import CameraInfo, PipelineError, ReconstructionRequest
     except ImportError as e:
         raise CliError(f"the reconstruction pipeline is not available here ({e})") from e
-    # Subjects are independent people: no warm start from the previous subject's fit.
-    config = ReconstructorConfig().override({"mesh_by_default": True, "body.track.enabled": False})
-    if args.method == "prior":
-        stages = args.stages or "prior"
-    else:
-        if not Path(args.method).is_dir():
-            raise CliError(f"--method must be 'prior' or a checkpoint directory; {args.method} is neither")
-        config, stages = config.override({"coarse.checkpoint": str(args.method)}), args.stages or "coarse"
-    out: Path = args.output or args.data / f"eval_{Path(args.method).name}"
-    out.mkdir(parents=True, exist_ok=True)
+    # Subjects are independent people: no warm start from the previous subject's fit. No network
+    # stage in the reconstructor: each checkpoint method gets its own below.
+    config = ReconstructorConfig().override({"mesh_by_default": True, "body.track.enabled": False, "coarse.checkpoint": None})
     reconstructor = Reconstructor.from_config(config)
+    labels = _method_labels(args.method)
+    stages = {}
+    for m, label in labels.items():
+        if m == "prior":
+            stages[label] = reconstructor.stages["prior"]
+        else:
+            stages[label] = CoarseStage.from_checkpoint(m, fallback=reconstructor.stages["prior"], body_model=config.body.model)
+    out: Path = args.output or args.data / f"eval_{'_'.join(labels.values())}"
+    out.mkdir(parents=True, exist_ok=True)
 
     from tqdm import tqdm
 
     from hgm_core.train.lpips import LPIPS
 
     lpips_model = LPIPS.load()
-    rows, figures, failures = [], {}, {}
+    combos = [(p, label) for p in args.protocol for label in stages]
+    rows: dict = {c: [] for c in combos}
+    failures: dict = {c: {} for c in combos}
+    figures: dict = {c: {} for c in combos}
+    fit_seconds: list[float] = []
     size = args.size
     for sid in tqdm(subjects, desc="eval", unit="subj"):
+        subject = Subject(args.data, sid, size)
+        size = subject.size
+        request = ReconstructionRequest(subject.image, camera=CameraInfo(subject.K0, size, size), mask=subject.mask, stages="prior")
+        t0 = time.perf_counter()
         try:
-            row, fig = evaluate_subject(reconstructor, lpips_model, args.data, sid, stages, size, args.backend)
-        except PipelineError as e:  # a documented failure counts against the method, not the tool
-            failures[sid] = f"{type(e).__name__}: {e}"
+            fitted = reconstructor.stages["fit_body"](reconstructor.stages["perceive"](Frame(request=request)))
+        except PipelineError as e:  # a documented failure counts against every method, not the tool
+            for c in combos:
+                failures[c][sid] = f"{type(e).__name__}: {e}"
             continue
-        rows.append(row)
-        figures[sid] = fig
-        size = size or fig["input"].shape[0]
-    if not rows:
+        fit_seconds.append(time.perf_counter() - t0)
+        for protocol in args.protocol:
+            frame = fitted
+            if protocol == "canonical":
+                gt_body = subject.gt_body()
+                if gt_body is None:
+                    raise CliError(f"the canonical protocol needs GT bodies ({args.data}/body/{sid}.npz is missing)")
+                frame = update(fitted, body=place_body(fitted.body, gt_body))
+            for label, stage in stages.items():
+                t = time.perf_counter()
+                try:
+                    done = stage(frame)
+                except PipelineError as e:
+                    failures[(protocol, label)][sid] = f"{type(e).__name__}: {e}"
+                    continue
+                timings = {stage.name: time.perf_counter() - t}
+                done = reconstructor.stages["mesh"](done)
+                rec = reconstructor.result(done, timings)
+                row, fig = score_avatar(rec, subject, lpips_model, args.backend)
+                row["seconds"] = timings[stage.name]
+                if stage.name == "coarse":
+                    row["coarse_used"] = done.reports.get("coarse", {}).get("used")
+                rows[(protocol, label)].append(row)
+                figures[(protocol, label)][sid] = fig
+    if not any(rows.values()):
         raise CliError(f"every subject failed: {failures}")
-    keys = [c[0] for c in _COLUMNS]
-    mean = {k: float(np.mean([r[k] for r in rows if k in r])) for k in keys if any(k in r for r in rows)}
-    worst = [r["id"] for r in sorted(rows, key=lambda r: -r["lpips"])[: args.worst]]
+    results: dict = {p: {} for p in args.protocol}
+    for (protocol, label), r in rows.items():
+        res = results[protocol][label] = summarise(r, failures[(protocol, label)], args.worst)
+        for sid in res["worst"]:
+            cv2.imwrite(str(out / _figure_name(protocol, label, sid)), _side_by_side(figures[(protocol, label)][sid])[..., ::-1])
     n_views = len(list((args.data / "parm").glob(f"{subjects[0]}_*")))
-    summary = {"method": str(args.method), "stages": stages, "data": str(args.data), "size": size, "n_views": n_views,
-               "n_subjects": len(rows), "failures": failures, "mean": mean, "subjects": rows, "worst": worst,
-               "mesh_source": rows[0].get("mesh_source")}
-    for sid in worst:
-        cv2.imwrite(str(out / f"worst_{sid}.png"), _side_by_side(figures[sid])[..., ::-1])
+    summary = {"methods": list(labels.values()), "method_paths": dict(zip(labels.values(), labels)), "protocols": list(args.protocol),
+               "data": str(args.data), "size": size, "n_views": n_views, "n_subjects": max(len(r) for r in rows.values()),
+               "fit_seconds_mean": float(np.mean(fit_seconds)) if fit_seconds else None, "results": results}
     (out / "eval.json").write_text(json.dumps(summary, indent=1))
     (out / "eval.md").write_text(markdown_table(summary))
     print(markdown_table(summary))

@@ -25,13 +25,18 @@ METRICS = ("psnr", "fg_psnr", "ssim", "lpips")
 GRID_VIEWS = (3, 6, 9)
 
 
-def view_group(view: int, n_views: int) -> str:
-    """'front' (within 30° of the input, not the input itself), 'back' (150°-210°) or 'side'."""
-    angle = (view * 360.0 / n_views) % 360.0
-    off = min(angle, 360.0 - angle)
-    if off <= 30.0:
+def angle_group(offset_deg: float) -> str:
+    """View group of a view `offset_deg` in [0, 180] away from the input: 'front' (within 30°),
+    'back' (150°-210°, i.e. offset >= 150°) or 'side'."""
+    if offset_deg <= 30.0:
         return "front"
-    return "back" if off >= 150.0 else "side"
+    return "back" if offset_deg >= 150.0 else "side"
+
+
+def view_group(view: int, n_views: int) -> str:
+    """`angle_group` of ring view `view` of `n_views` evenly spaced ones (view 0 is the input)."""
+    angle = (view * 360.0 / n_views) % 360.0
+    return angle_group(min(angle, 360.0 - angle))
 
 
 def avatar(model: HGM, sample: Sample) -> torch.Tensor:
