@@ -102,13 +102,6 @@ def _load_view_image(root: Path, sid: str, v: int, size: int) -> tuple[np.ndarra
     return np.ascontiguousarray(img), mask
 
 
-def _read_ply_mesh(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    import trimesh
-
-    m = trimesh.load(path, process=False, force="mesh")
-    return np.asarray(m.vertices, np.float64), np.asarray(m.faces, np.int64)
-
-
 class Subject:
     """One subject of the layout at the evaluation size: view 0's request, the novel views' cameras,
     images and masks, and the GT body / mesh / keypoints in view 0's optical frame."""
@@ -169,6 +162,7 @@ def score_avatar(rec, subject: Subject, lpips_model, backend: str) -> tuple[dict
     import torch
 
     from hgm_core.body.metrics import mpjpe, pa_mpjpe
+    from hgm_core.io.mesh import read_mesh_ply
     from hgm_core.render import rasterize
     from hgm_core.train import metrics
     from hgm_core.train.validate import angle_group
@@ -185,7 +179,7 @@ def score_avatar(rec, subject: Subject, lpips_model, backend: str) -> tuple[dict
     mesh = rec.mesh if rec.mesh is not None else rec.body_mesh
     gt_mesh_path = subject.root / "mesh" / f"{subject.id}.ply"
     if mesh is not None and gt_mesh_path.exists():
-        gv, gf = _read_ply_mesh(gt_mesh_path)
+        gv, gf, _ = read_mesh_ply(gt_mesh_path)
         mm = metrics.mesh_metrics((mesh.vertices, mesh.faces), (subject.to_view0(gv), gf))
         row |= {"mesh_source": "mesh" if rec.mesh is not None else "body_mesh", "chamfer_cm": mm.chamfer_cm,
                 "p2s_cm": mm.p2s_cm, "nc": mm.normal_consistency}
