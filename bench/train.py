@@ -2,24 +2,46 @@
 
 Uses the real training path (`hgm_core.train.trainer`): subjects from a render layout through the
 training-resolution cache, the `TrainConfig` defaults (4 supervision views, LPIPS on one), Adam.
-Reports medians over `--steps` timed steps after `--warmup` steps, per thread count. Writes
-bench/results/train.json.
+Each `--variant` overrides `TrainConfig` fields (`key=value,key=value`; the first variant is the
+baseline, default: the defaults) and is measured in the same run, every variant from the same
+initial weights and data stream; reports medians over `--steps` timed steps after `--warmup`
+steps, per thread count, and each variant's time relative to the baseline. Writes
+bench/results/train.json (or `--out`).
 
-    .venv/bin/python bench/train.py --data /work/data/train_s1000 --cache /tmp/hgm_cache
+    .venv/bin/python bench/train.py --data /work/data/train_s1000 --cache /work/data/cache \\
+        --variant "" --variant "supervision_crop=64,aim_input=true"
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _results import write_results  # noqa: E402
+from _results import add_out_argument, write_results  # noqa: E402
+
+
+def parse_variant(text: str) -> dict:
+    """`"supervision_crop=64,aim_input=true"` -> TrainConfig overrides (values parsed as JSON, else strings)."""
+    from hgm_core.train.config import TrainConfig
+
+    known = {f.name for f in fields(TrainConfig)}
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        key, _, value = item.partition("=")
+        if key not in known:
+            raise SystemExit(f"unknown TrainConfig field {key!r}")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def measure(data: Path, cache: Path, threads: int, steps: int, warmup: int, overrides: dict) -> dict:
@@ -50,10 +72,10 @@ def measure(data: Path, cache: Path, threads: int, steps: int, warmup: int, over
         if i >= warmup:
             rows.append(asdict(result.times) | {"total": result.times.total})
     med = {k: statistics.median(r[k] for r in rows) for k in rows[0]}
-    return {"threads": threads, "steps": steps, "median_s": med, "steps_per_s": 1.0 / med["total"],
+    return {"threads": threads, "steps": steps, "overrides": overrides, "median_s": med, "steps_per_s": 1.0 / med["total"],
             "gaussians": config_for(config.preset).num_vertices + config_for(config.preset).num_gaussians,
-            "config": {k: v for k, v in asdict(config).items() if k in ("preset", "num_views", "image_size",
-                                                                         "supervision_views", "lpips_views")}}
+            "config": {k: v for k, v in asdict(config).items() if k in ("preset", "num_views", "image_size", "supervision_views",
+                                                                         "lpips_views", "lpips_crop", "supervision_crop", "aim_input")}}
 
 
 def main() -> int:
@@ -63,15 +85,20 @@ def main() -> int:
     p.add_argument("--threads", type=int, nargs="+", default=[1])
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--lpips-views", type=int, nargs="+", default=[1], help="variants: LPIPS views per step")
+    p.add_argument("--variant", action="append", default=None,
+                   help="TrainConfig overrides 'key=value,...' (repeatable; the first is the baseline; default: one, the defaults)")
+    add_out_argument(p)
     args = p.parse_args()
     from hgm_core.runtime import configure_process
 
     configure_process()  # numba's threading layer and caches, as the `hgm` entry point sets them
     cache = args.cache or Path(tempfile.mkdtemp(prefix="hgm_bench_cache_"))
-    runs = [measure(args.data, cache, t, args.steps, args.warmup, {"lpips_views": lv})
-            for t in args.threads for lv in args.lpips_views]
-    write_results("train", {"benchmark": "hgm train step (tiny unless configured)", "data": str(args.data), "runs": runs})
+    variants = [parse_variant(v) for v in (args.variant or [""])]
+    runs = [measure(args.data, cache, t, args.steps, args.warmup, v) for t in args.threads for v in variants]
+    for r in runs:
+        base = next(b for b in runs if b["threads"] == r["threads"])
+        r["time_vs_baseline"] = r["median_s"]["total"] / base["median_s"]["total"]
+    write_results("train", {"benchmark": "hgm train step (tiny unless configured)", "data": str(args.data), "runs": runs}, args.out)
     return 0
 
 

@@ -60,6 +60,12 @@ class TrainConfig:
         input_views / input_view_probs: ring views that serve as the input view (0 = front; 1 and 11
             are ±30°: the subject is seen turned), and how often.
         supervision_views: views rendered and scored per step (the input view plus random others).
+        aim_input: make the input view as inference does: the camera turned to look at the
+            (perturbed) body's box centre (`sample.aim_input`, `model.predict.network_view`); one view only.
+        supervision_crop: render and score each supervision view on a square window around the
+            person (`sample.crop_supervision`) at this many pixels; 0 = whole frames. The person
+            covers a small part of a frame, so a whole-frame loss is mostly white background.
+        crop_margin: the window's margin around the person's box, as a share of its longer side.
     Model:
         preset, num_views: `hgm_core.model.config_for(preset, num_views=...)`.
     Loss (paper: L2 RGB + LPIPS-VGG + L2 mask, weight 1 each):
@@ -68,6 +74,8 @@ class TrainConfig:
             more than the rest of a CPU step; the other views still get the L2 terms).
     Optimiser:
         lr, warmup_steps, weight_decay, grad_clip: Adam(W) with linear warm-up, gradient-norm clip.
+        init_from: warm start: network weights (not the optimiser) from another run's folder
+            (its `state.pt`) or a checkpoint folder; "" = random initialisation.
     Schedule:
         max_steps; checkpoint_minutes (resumable state); val_minutes (validation JSON + grid);
         seed (model init and data stream).
@@ -83,6 +91,9 @@ class TrainConfig:
     input_views: tuple[int, ...] = (0, 1, 11)
     input_view_probs: tuple[float, ...] = (0.5, 0.25, 0.25)
     supervision_views: int = 4
+    aim_input: bool = False
+    supervision_crop: int = 0
+    crop_margin: float = 0.1
     rescan_minutes: float = 5.0
     preset: str = "tiny"
     num_views: int = 1
@@ -95,6 +106,7 @@ class TrainConfig:
     warmup_steps: int = 200
     weight_decay: float = 0.0
     grad_clip: float = 1.0
+    init_from: str = ""
     max_steps: int = 200_000
     checkpoint_minutes: float = 5.0
     val_minutes: float = 10.0
@@ -113,6 +125,9 @@ class TrainConfig:
         need(self.supervision_views >= 1, "supervision_views must be >= 1")
         need(0 <= self.lpips_views <= self.supervision_views, "lpips_views must be in [0, supervision_views]")
         need(self.lpips_crop >= 32, "lpips_crop must be >= 32 (VGG's five poolings)")
+        need(not self.aim_input or self.num_views == 1, "aim_input needs a one-view network (num_views 1)")
+        need(self.supervision_crop == 0 or self.supervision_crop >= 32, "supervision_crop must be 0 (whole frames) or >= 32")
+        need(self.crop_margin >= 0, "crop_margin must be >= 0")
         need(self.lr > 0 and self.max_steps > 0, "lr and max_steps must be > 0")
         for s in (*self.train_seeds, *(() if self.val_seed is None else (self.val_seed,))):
             need(s not in RESERVED_SEEDS, f"seed {s} is reserved for evaluation ({RESERVED_SEEDS}); never train or validate on it")

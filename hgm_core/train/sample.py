@@ -3,18 +3,30 @@
 The chosen input view becomes the canonical camera `[I | (0, 0, 1.5)]` (`reader.canonical_transform`
 with the subject's own ring distance), the GT body is mapped into the same frame and perturbed like
 a monocular fit (`perturb_body`), and the supervision views become rasterizer cameras.
+
+With `aim`, the input view is made exactly as inference makes it (`model.predict.network_view`):
+the camera is turned about its centre to look at the (perturbed) body's box centre and the image
+resampled, and the canonical frame is that virtual camera's. The ring camera looks at a fixed
+point of the subject's vertical axis instead, so without this the network trains on views it never
+gets live. `crop_supervision` turns a sample's whole-frame targets into person-box windows (the
+person covers a small part of a frame, so most of a whole-frame loss is white background).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from hgm_core.camera import Cameras, cameras_from_c2w_gl
+import torch.nn.functional as F
+
+from hgm_core.camera import CANONICAL_CAM_RADIUS, Cameras, cameras_from_c2w_gl
 from hgm_core.data.reader import canonical_transform
+from hgm_core.model.frames import CanonicalFrame, canonical_to_optical_points
+from hgm_core.model.predict import network_view
 from hgm_core.train.config import BodyNoise
 
 
@@ -61,8 +73,31 @@ def perturb_body(vertices: np.ndarray, noise: BodyNoise, rng: np.random.Generato
     return v + rng.normal(0, [noise.translation, noise.translation, noise.depth])
 
 
+def aim_input(image: np.ndarray, K: np.ndarray, body: np.ndarray, c2w_gl: np.ndarray, distance: float
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Re-aim a one-view sample's input camera at the body's box centre, as inference does.
+
+    Args:
+        image: `[S, S, 3]` uint8 input view (on white); K: `[3, 3]` its intrinsics.
+        body: `[Nv, 3]` (perturbed) body in the ring camera's canonical frame (`canonical_transform`
+            with ring `distance`); c2w_gl: `[C, 4, 4]` other cameras in that frame.
+    Returns:
+        the virtual view's image `[S, S, 3]` float32 in [0, 1] and intrinsics `[3, 3]`, and the body
+        `[Nv, 3]` and cameras `[C, 4, 4]` in the virtual camera's canonical frame (input camera
+        `[I | (0, 0, 1.5)]`).
+    """
+    ring = CanonicalFrame(distance / CANONICAL_CAM_RADIUS)  # the canonical frame `canonical_transform` made
+    body_optical = canonical_to_optical_points(torch.from_numpy(body), ring).numpy()
+    view = network_view(image, np.full(image.shape[:2], 255, np.uint8), K, body_optical, image.shape[0])
+    M = np.linalg.inv(view.frame.matrix(torch.float64).numpy()) @ ring.matrix(torch.float64).numpy()  # ring -> virtual canonical
+    k = np.cbrt(np.linalg.det(M[:3, :3]))
+    cams = M @ c2w_gl
+    cams[:, :3, :3] /= k
+    return view.image, view.K, body @ M[:3, :3].T + M[:3, 3], cams
+
+
 def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int], num_input_views: int,
-                noise: BodyNoise | None, rng: np.random.Generator) -> Sample:
+                noise: BodyNoise | None, rng: np.random.Generator, aim: bool = False) -> Sample:
     """Build a `Sample` from a cached subject (`hgm_core.data.cache`).
 
     Args:
@@ -70,6 +105,7 @@ def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int
             opposite one (`input_view + n / 2`), as HGM's front + back.
         views: ring indices of the supervision views.
         noise: body perturbation, None for the exact GT body.
+        aim: one view only: aim the input camera at the body's box centre (`aim_input`).
     """
     n = len(subject["extrinsics"])
     inputs = [(input_view + k * n // 2) % n for k in range(num_input_views)]
@@ -79,13 +115,22 @@ def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int
     if noise is not None:
         body = perturb_body(body, noise, rng)
     size = subject["images"].shape[1]
-    c2w = torch.from_numpy(c2w_gl).float()
     Ks = torch.from_numpy(subject["intrinsics"][order]).float()
     images = torch.from_numpy(subject["images"][order]).float() / 255.0  # [V, S, S, 3]
     masks = torch.from_numpy(subject["masks"][order]).float()[..., None] / 255.0
     k = len(inputs)
+    inputs_rgb = images[:k]
+    if aim:
+        if k != 1:
+            raise ValueError("aim needs a one-view sample")
+        rgb, K_in, body, c2w_gl[k:] = aim_input(subject["images"][input_view], subject["intrinsics"][input_view], body,
+                                                c2w_gl[k:], float(subject["distance"]))
+        inputs_rgb, Ks[0] = torch.from_numpy(rgb)[None], torch.from_numpy(K_in).float()
+        c2w_gl[0] = np.eye(4)
+        c2w_gl[0, 2, 3] = CANONICAL_CAM_RADIUS
+    c2w = torch.from_numpy(c2w_gl).float()
     return Sample(
-        images=images[:k].permute(0, 3, 1, 2)[None].contiguous(),
+        images=inputs_rgb.permute(0, 3, 1, 2)[None].contiguous(),
         K=Ks[:k][None],
         c2w=c2w[:k][None],
         vertices=torch.from_numpy(body).float()[None],
@@ -101,3 +146,40 @@ def draw_views(n_views: int, input_view: int, count: int, rng: np.random.Generat
     others = [v for v in range(n_views) if v != input_view]
     picked = rng.choice(len(others), min(count - 1, len(others)), replace=False)
     return [input_view] + [others[i] for i in sorted(picked)]
+
+
+def person_box(mask: torch.Tensor, margin: float) -> tuple[int, int, int]:
+    """Square window `(x0, y0, side)` in pixels around the person in `mask [S, S]` (> 0.5): its box's
+    longer side plus `margin` of it on every side, centred on the box (it may reach past the image);
+    the whole image when the mask is empty."""
+    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
+    if len(ys) == 0:
+        return 0, 0, mask.shape[-1]
+    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+    side = max(y1 - y0, x1 - x0)
+    side = int(round(side * (1 + 2 * margin)))
+    return (x0 + x1 - side) // 2, (y0 + y1 - side) // 2, side
+
+
+def crop_supervision(sample: Sample, size: int, margin: float) -> Sample:
+    """`sample` with every supervision view cut to its person window (`person_box`) and resampled to
+    `size x size`: targets (white / mask 0 past the image edge) and cameras (intrinsics shifted and
+    scaled) alike. `size` keeps about the frame's pixel density for a person of average size."""
+    C, S = sample.target_rgb.shape[:2]
+    boxes = [person_box(sample.target_mask[c, ..., 0], margin) for c in range(C)]
+    pad = max([0] + [max(-x0, -y0, x0 + b - S, y0 + b - S) for x0, y0, b in boxes])
+    rgb = F.pad(sample.target_rgb.permute(0, 3, 1, 2), (pad,) * 4, value=1.0)
+    mask = F.pad(sample.target_mask.permute(0, 3, 1, 2), (pad,) * 4, value=0.0)
+    crops_rgb, crops_mask, Ks = [], [], []
+    for c, (x0, y0, b) in enumerate(boxes):
+        window = (slice(None), slice(y0 + pad, y0 + pad + b), slice(x0 + pad, x0 + pad + b))
+        crops_rgb.append(F.interpolate(rgb[c][window][None], size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+        crops_mask.append(F.interpolate(mask[c][window][None], size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+        K = sample.cameras.K[c].clone()
+        K[0, 2] -= x0
+        K[1, 2] -= y0
+        K[:2] *= size / b
+        Ks.append(K)
+    cameras = Cameras(torch.stack(Ks), sample.cameras.viewmats, size, size)
+    return dataclasses.replace(sample, cameras=cameras, target_rgb=torch.cat(crops_rgb).permute(0, 2, 3, 1).clamp(0, 1),
+                               target_mask=torch.cat(crops_mask).permute(0, 2, 3, 1).clamp(0, 1))

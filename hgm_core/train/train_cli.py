@@ -3,6 +3,8 @@
     hgm train --run runs/tiny_1view --train-data data/train_s1000 --train-seeds 1000 \\
               --val-data data/val_s5555 --val-seed 5555 --cache data/cache
     hgm train --run runs/tiny_1view --resume          # continue from runs/tiny_1view/state.pt
+    hgm train --run runs/v2 --config runs/tiny_1view/config.json --init-from runs/tiny_1view \
+              --aim-input --supervision-crop 64           # a new run warm-started from another's weights
     hgm train --run runs/tiny_1view --export hgm_core/assets/checkpoints/tiny_1view   # fp16 + card
 
 Flags override the defaults of `TrainConfig`; `--config FILE` starts from a saved config.json. A
@@ -34,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
     p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                   help="warm start: weights of another run folder (its state.pt) or a checkpoint folder")
+    p.add_argument("--aim-input", action=argparse.BooleanOptionalAction, default=None,
+                   help="aim the input camera at the body's box centre, as inference does")
+    p.add_argument("--supervision-crop", type=int, default=None, metavar="PX",
+                   help="score supervision views on person windows of PX x PX (0 = whole frames)")
     p.add_argument("--threads", type=int, default=1, help="torch + numba threads (default 1)")
 
 
@@ -52,6 +60,9 @@ def config_from_args(args: argparse.Namespace):
         "max_steps": args.max_steps,
         "lr": args.lr,
         "seed": args.seed,
+        "init_from": str(args.init_from) if args.init_from else None,
+        "aim_input": args.aim_input,
+        "supervision_crop": args.supervision_crop,
     }
     return replace(base, **{k: v for k, v in flags.items() if v is not None})
 

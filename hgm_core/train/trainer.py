@@ -3,6 +3,7 @@
 A run folder holds
     config.json        the `TrainConfig` (written once; a resumed run must match it)
     state.pt           weights, Adam state, step, RNG states, CPU seconds (every `checkpoint_minutes`)
+    init.json          a warm-started run's source of weights (run or checkpoint, its step and CPU-hours)
     best/              `save_pretrained` of the best validation so far (`selection_score`)
     val.jsonl          one line per validation: step, CPU seconds, model and baseline metrics
     val_latest.png     the latest validation grid (input | GT, network, baseline at views 3, 6, 9)
@@ -23,9 +24,11 @@ from hgm_core.data.cache import complete_subjects, load_cached_subject
 from hgm_core.model import HGM, ModelCard, config_for, to_gaussians
 from hgm_core.render import rasterize
 from hgm_core.train.config import RESERVED_SEEDS, TrainConfig, TrainConfigError
-from hgm_core.train.sample import Sample, draw_views, make_sample
+from hgm_core.train.sample import Sample, crop_supervision, draw_views, make_sample
 
 STATE_NAME = "state.pt"
+INIT_NAME = "init.json"
+"""Where a warm-started run records the source of its first weights (`init_weights`)."""
 
 
 class TrainError(RuntimeError):
@@ -99,7 +102,8 @@ def training_sample(pool: SubjectPool, config: TrainConfig, rng: np.random.Gener
     n = len(subject["extrinsics"])
     input_view = int(config.input_views[int(rng.choice(len(p), p=p / p.sum()))]) % n
     views = draw_views(n, input_view, config.supervision_views, rng)
-    return make_sample(subject, input_view, views, config.num_views, config.body_noise, rng)
+    sample = make_sample(subject, input_view, views, config.num_views, config.body_noise, rng, aim=config.aim_input)
+    return crop_supervision(sample, config.supervision_crop, config.crop_margin) if config.supervision_crop else sample
 
 
 # --------------------------------------------------------------------------------------------- one step
@@ -223,8 +227,41 @@ def load_state(run_dir: Path, model: HGM, optimizer: torch.optim.Optimizer, rng:
     return RunState(blob["step"], blob["cpu_seconds"], blob.get("best_score", -float("inf")))
 
 
-def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict) -> ModelCard:
+def init_weights(model: HGM, source: Path) -> dict:
+    """Warm start: load network weights from a run folder (its `state.pt`) or a checkpoint folder.
+
+    Returns:
+        where they came from: `{"source", "step", "cpu_hours"}` (CPU-hours None for a checkpoint folder).
+    Raises:
+        TrainError: no weights there, or saved with another model config."""
+    source = Path(source)
+    if (source / STATE_NAME).exists():
+        blob = torch.load(source / STATE_NAME, map_location="cpu", weights_only=False)
+        if blob["model_config"] != model.config.to_dict():
+            raise TrainError(f"{source / STATE_NAME} was saved with another model config")
+        model.load_state_dict(blob["model"])
+        return {"source": str(source), "step": blob["step"], "cpu_hours": blob["cpu_seconds"] / 3600}
+    if (source / "model.safetensors").exists():
+        from hgm_core.model import read_checkpoint_config
+        from hgm_core.model.checkpoint import CheckpointError
+
+        try:
+            model.load_state_dict(HGM.from_pretrained(source, config=model.config).float().state_dict())
+            _, card = read_checkpoint_config(source)
+        except CheckpointError as e:
+            raise TrainError(f"cannot warm-start from {source}: {e}") from None
+        return {"source": str(source), "step": card.steps, "cpu_hours": None}
+    raise TrainError(f"nothing to warm-start from in {source} (no {STATE_NAME}, no model.safetensors)")
+
+
+def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, init: dict | None = None) -> ModelCard:
     m, b = val["model"]["all"], val["baseline"]["all"]
+    recipe = (f" Input view aimed at the body's box centre as at inference: {'yes' if config.aim_input else 'no'}. "
+              f"Supervision: {f'{config.supervision_crop}^2 person windows' if config.supervision_crop else 'whole frames'}.")
+    if init:
+        before = f", {init['cpu_hours']:.2f} CPU-hours" if init.get("cpu_hours") is not None else ""
+        recipe += (f" Warm-started from {init['source']} at step {init['step']}{before}; steps and CPU-hours above count "
+                   "this run only.")
     metrics = {f"val_{k}": v for k, v in m.items()} | {f"val_baseline_{k}": v for k, v in b.items()}
     metrics |= {f"val_back_{k}": v for k, v in val["model"].get("back", {}).items()}
     return ModelCard(
@@ -236,7 +273,7 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict) -
         notes=(f"{state.cpu_seconds / 3600:.2f} CPU-hours (one thread). Input: GT body with fitting-like noise "
                f"({config.body_noise}). Loss: L2 RGB + L2 mask + LPIPS-VGG ({config.lpips_views} view/step), "
                f"{config.supervision_views} views/step. Validation: view 0 in, views 1-11 scored at "
-               f"{config.image_size}^2, fixed noisy bodies; baseline = body vertices coloured from the input."),
+               f"{config.image_size}^2, fixed noisy bodies; baseline = body vertices coloured from the input." + recipe),
     )
 
 
@@ -270,7 +307,12 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
     if model.config.input_size != config.image_size:
         raise TrainConfigError(f"image_size {config.image_size} must equal the {config.preset} input size {model.config.input_size}")
     optimizer = build_optimizer(model, config)
-    state = load_state(run_dir, model, optimizer, rng) if resume else RunState()
+    if resume:
+        state = load_state(run_dir, model, optimizer, rng)
+    else:
+        state = RunState()
+        if config.init_from:
+            (run_dir / INIT_NAME).write_text(json.dumps(init_weights(model, Path(config.init_from))) + "\n")
     cpu_base = state.cpu_seconds - time.process_time()  # every CPU second of this process counts, validation too
     lpips_model = LPIPS.load()
     pool = SubjectPool(config.train_data, config.image_size, Path(config.cache_dir))
@@ -281,7 +323,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
 
     def run_validation() -> None:
         state.cpu_seconds = cpu_base + time.process_time()
-        result, grid = validate(model, val_subjects, config.body_noise, lpips_model, with_baseline=not baseline)
+        result, grid = validate(model, val_subjects, config.body_noise, lpips_model, with_baseline=not baseline,
+                                aim=config.aim_input)
         baseline.update(result.pop("baseline", {}))
         result["baseline"] = baseline
         line = {"step": state.step, "cpu_hours": state.cpu_seconds / 3600, "train_subjects": len(pool.items)} | result
@@ -291,7 +334,8 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
         score = selection_score(result["model"]["all"])
         if score > state.best_score:
             state.best_score = score
-            model.save_pretrained(run_dir / "best", model_card(config, state, len(pool.items), result))
+            init = json.loads((run_dir / INIT_NAME).read_text()) if (run_dir / INIT_NAME).exists() else None
+            model.save_pretrained(run_dir / "best", model_card(config, state, len(pool.items), result, init))
         m, b = result["model"]["all"], result["baseline"]["all"]
         tqdm.write(f"step {state.step}: val PSNR {m['psnr']:.2f} fg {m['fg_psnr']:.2f} LPIPS {m['lpips']:.4f} "
                    f"(baseline {b['psnr']:.2f} / {b['fg_psnr']:.2f} / {b['lpips']:.4f}); {len(pool.items)} train subjects")

@@ -69,8 +69,9 @@ def _summary(rows: list[dict[str, np.ndarray]], groups: list[str]) -> dict[str, 
 
 @torch.no_grad()
 def validate(model: HGM, subjects: list[dict[str, np.ndarray]], noise: BodyNoise, lpips_model: LPIPS,
-             with_baseline: bool = True) -> tuple[dict, np.ndarray]:
-    """Score `model` (and, with `with_baseline`, the body-colour baseline) on cached `subjects`.
+             with_baseline: bool = True, aim: bool = False) -> tuple[dict, np.ndarray]:
+    """Score `model` (and, with `with_baseline`, the body-colour baseline) on cached `subjects`
+    (input view made with `aim` as in training: `sample.make_sample`).
 
     Returns:
         `{"model": {group: {metric: mean}}, ["baseline": {...},] "subjects": n}` and an image grid
@@ -84,7 +85,7 @@ def validate(model: HGM, subjects: list[dict[str, np.ndarray]], noise: BodyNoise
     for i, subject in enumerate(subjects):
         n = len(subject["extrinsics"])
         views = list(range(1, n))
-        sample = make_sample(subject, 0, views, model.config.num_views, noise, np.random.default_rng(i))
+        sample = make_sample(subject, 0, views, model.config.num_views, noise, np.random.default_rng(i), aim=aim)
         pred = render_rgb(avatar(model, sample), sample)
         rows_m.append(score(pred, sample.target_rgb, sample.target_mask, lpips_model))
         groups = [view_group(v, n) for v in views]
