@@ -16,7 +16,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,41 +191,47 @@ class PlayStats:
 
 
 def play(node: Node, path: str | os.PathLike, *, rate: float = 1.0, topics: Iterable[str] | None = None,
-         stop: threading.Event | None = None, on_message: Callable[[str], None] | None = None) -> PlayStats:
+         delay_s: float = 1.0, stop: threading.Event | None = None) -> PlayStats:
     """Publish the messages of the MCAP file `path` (raw CDR) on `node`, spaced as recorded / `rate`.
 
+    Every publisher is created first and given `delay_s` to be discovered, so subscribers (a node,
+    `hgm record`) get the first messages too.
+
     Args:
-        topics: only these (resolved names); None: all. hgm's latched outputs are published latched.
+        topics: only these (resolved names); None: all. hgm's outputs (`human_*`) are published latched.
     Raises:
         RecordError: not a readable MCAP file, or a channel whose type is not importable.
     """
     from mcap.exceptions import McapError
     from mcap.reader import make_reader
 
-    wanted = None if topics is None else set(topics)
-    publishers: dict[int, object] = {}
+    stop = threading.Event() if stop is None else stop
     stats = PlayStats()
-    start_wall, first_log = time.monotonic(), None
     try:
         with open(path, "rb") as f:
-            for schema, channel, message in make_reader(f).iter_messages(log_time_order=True):
-                if (wanted is not None and channel.topic not in wanted) or schema is None:
+            reader = make_reader(f)
+            summary = reader.get_summary()
+            if summary is None:
+                raise RecordError(f"cannot play {path}: no summary (an unfinished recording?)")
+            publishers = {}
+            for channel in summary.channels.values():
+                schema = summary.schemas.get(channel.schema_id)
+                if schema is None or (topics is not None and channel.topic not in set(topics)):
                     continue
+                qos = LATCHED_QOS if "/human_" in channel.topic else QoSProfile(depth=10)  # hgm's outputs stay latched
+                publishers[channel.id] = node.create_publisher(message_class(schema.name), channel.topic, qos)
+            if stop.wait(delay_s):
+                return stats
+            start_wall, first_log = time.monotonic(), None
+            for _, channel, message in reader.iter_messages(log_time_order=True):
                 if channel.id not in publishers:
-                    qos = LATCHED_QOS if "/human_" in channel.topic else QoSProfile(depth=10)  # hgm's outputs stay latched
-                    publishers[channel.id] = node.create_publisher(message_class(schema.name), channel.topic, qos)
+                    continue
                 first_log = message.log_time if first_log is None else first_log
-                due = start_wall + (message.log_time - first_log) / 1e9 / rate
-                wait = due - time.monotonic()
-                if wait > 0 and (stop.wait(wait) if stop is not None else time.sleep(wait)):
-                    break
-                if stop is not None and stop.is_set():
+                if stop.wait(max(start_wall + (message.log_time - first_log) / 1e9 / rate - time.monotonic(), 0.0)):
                     break
                 publishers[channel.id].publish(bytes(message.data))
                 stats.messages += 1
                 stats.topics[channel.topic] = stats.topics.get(channel.topic, 0) + 1
-                if on_message is not None:
-                    on_message(channel.topic)
     except (OSError, McapError) as e:
         raise RecordError(f"cannot play {path}: {e}") from None
     return stats
