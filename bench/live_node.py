@@ -10,7 +10,8 @@ when published. It subscribes to `human_gaussians` and `human_avatar/bones` and 
 published avatar, the time from the frame's stamp to its arrival here (latency p50/p95), how many
 distinct frames became avatars per second after the first one (sustained rate), and the bytes per
 frame of the full avatar (PointCloud2) and the compact frame. In live mode a `~/capture` call
-half-way measures a keyframe (call -> new binding received) while frames keep being tracked.
+half-way asks for a keyframe; the node's log gives every keyframe's reason and duration, and the
+avatars that arrived while the captured one ran show that tracking went on meanwhile.
 The node's own per-stage timings (diagnostics `latency.*`, sampled each second) give the profile.
 Writes JSON to stdout and bench/results/live_node.json.
 """
@@ -21,6 +22,7 @@ import argparse
 import os
 import platform
 import random
+import re
 import signal
 import statistics
 import struct
@@ -100,11 +102,9 @@ class Camera:
         self.lock = threading.Lock()
         self.avatars: dict[float, tuple[float, int]] = {}  # stamp -> (arrival, cloud bytes)
         self.bones: dict[float, int] = {}  # stamp -> compact frame bytes
-        self.bindings: list[float] = []  # arrival times of binding messages
         self.diag_samples: list[dict] = []
         self.node.create_subscription(PointCloud2, "human_gaussians", self._on_cloud, LATCHED_QOS, raw=True)
         self.node.create_subscription(CompressedImage, "human_avatar/bones", self._on_bones, LATCHED_QOS, raw=True)
-        self.node.create_subscription(CompressedImage, "human_avatar/binding", self._on_binding, LATCHED_QOS, raw=True)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
@@ -118,10 +118,6 @@ class Camera:
     def _on_bones(self, data: bytes) -> None:
         with self.lock:
             self.bones.setdefault(_stamp_of(data), len(data))
-
-    def _on_binding(self, data: bytes) -> None:
-        with self.lock:
-            self.bindings.append(time.time())
 
     def _on_diag(self, msg: DiagnosticArray) -> None:
         for s in msg.status:
@@ -178,9 +174,8 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], rate_hz: float,
             cam.avatars.clear()
             cam.bones.clear()
             cam.diag_samples.clear()
-            bindings_before = len(cam.bindings)
         sent: list[float] = []
-        capture_at = keyframe_s = None
+        capture_at = None
         start = time.monotonic()
         next_t = start
         while time.monotonic() - start < seconds:
@@ -197,9 +192,13 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], rate_hz: float,
             avatars = dict(cam.avatars)
             bones = dict(cam.bones)
             diags = list(cam.diag_samples)
-            new_bindings = [t for t in cam.bindings[bindings_before:] if capture_at is not None and t > capture_at]
-        if capture_at is not None and new_bindings:
-            keyframe_s = new_bindings[0] - capture_at
+        log.flush()
+        keyframes = [{"reason": m[1], "seconds": float(m[2])}
+                     for m in re.finditer(r"keyframe \d+ \((.*?)\): .* in ([\d.]+) s", (tmp / f"node_{mode}.log").read_text())]
+        captured = next((k["seconds"] for k in keyframes if k["reason"] == "~/capture"), None)
+        during_capture = None
+        if capture_at is not None and captured is not None:
+            during_capture = sum(capture_at <= a <= capture_at + captured for a, _ in avatars.values())
         first, last = min(sent), max(sent)
         window = [(s, a) for s, (a, _) in avatars.items() if first <= s <= last]
         latencies = np.array([a - s for s, a in window])
@@ -217,7 +216,8 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], rate_hz: float,
                            "min": float(latencies.min() * 1e3)} if len(latencies) else None,
             "bytes_per_frame": {"full_pointcloud2_cdr": int(statistics.median(b for _, b in avatars.values())) if avatars else None,
                                 "compact_bones_cdr": int(statistics.median(bones.values())) if bones else None},
-            "keyframe_s": keyframe_s,
+            "keyframes": keyframes,
+            "avatars_during_captured_keyframe": during_capture,
             "node_profile_ms_median": profile,
             "gaussians": int(diags[-1].get("last_gaussians", 0)) if diags else None,
         }
