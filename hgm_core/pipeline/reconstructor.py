@@ -21,10 +21,15 @@ from typing import Any, Sequence
 from hgm_core.body.fit import FitConfig, skeleton
 from hgm_core.body.tracker import TrackConfig
 from hgm_core.configs import config_from_dict, config_override, config_to_dict
+from hgm_core.device import device_report, resolve_device
 from hgm_core.perception.perceive import PerceptionConfig
+from hgm_core.pipeline.back_view import OFF_REASON as BACK_VIEW_OFF_REASON
+from hgm_core.pipeline.back_view import BackViewConfig
 from hgm_core.pipeline.components import body_mesh_arrays
 from hgm_core.pipeline.mesh import MeshConfig
 from hgm_core.pipeline.prior import PriorConfig
+from hgm_core.pipeline.refine_body import OFF_REASON as REFINE_OFF_REASON
+from hgm_core.pipeline.refine_body import RefineBodyConfig
 from hgm_core.pipeline.stage import LEVELS, Frame, Stage
 from hgm_core.types import STAGES, BadInputError, Mesh, Reconstruction, ReconstructionRequest, StageUnavailableError
 
@@ -57,9 +62,11 @@ class CoarseConfig:
     Attributes:
         checkpoint: folder of an HGM checkpoint (`hgm_core.model`); "embedded" (default) uses the
             one shipped in the package if it exists; None builds no network stage.
+        half: run the network in float16 (autocast) on CUDA; float32 on the CPU either way.
     """
 
     checkpoint: str | None = EMBEDDED
+    half: bool = True
 
     def resolve(self) -> Path | None:
         """The checkpoint folder to load, or None when the network stage is off (or nothing is embedded)."""
@@ -77,16 +84,23 @@ class ReconstructorConfig:
 
     Attributes:
         perception, body, prior, coarse: each component's settings.
+        refine_body: the side-view body refinement after `coarse` (built with `coarse` when enabled).
+        back_view: the back view's diffusion refiner (built only with both local weight folders).
         mesh: the mesh stage's settings; mesh_by_default: run it when a request leaves `mesh`
             unset (off: 26 renders plus TSDF fusion cost ~1.4 s per avatar on one core).
+        device: where the torch stages compute (`hgm_core.device`: auto, cpu, cuda, cuda:N); a
+            device that does not exist here makes `from_config` raise `DeviceUnavailableError`.
     """
 
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
     body: BodyConfig = field(default_factory=BodyConfig)
     prior: PriorConfig = field(default_factory=PriorConfig)
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
+    refine_body: RefineBodyConfig = field(default_factory=RefineBodyConfig)
+    back_view: BackViewConfig = field(default_factory=BackViewConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     mesh_by_default: bool = False
+    device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -115,15 +129,17 @@ class Reconstructor:
     Args:
         stages: the components, at most one per name.
         config: the configuration they were built from (recorded in every result).
+        unavailable: component name -> why it was not built (said when a level needs it).
     """
 
-    def __init__(self, stages: Sequence[Stage], config: ReconstructorConfig) -> None:
+    def __init__(self, stages: Sequence[Stage], config: ReconstructorConfig, unavailable: dict[str, str] | None = None) -> None:
         self.stages: dict[str, Stage] = {}
         for stage in stages:
             if stage.name in self.stages:
                 raise ValueError(f"two components named {stage.name!r}")
             self.stages[stage.name] = stage
         self.config = config
+        self.unavailable = dict(unavailable or {})
 
     @classmethod
     def from_config(cls, config: ReconstructorConfig | None = None) -> Reconstructor:
@@ -133,18 +149,48 @@ class Reconstructor:
         from hgm_core.pipeline.components import FitBodyStage, MeshStage, PerceiveStage, PriorStage
 
         config = config or ReconstructorConfig()
+        device = resolve_device(config.device)
         stages: list[Stage] = [
             PerceiveStage(PoseEstimator(), config.perception),
             FitBodyStage(_load_body_model(config.body), config.body.fit, BodyTracker(config.body.track)),
             PriorStage(config.prior),
-            MeshStage(config.mesh),
+            MeshStage(config.mesh, device),
         ]
+        unavailable = {"fuse": "fuse needs a two-view HGM checkpoint, which does not exist yet"}
         checkpoint = config.coarse.resolve()
         if checkpoint is not None:
             from hgm_core.pipeline.coarse import CoarseStage
+            from hgm_core.pipeline.refine_body import RefineBodyStage
 
-            stages.append(CoarseStage.from_checkpoint(checkpoint, fallback=stages[2], body_model=config.body.model))
-        return cls(stages, config)
+            coarse = CoarseStage.from_checkpoint(checkpoint, fallback=stages[2], body_model=config.body.model,
+                                                 device=device, half=config.coarse.half)
+            stages.append(coarse)
+            if config.refine_body.enabled:
+                stages.append(RefineBodyStage(coarse.model, stages[1].body_model, config.refine_body, config.body.fit))
+            else:
+                unavailable["refine_body"] = REFINE_OFF_REASON
+        else:
+            unavailable |= {n: f"{n} needs an HGM checkpoint (coarse.checkpoint is off)" for n in ("coarse", "refine_body")}
+        if config.back_view.configured:
+            from hgm_core.pipeline.back_view import BackViewStage
+
+            stages.append(BackViewStage.from_config(config.back_view))
+        else:
+            unavailable["back_view"] = BACK_VIEW_OFF_REASON
+        return cls(stages, config, unavailable)
+
+    def describe(self) -> dict[str, Any]:
+        """What this reconstructor runs on, for health replies and reports: the configured device
+        (`device_report`: GPU name and memory on CUDA), each component's device, the levels it
+        serves, the coarse checkpoint and the whole effective config."""
+        coarse = self.stages.get("coarse")
+        return {
+            **device_report(resolve_device(self.config.device)),
+            "components": {name: str(getattr(stage, "device", "cpu")) for name, stage in self.stages.items()},
+            "stages": list(self.available_stages),
+            "checkpoint": getattr(coarse, "checkpoint", None),
+            "config": self.config.to_dict(),
+        }
 
     @property
     def available_stages(self) -> tuple[str, ...]:
@@ -165,9 +211,10 @@ class Reconstructor:
         missing = self._missing(request.stages)
         if missing:
             have = ", ".join(self.available_stages) or "none"
+            why = "; ".join(self.unavailable[n] for n in missing if n in self.unavailable) or "a trained checkpoint or files not configured"
             raise StageUnavailableError(
                 f"stages '{request.stages}' needs the component(s) {', '.join(missing)}, which this worker "
-                f"does not have (a trained checkpoint or files not configured); available: {have}"
+                f"does not have ({why}); available: {have}"
             )
         chain = LEVELS[request.stages]
         wants_mesh = self.config.mesh_by_default if request.mesh is None else request.mesh

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from hgm_core.body.fit import BodyFit
     from hgm_core.gaussians import Gaussians
     from hgm_core.perception.perceive import Perception
+    from hgm_core.pipeline.back_view import BackView
 
 LEVELS: dict[str, tuple[str, ...]] = {
     "prior": ("perceive", "fit_body", "prior"),
@@ -41,6 +42,7 @@ class Frame:
         body: the fitted body in the camera's optical frame (`fit_body`).
         gaussians: the avatar so far, in the camera's optical frame.
         mesh: the avatar's surface (`mesh`).
+        back_view: the avatar's back view, rendered and refined (`back_view`), for `fuse`.
         reports: per-stage JSON-ready facts (fallbacks, residuals, what was used), by stage name.
         warnings: human-readable notes for the caller (several people, a fallback taken).
     """
@@ -50,6 +52,7 @@ class Frame:
     body: BodyFit | None = None
     gaussians: Gaussians | None = None
     mesh: Mesh | None = None
+    back_view: BackView | None = None
     reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
 

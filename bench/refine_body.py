@@ -1,0 +1,158 @@
+"""Does `refine_body` improve the body fit? MPJPE / PA-MPJPE before and after, and seconds per call.
+
+    python bench/refine_body.py [--data /work/data/fitbench] [--limit N] [--iterations 45]
+
+Data: the body-fit benchmark's subjects (`hgm datagen --seed 7070 --subjects 24 --size 512 --views 1`,
+seed 7070 reserved for benchmarks, never trained on). Per subject, view 0 goes through the real
+`perceive` (the ground-truth mask and intrinsics given, as `hgm eval` does), the default cold
+`fit_body`, the embedded one-view network (`predict_avatar`) and then `refine_body` with its
+default config (one torch thread). Figures against the generator's ground truth in view 0's frame,
+computed with `bench/fit.py`'s `score` (23 COCO-WholeBody keypoints): `mpjpe_mm` (as placed),
+`root_mpjpe_mm` (hip midpoints aligned), `pa_mpjpe_mm` (similarity-aligned),
+`distance_error_mm`, `surface_mm` (visible body vs rendered depth), plus the silhouette IoU in the
+input view. With a multi-view layout (`--data /work/data/eval_s9090`, 12 views, seed 9090) the avatars
+before (the coarse network's, made with the fit) and after (the last re-run's) are also rendered in
+views 1..V-1 (cameras `E_v E_0^-1`, white background) and scored against the ground truth: PSNR,
+foreground PSNR (inside the GT mask) and SSIM, averaged over views. `before` = the fit, `after` = the refined fit; `seconds` = the whole `refine_body` call
+(its 3 network re-runs included), `network_seconds` = one `predict_avatar` call beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from hgm_core.runtime import configure_process  # noqa: E402
+
+configure_process(threads=1)
+
+from _results import add_out_argument, write_results  # noqa: E402
+from fit import DEFAULT_DATA, load_subject, score, summarise  # noqa: E402
+
+METRICS = ("mpjpe_mm", "root_mpjpe_mm", "pa_mpjpe_mm", "distance_error_mm", "surface_mm", "silhouette_iou")
+
+
+def novel_views(root: Path, sid: str, avatars: dict) -> dict[str, dict[str, float]]:
+    """PSNR / fg PSNR / SSIM of each avatar (view 0's optical frame) in the subject's other views."""
+    import cv2
+    import torch
+
+    from hgm_core.camera import Cameras
+    from hgm_core.data.reader import load_subject_cameras
+    from hgm_core.render import rasterize
+    from hgm_core.train import metrics
+
+    E, Ks, size = load_subject_cameras(root, sid)
+    if len(E) < 2:
+        return {}
+    views = range(1, len(E))
+    gt = torch.stack([torch.from_numpy(cv2.imread(str(root / "img" / f"{sid}_{v:03d}" / "0.jpg"))[..., ::-1].copy()) for v in views])
+    gt = gt.permute(0, 3, 1, 2).float() / 255
+    mask = torch.stack([torch.from_numpy(cv2.imread(str(root / "mask" / f"{sid}_{v:03d}" / "0.png"), cv2.IMREAD_GRAYSCALE) > 127) for v in views])[:, None]
+    rel = torch.from_numpy(np.stack([E[v] @ np.linalg.inv(E[0]) for v in views])).float()
+    out = {}
+    for name, g in avatars.items():
+        with torch.no_grad():
+            pred = torch.stack([rasterize(g.to(dtype=torch.float32), Cameras(torch.from_numpy(Ks[v])[None].float(), rel[i:i + 1], size, size),
+                                          background=(1.0, 1.0, 1.0)).rgb[0].clamp(0, 1) for i, v in enumerate(views)]).permute(0, 3, 1, 2)
+        out[name] = {"psnr": float(metrics.psnr(pred, gt).mean()), "fg_psnr": float(metrics.psnr(pred, gt, mask).mean()),
+                     "ssim": float(metrics.ssim(pred, gt).mean())}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--limit", type=int, default=None, help="only the first N subjects")
+    parser.add_argument("--iterations", type=int, default=None, help="refine_body iterations (default: its config's)")
+    parser.add_argument("--free-distance", action="store_true", help="let the refinement move the body along its viewing ray")
+    parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a RefineBodyConfig field (repeatable)")
+    add_out_argument(parser)
+    args = parser.parse_args()
+
+    import torch
+
+    from hgm_core.body import AnnyBody, fit_body
+    from hgm_core.model.predict import load_default_model, predict_avatar
+    from hgm_core.perception import PoseEstimator, perceive
+    from hgm_core.pipeline.refine_body import RefineBodyConfig, refine_body
+    from hgm_core.types import CameraInfo
+
+    changes = {"hold_distance": not args.free_distance} | ({} if args.iterations is None else {"iterations": args.iterations})
+    for item in args.set:
+        key, value = item.split("=", 1)
+        changes[key] = type(getattr(RefineBodyConfig(), key))(value)
+    config = RefineBodyConfig(**changes)
+    subjects = json.loads((args.data / "dataset.json").read_text())["subjects"][: args.limit]
+    body, estimator, model = AnnyBody(), PoseEstimator(), load_default_model()
+    result: dict = {"data": str(args.data), "seed": json.loads((args.data / "dataset.json").read_text())["seed"],
+                    "subjects": len(subjects), "threads": 1, "config": dataclasses.asdict(config),
+                    "load_average_before": [round(x, 2) for x in os.getloadavg()], "rows": []}  # fmt: skip
+    t_all = time.perf_counter()
+    for sid in subjects:
+        s = load_subject(args.data, sid)
+        h, w = s["mask"].shape
+        perception = perceive(s["image"], mask=s["mask"], camera=CameraInfo(s["K"], w, h), estimator=estimator)
+        fit = fit_body(perception, None, body)
+
+        def predict(vertices: np.ndarray):
+            with torch.inference_mode():
+                return predict_avatar(model, s["image"], perception.mask, perception.K, vertices)
+
+        t0 = time.perf_counter()
+        avatar = predict(fit.vertices)
+        network_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        refined = refine_body(perception, fit, avatar, body, predict, config)
+        seconds = time.perf_counter() - t0
+        row = {"id": sid, "rounds": refined.report["rounds"], "seconds": round(seconds, 3), "network_seconds": round(network_s, 3),
+               "network_runs": refined.report["network_runs"], "stopped": refined.report.get("stopped")}
+        nv = novel_views(args.data, sid, {"before": avatar, "after": refined.gaussians})
+        for side, f in (("before", fit), ("after", refined.body)):
+            r = score(f, s)
+            row[side] = {k: round(r[k], 3) for k in METRICS} | {k: round(v, 4) for k, v in nv.get(side, {}).items()}
+        result["rows"].append(row)
+        b, a = row["before"], row["after"]
+        print(f"{sid}: MPJPE {b['mpjpe_mm']:.0f} -> {a['mpjpe_mm']:.0f}, PA {b['pa_mpjpe_mm']:.1f} -> {a['pa_mpjpe_mm']:.1f}, "
+              f"root {b['root_mpjpe_mm']:.0f} -> {a['root_mpjpe_mm']:.0f} mm, IoU {b['silhouette_iou']:.3f} -> {a['silhouette_iou']:.3f}, "
+              f"{seconds:.2f} s" + (f", fg PSNR {b['fg_psnr']:.2f} -> {a['fg_psnr']:.2f}" if nv else ""), file=sys.stderr)  # fmt: skip
+    for side in ("before", "after"):
+        result[side] = {k: v for k, v in summarise([r[side] for r in result["rows"]]).items()}
+    result["median_seconds"] = round(float(np.median([r["seconds"] for r in result["rows"]])), 3)
+    result["median_network_seconds"] = round(float(np.median([r["network_seconds"] for r in result["rows"]])), 3)
+    result["ratio_seconds_vs_network"] = round(result["median_seconds"] / result["median_network_seconds"], 1)
+    result["improved_pa_mpjpe"] = sum(r["after"]["pa_mpjpe_mm"] < r["before"]["pa_mpjpe_mm"] for r in result["rows"])
+    result["improved_mpjpe"] = sum(r["after"]["mpjpe_mm"] < r["before"]["mpjpe_mm"] for r in result["rows"])
+    result["wall_s"] = round(time.perf_counter() - t_all, 1)
+    result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    write_results("refine_body", result, args.out)
+    print(markdown(result), file=sys.stderr)
+
+
+def markdown(result: dict) -> str:
+    """The before/after table."""
+    cols = (("mean_mpjpe_mm", "MPJPE mm"), ("mean_root_mpjpe_mm", "root-aligned mm"), ("mean_pa_mpjpe_mm", "PA-MPJPE mm"),
+            ("median_pa_mpjpe_mm", "median PA-MPJPE mm"), ("mean_abs_distance_error_mm", "|distance| mm"),
+            ("median_surface_mm", "surface mm (median)"), ("mean_silhouette_iou", "IoU"))  # fmt: skip
+    cols += tuple((f"mean_{k}", label) for k, label in (("psnr", "PSNR"), ("fg_psnr", "fg PSNR"), ("ssim", "SSIM")) if f"mean_{k}" in result["before"])
+    lines = ["| body | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for side in ("before", "after"):
+        lines.append(f"| {side} | " + " | ".join(f"{result[side][c[0]]:.3f}" if "iou" in c[0] or "ssim" in c[0] else f"{result[side][c[0]]:.2f}" if "psnr" in c[0] else f"{result[side][c[0]]:.1f}" for c in cols) + " |")
+    n = result["subjects"]
+    lines += ["", f"PA-MPJPE lower after refinement for {result['improved_pa_mpjpe']}/{n} subjects, MPJPE for {result['improved_mpjpe']}/{n}; "
+              f"refine_body {result['median_seconds']:.2f} s median per call ({result['ratio_seconds_vs_network']}x one network run)."]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
