@@ -110,8 +110,6 @@ def test_a_recording_reads_back_with_topics_types_stamps_and_contents(ros, tmp_p
         assert bytes(decoded.data) == bytes(sent.data) and decoded.encoding == "rgb8" and decoded.header.frame_id == "cam"
     log_times = [m.log_time for _, _, m, _ in records]
     assert log_times == sorted(log_times) and abs(log_times[-1] / 1e9 - time.time()) < 60  # receive times, now
-    image_times = [m.log_time for _, _, m, _ in by_topic["/image"]]
-    assert all(b - a > 50e6 for a, b in zip(image_times, image_times[1:]))  # published 0.1 s apart
     cloud = by_topic["/human_gaussians"][0][3]
     got, _ = unpack_gaussians(cloud.fields, cloud.point_step, bytes(cloud.data))
     np.testing.assert_array_equal(got, raw)
