@@ -159,3 +159,34 @@ def test_lost_person_recovered_by_a_new_keyframe_without_stalling_the_frames(gra
         graph.track(24, sec)
         sec += 1
     assert graph.keyframes() >= 3
+
+
+@pytest.mark.slow
+def test_demo_plays_a_sequence_through_live_mode(tmp_path):
+    """`hgm demo --sequence`: a short `hgm datagen --sequence` clip through the real pipeline in live
+    mode; posed avatars arrive and are rendered beside their frames."""
+    import os
+    import random
+    import re
+    import subprocess
+    import sys
+
+    import cv2
+
+    env = dict(os.environ, ROS_DOMAIN_ID=str(random.SystemRandom().randint(1, 101)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST")
+    subprocess.run([sys.executable, "-m", "hgm_core", "datagen", "--sequence", "--subjects", "1", "--frames", "16",
+                    "--frame-size", "320x240", "--seed", "9090", "-o", str(tmp_path / "seq")], cwd=REPO, env=env,
+                   check=True, capture_output=True, timeout=300)
+    run = subprocess.run([sys.executable, "-m", "hgm_core", "demo", "--sequence", str(tmp_path / "seq" / "seq_0000"),
+                          "--out", str(tmp_path / "out"), "--timeout", "400"], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=500)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
+    summary = run.stdout[run.stdout.index("hgm demo: the sequence through live mode"):]
+    avatars = int(re.search(r"(\d+) posed avatars on /human_gaussians for 16 frames", summary).group(1))
+    assert avatars >= 1 and re.search(r"[1-9]\d* keyframe\(s\)", summary)
+    sheet = cv2.imread(str(tmp_path / "out" / "live_sequence.png"))
+    columns = min(4, avatars)
+    assert sheet.shape == (2 * 240, columns * 320, 3)
+    renders = sheet[240:].astype(int)
+    drawn = np.abs(renders - renders[0, 0]).sum(-1) > 30  # differs from the background (the corner pixel)
+    assert 0.01 < drawn.mean() < 0.5
