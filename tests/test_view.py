@@ -191,7 +191,13 @@ def test_the_page_draws_the_avatar_as_hgms_rasterizer_does(tmp_path):
         Image.fromarray((np.concatenate([ref_colour * ref_alpha[..., None], colour * alpha[..., None]], 1) * 255)
                         .clip(0, 255).astype(np.uint8)).save(tmp_path / "rasterizer_vs_page.png")
         assert browser.evaluate("window.hgmView.state.splats") == len(g)
-        assert not [m for m in browser.console if m.startswith("exception")], browser.console
+        # A live update (same avatar, moved 8 cm): written into the splats already shown
+        moved = _avatar(shift_x=0.08)
+        server.publish(AvatarUpdate(raw=_raw(moved), source="test", K=K, image_size=(W, H)))
+        browser.wait_for("window.hgmView.state.updates >= 2")
+        moved_alpha, _ = _alpha_and_colour(browser)
+        assert browser.evaluate("window.hgmView.state.meshes") == 1  # updated in place, not rebuilt
+        assert not [m for m in browser.console if m.startswith(("exception", "error"))], browser.console
     mask, ref_mask = alpha > 0.5, ref_alpha > 0.5
     iou = _iou(mask, ref_mask)
     solid = (alpha > 0.95) & (ref_alpha > 0.95)
@@ -202,8 +208,11 @@ def test_the_page_draws_the_avatar_as_hgms_rasterizer_does(tmp_path):
     assert iou >= 0.9
     assert solid.sum() > 0.5 * ref_mask.sum() and (colour_error < 0.03).all()
     assert _iou(empty_alpha > 0.5, ref_mask) < 0.05  # nothing drawn fails
-    shifted_alpha, _ = _rasterized(_avatar(shift_x=0.08))
+    shifted_alpha, _ = _rasterized(moved)
     assert _iou(mask, shifted_alpha > 0.5) < 0.9  # the wrong avatar fails
+    moved_iou = _iou(moved_alpha > 0.5, shifted_alpha > 0.5)
+    print(f"after the live update: IoU {moved_iou:.3f} with the moved avatar, {_iou(moved_alpha > 0.5, ref_mask):.3f} with the old")
+    assert moved_iou >= 0.9 and _iou(moved_alpha > 0.5, ref_mask) < 0.9
 
 
 @needs_browser

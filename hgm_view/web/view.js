@@ -46,7 +46,7 @@ skeleton.visible = params.get("skeleton") !== "0";
 world.add(skeleton);
 
 const state = { seq: 0, splats: 0, updates: 0, source: "", stamp: 0, heightM: 0, bytes: 0, fps: 0, frames: 0,
-                connected: false, shown: 0 };
+                connected: false, shown: 0, updateMs: 0, meshes: 0 };
 let mesh = null;
 let framed = false;
 
@@ -101,20 +101,38 @@ function decode(buffer) {
   return { header, raw: take(header.n * ROW), segments: take(header.segments * 6), joints: take(header.joints * 3) };
 }
 
-function splatMesh(raw, n) {
+// Activate raw row i and hand it to `put(center, scales, quaternion, opacity, color)` (Spark's
+// pushSplat / setSplat signature); the vectors are reused between calls.
+function forEachSplat(raw, n, put) {
   const c = new THREE.Vector3(), s = new THREE.Vector3(), q = new THREE.Quaternion(), color = new THREE.Color();
-  return new SplatMesh({
-    constructSplats: (splats) => {
-      for (let i = 0; i < n; i++) {
-        const o = i * ROW;
-        c.set(raw[o], raw[o + 1], raw[o + 2]);
-        color.setRGB(0.5 + SH_C0 * raw[o + 3], 0.5 + SH_C0 * raw[o + 4], 0.5 + SH_C0 * raw[o + 5]);
-        s.set(Math.exp(raw[o + 7]), Math.exp(raw[o + 8]), Math.exp(raw[o + 9]));
-        q.set(raw[o + 11], raw[o + 12], raw[o + 13], raw[o + 10]).normalize();
-        splats.pushSplat(c, s, q, 1 / (1 + Math.exp(-raw[o + 6])), color);
-      }
-    },
+  for (let i = 0; i < n; i++) {
+    const o = i * ROW;
+    c.set(raw[o], raw[o + 1], raw[o + 2]);
+    color.setRGB(0.5 + SH_C0 * raw[o + 3], 0.5 + SH_C0 * raw[o + 4], 0.5 + SH_C0 * raw[o + 5]);
+    s.set(Math.exp(raw[o + 7]), Math.exp(raw[o + 8]), Math.exp(raw[o + 9]));
+    q.set(raw[o + 11], raw[o + 12], raw[o + 13], raw[o + 10]).normalize();
+    put(i, c, s, q, 1 / (1 + Math.exp(-raw[o + 6])), color);
+  }
+}
+
+// A new mesh for a new avatar; an avatar with as many splats as the one shown (live mode re-poses
+// the same avatar every frame) is written into the existing buffers instead.
+async function updateMesh(raw, n) {
+  const packed = mesh && mesh.packedSplats;
+  if (packed && packed.numSplats === n) {
+    forEachSplat(raw, n, (i, c, s, q, o, color) => packed.setSplat(i, c, s, q, o, color));
+    packed.needsUpdate = true;
+    mesh.updateVersion();
+    return;
+  }
+  const next = new SplatMesh({
+    constructSplats: (splats) => forEachSplat(raw, n, (i, c, s, q, o, color) => splats.pushSplat(c, s, q, o, color)),
   });
+  await next.initialized;
+  state.meshes += 1;
+  world.add(next);
+  if (mesh) { world.remove(mesh); mesh.dispose(); }
+  mesh = next;
 }
 
 function setSkeleton(segments, joints) {
@@ -146,30 +164,41 @@ function measure(raw, n) {
 }
 
 async function show(buffer) {
+  const t0 = performance.now();
   const { header, raw, segments, joints } = decode(buffer);
-  const next = splatMesh(raw, header.n);
-  await next.initialized;
-  world.add(next);
-  if (mesh) { world.remove(mesh); mesh.dispose(); }
-  mesh = next;
+  await updateMesh(raw, header.n);
   setSkeleton(segments, joints);
   const { height, depth } = measure(raw, header.n);
   if (header.K && header.image_size) intrinsics = { K: header.K, width: header.image_size[0], height: header.image_size[1] };
   if (!framed) { resetView(depth); framed = true; }
   Object.assign(state, { seq: header.seq, splats: header.n, source: header.source, stamp: header.stamp,
-                         heightM: height, bytes: buffer.byteLength, updates: state.updates + 1, depth });
+                         heightM: height, bytes: buffer.byteLength, updates: state.updates + 1, depth,
+                         updateMs: performance.now() - t0 });
   state.shown = state.frames; // frames drawn before this avatar: tests wait for a few after it
 }
 
-let queue = Promise.resolve();
+// Latest wins: while one avatar is being built, only the newest of those arriving meanwhile is kept.
+let busy = false, pending = null;
+async function receive(buffer) {
+  pending = buffer;
+  if (busy) return;
+  busy = true;
+  try {
+    while (pending) {
+      const next = pending;
+      pending = null;
+      try { await show(next); } catch (e) { console.error(e); }
+    }
+  } finally { busy = false; }
+}
+
 function connect() {
   const url = params.get("ws") || `ws://${location.host}/ws`;
   const ws = new WebSocket(url);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => { state.connected = true; };
   ws.onclose = () => { state.connected = false; setTimeout(connect, 1000); };
-  // One avatar at a time, in order; a burst of updates shows each (they are cheap to skip later).
-  ws.onmessage = (event) => { queue = queue.then(() => show(event.data)).catch((e) => console.error(e)); };
+  ws.onmessage = (event) => receive(event.data);
 }
 
 function updateHud(now) {
@@ -177,7 +206,7 @@ function updateHud(now) {
   const stamp = state.stamp ? ` stamp ${state.stamp.toFixed(3)}` : "";
   hud.textContent = `${state.fps.toFixed(1)} fps  ${state.splats.toLocaleString("en")} splats  ` +
     `${state.heightM.toFixed(2)} m tall  ${mb} MB\n` +
-    `update #${state.seq}${stamp}  ${state.connected ? "live" : "disconnected"}\n${state.source}`;
+    `update #${state.seq}${stamp} (${state.updateMs.toFixed(0)} ms)  ${state.connected ? "live" : "disconnected"}\n${state.source}`;
 }
 
 let fpsStart = performance.now(), fpsFrames = 0;
