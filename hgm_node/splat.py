@@ -89,26 +89,20 @@ def encode_splat_array(raw: np.ndarray, stamp: tuple[int, int], frame_id: str,
     out[4:8] = np.frombuffer(np.uint32(n).tobytes(), np.uint8)
     if n == 0:
         return out.tobytes()
-    splats = np.zeros(n, later)  # filled in one layout, then copied into place (the first splat's differs)
     q = raw[:, 10:14] / np.linalg.norm(raw[:, 10:14], axis=-1, keepdims=True)
     R = quat_to_rotmat(q).astype(np.float64)
-    s2 = np.exp(2.0 * raw[:, 7:10].astype(np.float64))
-    cov = np.zeros((n, 6, 6))
-    cov[:, :3, :3] = (R * s2[:, None, :]) @ R.transpose(0, 2, 1)
-    splats["sec"], splats["nanosec"] = stamp
-    splats["frame_id_len"], splats["frame_id"] = len(name), name
-    splats["position"] = raw[:, :3]
-    splats["orientation"] = q[:, [1, 2, 3, 0]]  # ROS order x, y, z, w
-    splats["covariance"] = cov.reshape(n, 36)
-    splats["opacity"] = np.rint(255.0 / (1.0 + np.exp(-raw[:, 6].astype(np.float64))))
-    splats["harmonics_deg"] = degree
-    splats["sh_len"] = n_coeffs
-    splats["sh"] = np.concatenate((raw[:, None, 3:6], rest), 1).reshape(n, n_coeffs)
+    cov = (R * np.exp(2.0 * raw[:, None, 7:10].astype(np.float64))) @ R.transpose(0, 2, 1)  # R diag(s^2) R^T
+    values = {"sec": stamp[0], "nanosec": stamp[1], "frame_id_len": len(name), "frame_id": name, "position": raw[:, :3],
+              "orientation": q[:, [1, 2, 3, 0]],  # ROS order x, y, z, w
+              "opacity": np.rint(255.0 / (1.0 + np.exp(-raw[:, 6].astype(np.float64)))), "harmonics_deg": degree,
+              "sh_len": n_coeffs, "sh": np.concatenate((raw[:, None, 3:6], rest), 1).reshape(n, n_coeffs)}
+    # Written straight into the message (zeros: padding and the covariance's other entries): the first
+    # splat in its own layout, every later one in the shared one.
     packed = out[8:]  # the splats, from CDR offset 4 (behind the sequence length)
-    head = packed[: first.itemsize].view(first)
-    for name_ in later.names:
-        head[name_] = splats[name_][0]
-    packed[first.itemsize:].view(later)[:] = splats[1:]
+    for view, rows in ((packed[: first.itemsize].view(first), slice(0, 1)), (packed[first.itemsize:].view(later), slice(1, None))):
+        for field, value in values.items():
+            view[field] = value[rows] if isinstance(value, np.ndarray) else value
+        view["covariance"].reshape(-1, 6, 6)[:, :3, :3] = cov[rows]
     return out.tobytes()
 
 
