@@ -146,7 +146,9 @@ class LiveMode:
             self.request_keyframe(f"tracking lost: {pose.reason}")
             return FrameOutcome("lost", f"tracking lost ({pose.reason}); new keyframe requested", timings=pose.timings)
         if pose.binding_id != avatar.binding_id:
-            # The worker already tracks from a keyframe whose result has not reached this thread.
+            # The worker tracks from a keyframe this node does not hold: usually one whose result is
+            # on its way (then this request is a no-op), else one whose reply was lost: ask again.
+            self.request_keyframe(f"the worker tracks keyframe {pose.binding_id}, this node holds {avatar.binding_id}")
             return FrameOutcome("waiting", f"pose of keyframe {pose.binding_id}, holding {avatar.binding_id}", timings=pose.timings)
         t0 = time.perf_counter()
         posed = skin_raw(avatar.canonical_raw, avatar.binding, pose.bone_transforms)
