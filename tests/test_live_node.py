@@ -47,8 +47,8 @@ def expected_x(x: int, size: int = 8) -> float:
 class LiveGraph(Graph):
     """The test graph with a live worker, and the node's live outputs collected in this process."""
 
-    def __init__(self, tmp) -> None:
-        super().__init__(tmp, node_params={"mode": "live", "keyframe_retry_s": 0.2})
+    def __init__(self, tmp, **params) -> None:
+        super().__init__(tmp, node_params={"mode": "live", "keyframe_retry_s": 0.2, **params})
         self.lock = threading.Lock()
         self.clouds: dict[int, PointCloud2] = {}  # stamp sec -> the posed avatar
         self.bones: dict[int, CompressedImage] = {}
@@ -159,6 +159,23 @@ def test_lost_person_recovered_by_a_new_keyframe_without_stalling_the_frames(gra
         graph.track(24, sec)
         sec += 1
     assert graph.keyframes() >= 3
+
+
+def test_periodic_keyframes(tmp_path):
+    g = LiveGraph(tmp_path, keyframe_period_s=0.5)
+    try:
+        g.ready()
+        sec = 1
+        while g.keyframes() < 3:  # tracked all along, the person never lost
+            g.track(10 + sec % 20, sec)
+            assert g.diag("pipeline").get("live_state") != "lost"
+            sec += 1
+            assert sec < 100, f"no periodic keyframes; diagnostics {g.diagnostics}"
+        with g.lock:
+            ids = {read_binding(io.BytesIO(bytes(m.data))).binding_id for m in g.bindings}
+        assert len(ids) >= 3
+    finally:
+        g.close()
 
 
 @pytest.mark.slow
