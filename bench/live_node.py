@@ -1,12 +1,13 @@
 """The node's live mode end to end: frame stamp -> posed avatar, over real ROS 2 and a real worker.
 
-    .venv/bin/python bench/live_node.py [--seconds 20] [--rate 15] [--modes live,reconstruct]
+    .venv/bin/python bench/live_node.py [--seconds 20] [--rate 15] [--modes live,reconstruct] [--sequence DIR]
 
 One real worker (`hgm serve`, prior level, 1 thread) and, per mode, one `hgm_node` process
 (`mode:=live` or the `reconstruct` baseline: every job reconstructs its frame); this process is the
 camera: 640x480 rgb8 frames at `--rate` Hz (reliable, so no large frame is lost to best effort) of
-the bundled sample photo sliding left and right (±60 px at 0.25 Hz), stamped with the wall clock
-when published. It subscribes to `human_gaussians` and `human_avatar/bones` and records, per
+the bundled sample photo sliding left and right (±60 px at 0.25 Hz), or with `--sequence` the
+frames of an `hgm datagen --sequence` folder (a body walking, turning, waving; its own K), looped,
+stamped with the wall clock when published. It subscribes to `human_gaussians` and `human_avatar/bones` and records, per
 published avatar, the time from the frame's stamp to its arrival here (latency p50/p95), how many
 distinct frames became avatars per second after the first one (sustained rate), and the bytes per
 frame of the full avatar (PointCloud2) and the compact frame. In live mode a `~/capture` call
@@ -70,6 +71,16 @@ def sample_frames(n: int, rate_hz: float) -> list[np.ndarray]:
     return frames
 
 
+def sequence_frames(root: Path) -> tuple[list[np.ndarray], np.ndarray]:
+    """The frames and `[3, 3]` K of an `hgm datagen --sequence` folder (640x480 expected)."""
+    from hgm_core.data.sequence import read_sequence
+
+    seq = read_sequence(root)
+    if seq.size != (WIDTH, HEIGHT):
+        raise SystemExit(f"{root} is {seq.size[0]}x{seq.size[1]}; this bench plays {WIDTH}x{HEIGHT}")
+    return [seq.image(f) for f in range(len(seq))], seq.K
+
+
 def _stamp_of(cdr: bytes) -> float:
     """The header stamp (seconds) of a serialised message that starts with a std_msgs/Header."""
     sec, nanosec = struct.unpack_from("<iI", cdr, 4)  # after the 4-byte CDR encapsulation
@@ -131,10 +142,9 @@ class Camera:
         self.image_pub.publish(Image(header=header, height=HEIGHT, width=WIDTH, encoding="rgb8", step=WIDTH * 3, data=rgb.tobytes()))
         return header.stamp.sec + header.stamp.nanosec * 1e-9
 
-    def send_info(self) -> None:
-        f = 0.5 * WIDTH / np.tan(np.radians(55) / 2)
-        K = [f, 0.0, WIDTH / 2, 0.0, f, HEIGHT / 2, 0.0, 0.0, 1.0]
-        self.info_pub.publish(CameraInfo(header=Header(frame_id=FRAME_ID), width=WIDTH, height=HEIGHT, k=K))
+    def send_info(self, K: np.ndarray) -> None:
+        self.info_pub.publish(CameraInfo(header=Header(frame_id=FRAME_ID), width=WIDTH, height=HEIGHT,
+                                         k=np.asarray(K, float).reshape(-1).tolist()))
 
     def close(self) -> None:
         self.executor.shutdown()
@@ -142,7 +152,7 @@ class Camera:
         rclpy.try_shutdown(context=self.context)
 
 
-def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], rate_hz: float, seconds: float, tmp: Path) -> dict:
+def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], K: np.ndarray, rate_hz: float, seconds: float, tmp: Path) -> dict:
     domain = random.SystemRandom().randint(1, 101)
     params = {"mode": mode, "worker_endpoint": endpoint, "stages": "prior", "diagnostics_period_s": 1.0, "timeout_s": 60.0}
     args = [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
@@ -157,7 +167,7 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], rate_hz: float,
                 raise SystemExit(f"the {mode} node did not subscribe; see {tmp}/node_{mode}.log")
             time.sleep(0.1)
         for _ in range(3):
-            cam.send_info()
+            cam.send_info(K)
             time.sleep(0.1)
         # Warm up: frames until the first avatar (the first keyframe in live mode).
         i, period, t_first = 0, 1.0 / rate_hz, None
@@ -232,9 +242,15 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="measured seconds of frames per mode")
     parser.add_argument("--rate", type=float, default=15.0, help="camera frame rate (Hz)")
     parser.add_argument("--modes", default="live,reconstruct", help="node modes to run, in order")
+    parser.add_argument("--sequence", type=Path, default=None, help="play this 640x480 `hgm datagen --sequence` folder")
     add_out_argument(parser)
     args = parser.parse_args()
-    frames = sample_frames(int(4 * args.rate), args.rate)  # one period of the motion
+    if args.sequence is not None:
+        frames, K = sequence_frames(args.sequence)
+    else:
+        frames = sample_frames(int(4 * args.rate), args.rate)  # one period of the motion
+        f = 0.5 * WIDTH / np.tan(np.radians(55) / 2)
+        K = np.array([[f, 0, WIDTH / 2], [0, f, HEIGHT / 2], [0, 0, 1.0]])
     with tempfile.TemporaryDirectory(prefix="hgm-bench-live-") as tmp:
         tmp = Path(tmp)
         endpoint = f"ipc://{tmp}/worker.sock"
@@ -251,12 +267,13 @@ def main() -> None:
                         pass
                     if time.monotonic() > deadline or worker.poll() is not None:
                         raise SystemExit("the worker did not start")
-            modes = {m: run_mode(m, endpoint, frames, args.rate, args.seconds, tmp) for m in args.modes.split(",")}
+            modes = {m: run_mode(m, endpoint, frames, K, args.rate, args.seconds, tmp) for m in args.modes.split(",")}
         finally:
             _stop(worker)
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
-        "frame": {"width": WIDTH, "height": HEIGHT, "rate_hz": args.rate, "seconds": args.seconds},
+        "frame": {"width": WIDTH, "height": HEIGHT, "rate_hz": args.rate, "seconds": args.seconds,
+                  "source": str(args.sequence) if args.sequence else "sample photo, sliding"},
         "modes": modes,
     }
     if "live" in modes and "reconstruct" in modes and modes["reconstruct"]["sustained_rate_hz"]:
