@@ -43,26 +43,30 @@ def run(args: argparse.Namespace) -> int:
     except (ViewerSetupError, OSError) as e:
         raise CliError(str(e)) from None
     stop = threading.Event()
+    feeder = None
     try:
-        feeder = _start_feed(args, server, stop)
+        feeder, description = _start_feed(args, server, stop)
         if args.screenshot:
             return _screenshot(server.url, args.screenshot, args.size)
-        print(f"hgm view: open {server.url} ({feeder}); Ctrl-C stops", flush=True)
+        print(f"hgm view: open {server.url} ({description}); Ctrl-C stops", flush=True)
         stop.wait()
     finally:
         stop.set()
+        if feeder is not None:
+            feeder.join(timeout=5.0)  # rclpy must be shut down before the interpreter exits
         server.close()
     return 0
 
 
-def _start_feed(args: argparse.Namespace, server, stop: threading.Event) -> str:
-    """Start the thread that feeds `server`; returns a phrase for the start line."""
+def _start_feed(args: argparse.Namespace, server, stop: threading.Event) -> tuple[threading.Thread, str]:
+    """Start the thread that feeds `server` until `stop`; returns it and a phrase for the start line."""
     if args.path:
         from hgm_view.sources import watch_path
 
-        threading.Thread(target=watch_path, args=(args.path, server.publish, stop), daemon=True,
-                         name="hgm-view-watch").start()
-        return f"showing {args.path}, again whenever it changes"
+        thread = threading.Thread(target=watch_path, args=(args.path, server.publish, stop), daemon=True,
+                                  name="hgm-view-watch")
+        thread.start()
+        return thread, f"showing {args.path}, again whenever it changes"
     try:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
@@ -83,8 +87,9 @@ def _start_feed(args: argparse.Namespace, server, stop: threading.Event) -> str:
             node.destroy_node()
             rclpy.try_shutdown()
 
-    threading.Thread(target=spin, daemon=True, name="hgm-view-ros").start()
-    return f"following {node.resolve_topic_name('human_gaussians')} and {node.resolve_topic_name('human_body')}"
+    thread = threading.Thread(target=spin, daemon=True, name="hgm-view-ros")
+    thread.start()
+    return thread, f"following {node.resolve_topic_name('human_gaussians')} and {node.resolve_topic_name('human_body')}"
 
 
 def _screenshot(url: str, out: str, size: str) -> int:
