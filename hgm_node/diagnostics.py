@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from builtin_interfaces.msg import Time
@@ -52,7 +53,7 @@ def diagnostic_array(stamp: Time, node_name: str, worker: WorkerStatus, stats: P
         "endpoint": worker.endpoint,
         "local_pid": "" if worker.local_pid is None else str(worker.local_pid),
         "restarts": str(worker.restarts),
-        **{f"health.{k}": str(v) for k, v in sorted(worker.health.items())},
+        **health_values(worker.health),
     }
     pipeline_values = {
         "frames_received": str(stats.received),
@@ -72,6 +73,23 @@ def diagnostic_array(stamp: Time, node_name: str, worker: WorkerStatus, stats: P
             _status(f"{node_name}: pipeline", node_name, stats.level, stats.message, pipeline_values),
         ],
     )
+
+
+def health_values(health: dict) -> dict[str, str]:
+    """The worker's health reply as diagnostic key/values: nested objects flattened with dots
+    (`health.pipeline.device`, `health.pipeline.gpu`, `health.pipeline.checkpoint`), except the
+    pipeline's whole `config`, which stays one compact JSON value."""
+    out: dict[str, str] = {}
+
+    def walk(prefix: str, value: object) -> None:
+        if isinstance(value, dict) and not prefix.endswith(".config"):
+            for k, v in sorted(value.items()):
+                walk(f"{prefix}.{k}", v)
+        else:
+            out[prefix] = json.dumps(value, separators=(",", ":"), sort_keys=True) if isinstance(value, dict) else str(value)
+
+    walk("health", health)
+    return out
 
 
 def _status(name: str, hardware_id: str, level: bytes, message: str, values: dict[str, str]) -> DiagnosticStatus:

@@ -18,7 +18,7 @@ PACKAGES = ("hgm_core", "hgm_node", "hgm_view")
 LAYERS: dict[str, int] = {
     "hgm_core.types": 0,
     "hgm_core.layout": 1, "hgm_core.paths": 1, "hgm_core.configs": 1,
-    "hgm_core.gaussians": 2, "hgm_core.camera": 2, "hgm_core.runtime": 2,
+    "hgm_core.gaussians": 2, "hgm_core.camera": 2, "hgm_core.runtime": 2, "hgm_core.device": 2,
     "hgm_core.io": 3,
     "hgm_core.render": 4, "hgm_core.perception": 4, "hgm_core.model": 4,
     "hgm_core.body": 5,

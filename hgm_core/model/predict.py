@@ -121,7 +121,8 @@ def predict_avatar(model: HGM, image: np.ndarray, mask: np.ndarray, K: np.ndarra
             metres, in the input camera's optical frame (REP 103: x right, y down, z forward).
     Returns:
         `Gaussians` in the same optical frame (metres): the body set (one per vertex) followed by the
-        pixel-aligned merged set, float32.
+        pixel-aligned merged set, float32, on the CPU. The inputs go to the model's device once and
+        the output comes back once; under a float16 autocast the network computes in half precision.
     """
     cfg = model.config
     if cfg.num_views != 1:
@@ -134,8 +135,10 @@ def predict_avatar(model: HGM, image: np.ndarray, mask: np.ndarray, K: np.ndarra
     c2w = torch.eye(4)
     c2w[2, 3] = CANONICAL_CAM_RADIUS
     images = torch.from_numpy(view.image).permute(2, 0, 1)[None, None]
-    out = model(images, vertices[None], torch.from_numpy(view.K).float()[None, None], c2w[None, None])
-    avatar = to_gaussians(torch.cat((out.body[0], out.merged[0])))
+    device = next(model.parameters()).device
+    out = model(images.to(device), vertices[None].to(device), torch.from_numpy(view.K).float()[None, None].to(device),
+                c2w[None, None].to(device))
+    avatar = to_gaussians(torch.cat((out.body[0], out.merged[0])).float().cpu())
     return canonical_to_optical(avatar.to(dtype=torch.float64), view.frame).to(dtype=torch.float32)
 
 

@@ -31,6 +31,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mesh", action="store_true", help="also extract the avatar's surface as a coloured mesh.ply (~1.5 s)")
     p.add_argument("--config", help="ReconstructorConfig JSON (as in a report.json's \"config\"); flags override it")
     p.add_argument("--threads", type=int, default=1, help="compute threads (default: 1, fastest for the body fit on a loaded machine)")
+    add_device_argument(p)
+
+
+def add_device_argument(p: argparse.ArgumentParser) -> None:
+    """`--device` of `hgm reconstruct` and `hgm serve` (`ReconstructorConfig.device`)."""
+    from hgm_core.device import DEVICE_HELP
+
+    p.add_argument("--device", default=None, help=f"where the torch stages compute: {DEVICE_HELP} (default: the config's, auto)")
 
 
 def reconstructor_config(args: argparse.Namespace):
@@ -47,6 +55,13 @@ def reconstructor_config(args: argparse.Namespace):
         changes["coarse.checkpoint"] = None if args.checkpoint == "none" else args.checkpoint
     if args.fit_iterations is not None:
         changes["body.fit.iterations"] = args.fit_iterations
+    if getattr(args, "device", None) is not None:
+        from hgm_core.device import check_device_name
+
+        try:
+            changes["device"] = check_device_name(args.device)
+        except ValueError as e:
+            raise CliError(f"--device: {e}") from None
     try:
         return config.override(changes)
     except ConfigFieldError as e:
@@ -73,7 +88,10 @@ def run(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with tqdm(total=4, desc="hgm reconstruct", unit="step") as bar:
         bar.set_postfix_str("load models")
-        rec = Reconstructor.from_config(reconstructor_config(args))
+        try:
+            rec = Reconstructor.from_config(reconstructor_config(args))
+        except PipelineError as e:  # e.g. --device cuda without CUDA, SMPL-X without its files
+            raise CliError(f"{e.kind}: {e}") from None
         _advance(bar, "reconstruct")
         try:
             request = ReconstructionRequest(image=image, camera=camera, mask=mask, depth=depth, stages=args.stages)

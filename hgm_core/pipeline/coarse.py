@@ -26,17 +26,23 @@ class CoarseStage(Stage):
         model: a one-view `HGM` whose `config.body_model` is the fit's body model.
         fallback: the component that runs instead when the network's avatar fails `check_avatar`.
         checkpoint: where the weights came from (recorded in the report).
+        device: where the network runs (its weights move there once, in float32).
+        half: run the network under a float16 autocast on CUDA (ignored on the CPU, which has no
+            fast float16); the Gaussians it returns are float32 either way.
     """
 
     name = "coarse"
     needs = ("perception", "body")
     provides = ("gaussians",)
 
-    def __init__(self, model: HGM, fallback: Stage, checkpoint: str) -> None:
-        self.model, self.fallback, self.checkpoint = model.eval(), fallback, checkpoint
+    def __init__(self, model: HGM, fallback: Stage, checkpoint: str, device: torch.device | str = "cpu", half: bool = True) -> None:
+        self.device = torch.device(device)
+        self.half = half and self.device.type == "cuda"
+        self.model, self.fallback, self.checkpoint = model.to(self.device).eval(), fallback, checkpoint
 
     @classmethod
-    def from_checkpoint(cls, directory: str | Path, fallback: Stage, body_model: str) -> CoarseStage:
+    def from_checkpoint(cls, directory: str | Path, fallback: Stage, body_model: str, device: torch.device | str = "cpu",
+                        half: bool = True) -> CoarseStage:
         """Load the network from a checkpoint folder.
 
         Raises:
@@ -56,14 +62,15 @@ class CoarseStage(Stage):
                 f"coarse: checkpoint {directory} was trained on the {model.config.body_model!r} body model, "
                 f"but the pipeline fits {body_model!r}"
             )
-        return cls(model, fallback, str(directory))
+        return cls(model, fallback, str(directory), device, half)
 
     def run(self, frame: Frame) -> Frame:
         per, fit = frame.perception, frame.body
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=torch.float16, enabled=self.half):
             avatar = predict_avatar(self.model, frame.request.image, per.mask, per.K, fit.vertices)
         check = check_avatar(avatar, fit.vertices)
-        report = {"checkpoint": self.checkpoint, "network": self.model.config.name, "check": check.reason}
+        report = {"checkpoint": self.checkpoint, "network": self.model.config.name, "check": check.reason,
+                  "device": str(self.device), "precision": "float16" if self.half else "float32"}
         frame.reports[self.name] = report
         if check.ok:
             report["used"] = "network"

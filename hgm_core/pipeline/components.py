@@ -1,13 +1,16 @@
 """The stage components (`hgm_core.pipeline.stage.Stage`) that exist so far.
 
 Each wraps one function of its room (perception, body, the prior, the mesh stage) with the parts it
-keeps warm; none of them knows about the others. The `Reconstructor` is assembled from these by
-`Reconstructor.from_config`, or from any other list of components by its constructor.
+keeps warm; none of them knows about the others. `Frame` fields live on the CPU: a component that
+computes on a device (`hgm_core.device`) moves its inputs there once and its result back once.
+The `Reconstructor` is assembled from these by `Reconstructor.from_config`, or from any other list
+of components by its constructor.
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
 
 from hgm_core.body.base import BodyModel
 from hgm_core.body.fit import FitConfig, fit_body
@@ -60,7 +63,9 @@ class FitBodyStage(Stage):
                                 f"{list(frame.perception.mask.shape)}, got {list(depth.shape)} {depth.dtype}")
         fit = fit_body(frame.perception, None, self.body_model, config=self.config, init=init, depth=depth)
         self.tracker.remember(stream, fit)
-        frame.reports[self.name] = {"body_model": fit.body_model, "depth_given": depth is not None, **fit.residuals()}
+        # The fit computes on the CPU whatever the pipeline's device: its tensors are small and its
+        # Adam loop reads values back every step (docs/architecture.md §4, "Devices").
+        frame.reports[self.name] = {"body_model": fit.body_model, "depth_given": depth is not None, "device": "cpu", **fit.residuals()}
         return update(frame, body=fit)
 
 
@@ -81,18 +86,18 @@ class PriorStage(Stage):
 
 
 class MeshStage(Stage):
-    """The avatar's surface by TSDF fusion of its renders (`gaussians_to_mesh`)."""
+    """The avatar's surface by TSDF fusion of its renders (`gaussians_to_mesh`), rendered on `device`."""
 
     name = "mesh"
     needs = ("gaussians",)
     provides = ("mesh",)
 
-    def __init__(self, config: MeshConfig = MeshConfig()) -> None:
-        self.config = config
+    def __init__(self, config: MeshConfig = MeshConfig(), device: torch.device | str = "cpu") -> None:
+        self.config, self.device = config, torch.device(device)
 
     def run(self, frame: Frame) -> Frame:
-        mesh = gaussians_to_mesh(frame.gaussians, config=self.config)
-        frame.reports[self.name] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces))}
+        mesh = gaussians_to_mesh(frame.gaussians, config=self.config, device=self.device)
+        frame.reports[self.name] = {"vertices": int(len(mesh.vertices)), "faces": int(len(mesh.faces)), "device": str(self.device)}
         return update(frame, mesh=mesh)
 
 

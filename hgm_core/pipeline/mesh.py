@@ -69,7 +69,8 @@ class MeshConfig:
 
 
 def gaussians_to_mesh(
-    gaussians: Gaussians, *, up: np.ndarray | None = None, config: MeshConfig = MeshConfig()
+    gaussians: Gaussians, *, up: np.ndarray | None = None, config: MeshConfig = MeshConfig(),
+    device: torch.device | str = "cpu",
 ) -> Mesh:
     """Extract the avatar's surface as a coloured triangle mesh, in the Gaussians' frame.
 
@@ -78,6 +79,8 @@ def gaussians_to_mesh(
         up: `[3]` axis the camera rings circle; None uses the Gaussians' principal axis (a standing
             person's height direction). Its sign does not matter.
         config: see `MeshConfig`.
+        device: where the views are rendered (gsplat on CUDA; the Gaussians move there once and
+            the depth and colour images come back once). The TSDF fusion runs on the CPU.
     Returns:
         `Mesh` with float32 `[V, 3]` vertices, int64 `[F, 3]` faces counter-clockwise seen from
         outside, float32 `[V, 3]` colours in [0, 1]. Empty (0 faces) if nothing opaque was seen.
@@ -95,7 +98,7 @@ def gaussians_to_mesh(
     # Bounding sphere of the splats' 3-sigma ellipsoids, so every view frames the whole avatar.
     radius = float(np.linalg.norm(means - center, axis=1).max() + 3 * g.scales.max().item())
     cameras = _orbit_cameras(center, axes, radius, config)
-    depth, color = _render_rgbd(g, cameras, config.alpha_threshold, voxel)
+    depth, color = _render_rgbd(g.to(device=device), cameras, config.alpha_threshold, voxel)
     far = float(np.linalg.norm(cameras.centers.numpy() - center, axis=1).max()) + radius
     voxels = _fuse_tsdf(depth, color, cameras, voxel, float(config.truncation_voxels), far)
     v, f, c = _marching_cubes(*voxels, voxel, config.weight_threshold)
@@ -166,7 +169,7 @@ def _render_rgbd(g: Gaussians, cameras, alpha_threshold: float, tolerance: float
         depth = torch.where((depth - median).abs() < tolerance, depth, median)
     depth = torch.where(alpha >= alpha_threshold, depth, torch.zeros_like(depth))
     color = (out.rgb / alpha.clamp_min(1e-6)[..., None]).clamp(0, 1)
-    return depth.numpy().astype(np.float32), color.numpy().astype(np.float32)
+    return depth.cpu().numpy().astype(np.float32), color.cpu().numpy().astype(np.float32)
 
 
 def _fuse_tsdf(depth: np.ndarray, color: np.ndarray, cameras, voxel: float, trunc_voxels: float,

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 from hgm_core.body.fit import FitConfig, skeleton
 from hgm_core.body.tracker import TrackConfig
 from hgm_core.configs import config_from_dict, config_override, config_to_dict
+from hgm_core.device import device_report, resolve_device
 from hgm_core.perception.perceive import PerceptionConfig
 from hgm_core.pipeline.back_view import OFF_REASON as BACK_VIEW_OFF_REASON
 from hgm_core.pipeline.back_view import BackViewConfig
@@ -61,9 +62,11 @@ class CoarseConfig:
     Attributes:
         checkpoint: folder of an HGM checkpoint (`hgm_core.model`); "embedded" (default) uses the
             one shipped in the package if it exists; None builds no network stage.
+        half: run the network in float16 (autocast) on CUDA; float32 on the CPU either way.
     """
 
     checkpoint: str | None = EMBEDDED
+    half: bool = True
 
     def resolve(self) -> Path | None:
         """The checkpoint folder to load, or None when the network stage is off (or nothing is embedded)."""
@@ -85,6 +88,8 @@ class ReconstructorConfig:
         back_view: the back view's diffusion refiner (built only with both local weight folders).
         mesh: the mesh stage's settings; mesh_by_default: run it when a request leaves `mesh`
             unset (off: 26 renders plus TSDF fusion cost ~1.4 s per avatar on one core).
+        device: where the torch stages compute (`hgm_core.device`: auto, cpu, cuda, cuda:N); a
+            device that does not exist here makes `from_config` raise `DeviceUnavailableError`.
     """
 
     perception: PerceptionConfig = field(default_factory=PerceptionConfig)
@@ -95,6 +100,7 @@ class ReconstructorConfig:
     back_view: BackViewConfig = field(default_factory=BackViewConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     mesh_by_default: bool = False
+    device: str = "auto"
 
     def to_dict(self) -> dict[str, Any]:
         return config_to_dict(self)
@@ -143,11 +149,12 @@ class Reconstructor:
         from hgm_core.pipeline.components import FitBodyStage, MeshStage, PerceiveStage, PriorStage
 
         config = config or ReconstructorConfig()
+        device = resolve_device(config.device)
         stages: list[Stage] = [
             PerceiveStage(PoseEstimator(), config.perception),
             FitBodyStage(_load_body_model(config.body), config.body.fit, BodyTracker(config.body.track)),
             PriorStage(config.prior),
-            MeshStage(config.mesh),
+            MeshStage(config.mesh, device),
         ]
         unavailable = {"fuse": "fuse needs a two-view HGM checkpoint, which does not exist yet"}
         checkpoint = config.coarse.resolve()
@@ -155,7 +162,8 @@ class Reconstructor:
             from hgm_core.pipeline.coarse import CoarseStage
             from hgm_core.pipeline.refine_body import RefineBodyStage
 
-            coarse = CoarseStage.from_checkpoint(checkpoint, fallback=stages[2], body_model=config.body.model)
+            coarse = CoarseStage.from_checkpoint(checkpoint, fallback=stages[2], body_model=config.body.model,
+                                                 device=device, half=config.coarse.half)
             stages.append(coarse)
             if config.refine_body.enabled:
                 stages.append(RefineBodyStage(coarse.model, stages[1].body_model, config.refine_body, config.body.fit))
@@ -170,6 +178,19 @@ class Reconstructor:
         else:
             unavailable["back_view"] = BACK_VIEW_OFF_REASON
         return cls(stages, config, unavailable)
+
+    def describe(self) -> dict[str, Any]:
+        """What this reconstructor runs on, for health replies and reports: the configured device
+        (`device_report`: GPU name and memory on CUDA), each component's device, the levels it
+        serves, the coarse checkpoint and the whole effective config."""
+        coarse = self.stages.get("coarse")
+        return {
+            **device_report(resolve_device(self.config.device)),
+            "components": {name: str(getattr(stage, "device", "cpu")) for name, stage in self.stages.items()},
+            "stages": list(self.available_stages),
+            "checkpoint": getattr(coarse, "checkpoint", None),
+            "config": self.config.to_dict(),
+        }
 
     @property
     def available_stages(self) -> tuple[str, ...]:

@@ -8,17 +8,16 @@ from hgm_core.camera import Cameras
 from hgm_core.gaussians import Gaussians
 from hgm_core.render.output import Backend, RenderError, RenderOutput
 
-def available_backends() -> list[str]:
-    """Backends that can run on this machine, fastest first."""
-    out = []
-    if torch.cuda.is_available():
-        try:
-            import gsplat  # noqa: F401
-
-            out.append("gsplat")
-        except ImportError:
-            pass
-    return out + ["numba", "reference"]
+def available_backends(device: torch.device | str = "cpu") -> list[str]:
+    """Backends that can render tensors on `device`, fastest first: gsplat (if installed) and the
+    pure-torch reference on CUDA; numba and the reference on the CPU."""
+    if torch.device(device).type != "cuda":
+        return ["numba", "reference"]
+    try:
+        import gsplat  # noqa: F401
+    except ImportError:
+        return ["reference"]
+    return ["gsplat", "reference"]
 
 
 def rasterize(
@@ -37,13 +36,14 @@ def rasterize(
         gaussians: N Gaussians in world coordinates (activated values).
         cameras: C cameras sharing `width x height`; `viewmats` world-to-camera in OpenCV axes.
         background: `[3]` RGB in [0, 1] (default black).
-        backend: "auto" picks the first of `available_backends()`.
+        backend: "auto" picks the first of `available_backends(gaussians.device)`: the Gaussians are
+            rendered where they are (move them once, e.g. `gaussians.to("cuda")`, for gsplat).
     Returns:
         `RenderOutput` with batch dimension C. Differentiable w.r.t. every Gaussian parameter
         (for the numba and reference backends).
     """
     if backend == "auto":
-        backend = available_backends()[0]  # type: ignore[assignment]
+        backend = available_backends(gaussians.device)[0]  # type: ignore[assignment]
     dtype, device = gaussians.dtype, gaussians.device
     bg = torch.zeros(3, dtype=dtype, device=device) if background is None else torch.as_tensor(background, dtype=dtype, device=device)
     if bg.shape != (3,):

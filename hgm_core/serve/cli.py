@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from hgm_core.cli import CliError
+from hgm_core.pipeline.cli import add_device_argument
 
 HELP = "run a reconstruction worker that keeps the model warm (or a broker in front of several workers)"
 
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", default=None, help="(worker) ReconstructorConfig JSON (as in a result's info[\"config\"]); flags override it")
     parser.add_argument("--mesh", action="store_true", help="(worker) also send the avatar's surface mesh (~1.5 s per job)")
     parser.add_argument("--threads", type=int, default=1, help="(worker) compute threads (default: 1, fastest for the body fit on a loaded machine)")
+    add_device_argument(parser)
     parser.add_argument("--isolate", action="store_true",
                         help="(worker) run the model in a supervised child process: a native crash costs one job an 'internal' reply, not the worker")
     parser.add_argument("--stages", default=None, help="(worker) comma-separated stages to accept (default: all)")
@@ -113,6 +115,7 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
         config = _reconstructor_config(args).to_dict()
         handler, available = ComputeSpec("hgm_core.serve.cli:isolated_handler", {"config": config}, threads=args.threads), STAGES
         track = None  # track jobs need the keyframe's tracker in the serving process
+        describe = None  # the child describes itself when it is ready
     else:
         from hgm_core.pipeline.live import LivePipeline
         from hgm_core.runtime import set_compute_threads
@@ -121,6 +124,7 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
         reconstructor = _load_reconstructor(args)
         live = LivePipeline(reconstructor)  # keyframes (bind) and track jobs for the node's live mode
         handler, track, available = live.run, live.track, tuple(reconstructor.available_stages)
+        describe = reconstructor.describe
     if wanted is not None and not set(wanted) <= set(available):
         raise CliError(f"stages {sorted(set(wanted) - set(available))} are not available here (only {', '.join(available)}); see --checkpoint")
     worker_config = WorkerConfig(
@@ -130,7 +134,7 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
         stages=wanted or available,
         heartbeat_interval_s=args.heartbeat_s,
     )
-    return Worker(handler, worker_config, curve_server=server_keys, curve_client=client_keys, track=track)
+    return Worker(handler, worker_config, curve_server=server_keys, curve_client=client_keys, track=track, describe=describe)
 
 
 def _reconstructor_config(args: argparse.Namespace):

@@ -45,7 +45,9 @@ class ComputeSpec:
 
     Attributes:
         factory: "package.module:callable", imported in the child and called with `kwargs`; it
-            returns the handler (`hgm_core.serve.schema.Handler`).
+            returns the handler (`hgm_core.serve.schema.Handler`). When the handler is a method of
+            an object with `describe() -> dict` (a `Reconstructor`'s `run`), that description is
+            sent with READY and shown in the worker's health (`ChildCompute.description`).
         kwargs: JSON-serialisable arguments of the factory.
         threads: compute threads of the child (`hgm_core.runtime.set_compute_threads`); 0 leaves
             the libraries' defaults.
@@ -78,6 +80,8 @@ class ChildCompute:
         self.ready = False
         self.crashes = 0
         self.starts = 0
+        self.description: dict | None = None
+        """What the child's handler runs on (device, checkpoint, config), from its READY."""
 
     @property
     def pid(self) -> int | None:
@@ -95,8 +99,13 @@ class ChildCompute:
         self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, preexec_fn=die_with_parent)
         self.starts += 1
         reply = self._wait(self.spec.start_timeout_s)
+        if reply.kind == "error":
+            error = reply.header.get("error", {})
+            self._stop_child()
+            raise ComputeDied(f"the compute process could not start: {error.get('kind')}: {error.get('message')}")
         if reply.kind != "ready":
             raise ComputeDied(f"compute process sent {reply.kind!r} instead of ready")
+        self.description = reply.header.get("info", {}).get("pipeline")
         self.ready = True
         log.info("compute process pid %d ready", self._proc.pid)
 
@@ -147,15 +156,21 @@ def _child_main(endpoint: str, spec_json: str) -> None:
     from hgm_core.runtime import configure_process
     from hgm_core.serve.schema import decode_request
     from hgm_core.serve.schema import run_job
-    from hgm_core.types import STAGES
+    from hgm_core.types import STAGES, HgmError
 
     spec = ComputeSpec(**json.loads(spec_json))
     configure_process(spec.threads or None)  # this process is the compute's entry point
-    handler = spec.build()
     ctx = zmq.Context()
     sock = ctx.socket(zmq.PAIR)
     sock.connect(endpoint)
-    sock.send_multipart(encode("ready", new_id(), info={"pid": os.getpid()}))
+    try:
+        handler = spec.build()
+    except HgmError as e:  # a documented reason (no CUDA, missing files): said to the parent, then exit
+        sock.send_multipart(encode_error(new_id(), e.kind, str(e)))
+        sock.close(linger=1000)
+        raise SystemExit(1) from None
+    describe = getattr(getattr(handler, "__self__", None), "describe", None)
+    sock.send_multipart(encode("ready", new_id(), info={"pid": os.getpid(), "pipeline": describe() if describe else None}))
     while True:
         frames = sock.recv_multipart(copy=False)
         msg: Message = decode(frames, max_message_bytes=UNLIMITED)

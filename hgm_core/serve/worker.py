@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass
+from typing import Callable
 
 import zmq
 
@@ -92,6 +93,8 @@ class Worker:
         curve_client: keys to reach a CURVE broker in connect mode.
         track: serves track jobs (`hgm_core.pipeline.live.LivePipeline.track`) on a compute thread
             of their own; None refuses them ("stage_unavailable").
+        describe: what the handler runs on (`Reconstructor.describe`: device, GPU, checkpoint,
+            config), shown as "pipeline" in health replies; a compute child describes itself.
     """
 
     def __init__(
@@ -102,9 +105,11 @@ class Worker:
         curve_server: curve.CurveServerKeys | None = None,
         curve_client: curve.CurveClientKeys | None = None,
         track: TrackHandler | None = None,
+        describe: Callable[[], dict] | None = None,
     ) -> None:
         self.handler = handler
         self.track = track
+        self.describe = describe
         self.config = config or WorkerConfig()
         self.curve_server = curve_server
         self.curve_client = curve_client
@@ -189,8 +194,19 @@ class Worker:
             "max_message_bytes": self.config.max_message_bytes,
             "uptime_s": round(time.monotonic() - self._started, 3),
             "pid": os.getpid(),
+            "pipeline": self._description(),
             **compute,
         }
+
+    def _description(self) -> dict | None:
+        if self._child is not None:
+            return self._child.description
+        if self.describe is None:
+            return None
+        try:
+            return self.describe()
+        except Exception as e:  # health must answer whatever the description does
+            return {"error": f"{type(e).__name__}: {e}"}
 
     # -- socket thread ----------------------------------------------------------------------------
 

@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N subjects")
     p.add_argument("--worst", type=int, default=3, help="subjects shown side by side per protocol and method (default: 3)")
     p.add_argument("--backend", default="auto", help="rasterizer backend (default: auto)")
+    p.add_argument("--device", default="auto", help="where the reconstruction's torch stages compute: auto, cpu, cuda or cuda:N (default: auto)")
 
 
 # --------------------------------------------------------------------------------------------- pure parts
@@ -295,6 +296,7 @@ def run(args: argparse.Namespace) -> int:
         if m != "prior" and not Path(m).is_dir():
             raise CliError(f"--method takes 'prior' or checkpoint directories; {m} is neither")
     try:
+        from hgm_core.device import resolve_device
         from hgm_core.pipeline import Reconstructor, ReconstructorConfig
         from hgm_core.pipeline.coarse import CoarseStage
         from hgm_core.pipeline.stage import Frame, update
@@ -303,15 +305,20 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"the reconstruction pipeline is not available here ({e})") from e
     # Subjects are independent people: no warm start from the previous subject's fit. No network
     # stage in the reconstructor: each checkpoint method gets its own below.
-    config = ReconstructorConfig().override({"mesh_by_default": True, "body.track.enabled": False, "coarse.checkpoint": None})
-    reconstructor = Reconstructor.from_config(config)
+    config = ReconstructorConfig().override({"mesh_by_default": True, "body.track.enabled": False, "coarse.checkpoint": None,
+                                             "device": args.device})
+    try:
+        reconstructor = Reconstructor.from_config(config)
+    except (PipelineError, ValueError) as e:  # e.g. --device cuda without CUDA
+        raise CliError(f"cannot build the reconstructor: {e}") from None
     labels = _method_labels(args.method)
     stages = {}
     for m, label in labels.items():
         if m == "prior":
             stages[label] = reconstructor.stages["prior"]
         else:
-            stages[label] = CoarseStage.from_checkpoint(m, fallback=reconstructor.stages["prior"], body_model=config.body.model)
+            stages[label] = CoarseStage.from_checkpoint(m, fallback=reconstructor.stages["prior"], body_model=config.body.model,
+                                                        device=resolve_device(args.device))
     out: Path = args.output or args.data / f"eval_{'_'.join(labels.values())}"
     out.mkdir(parents=True, exist_ok=True)
 
