@@ -73,3 +73,80 @@ def test_bad_input_is_refused():
         encode_splat_array(np.zeros((3, 13), np.float32), (0, 0), "cam")
     with pytest.raises(ValueError, match="sh_rest"):
         encode_splat_array(_rows(3), (0, 0), "cam", np.zeros((3, 4, 3), np.float32))
+
+
+def _gsplat_msgs_missing() -> bool:
+    try:
+        import gsplat_msgs.msg  # noqa: F401
+    except ImportError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(_gsplat_msgs_missing(), reason="gsplat_msgs is not importable (no wheel; build RVizSplat's "
+                    "message package with colcon and source it to run this)")
+def test_a_real_publisher_sends_the_bytes_to_a_typed_subscriber():
+    """With a built gsplat_msgs: the node's publisher sends the raw bytes, rclpy decodes them on the other side."""
+    import random
+    import time
+
+    import rclpy
+    from gsplat_msgs.msg import SplatArray
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.node import Node
+
+    from hgm_node.qos import LATCHED_QOS
+    from hgm_node.splat import splat_publisher
+
+    context = Context()
+    rclpy.init(context=context, domain_id=random.randint(100, 200))
+    try:
+        publisher_node, subscriber_node = Node("pub", context=context), Node("sub", context=context)
+        publisher = splat_publisher(publisher_node, LATCHED_QOS)
+        assert publisher is not None and publisher.topic_name == "/human_splats"
+        raw = _rows(2000)
+        publisher.publish(encode_splat_array(raw, (5, 6), "cam"))
+        got = []
+        subscriber_node.create_subscription(SplatArray, "human_splats", got.append, LATCHED_QOS)
+        executor = SingleThreadedExecutor(context=context)
+        executor.add_node(subscriber_node)
+        deadline = time.monotonic() + 15
+        while not got and time.monotonic() < deadline:
+            executor.spin_once(timeout_sec=0.1)
+        splats = got[0].splats
+        assert len(splats) == 2000 and splats[-1].pose.header.frame_id == "cam" and splats[-1].pose.header.stamp.sec == 5
+        np.testing.assert_allclose([[s.pose.pose.pose.position.x, s.pose.pose.pose.position.y, s.pose.pose.pose.position.z]
+                                    for s in splats], raw[:, :3])
+        np.testing.assert_array_equal([s.spherical_harmonics for s in splats], raw[:, 3:6])
+    finally:
+        rclpy.try_shutdown(context=context)
+
+
+@pytest.mark.skipif(_gsplat_msgs_missing(), reason="gsplat_msgs is not importable (see above)")
+def test_the_node_publishes_the_avatar_on_human_splats(tmp_path):
+    """hgm_node and its worker as processes (tests/test_node_ros.py's graph): a frame in, a SplatArray out."""
+    import time
+
+    from gsplat_msgs.msg import SplatArray
+
+    from hgm_core.serve.client import WorkerClient
+    from hgm_node.qos import LATCHED_QOS
+    from tests.test_node_ros import K, Graph, _frame, _rgb
+
+    graph = Graph(tmp_path)
+    try:
+        got = []
+        graph.ros.create_subscription(SplatArray, "human_splats", got.append, LATCHED_QOS)
+        graph.ready()
+        rgb = _rgb(4)
+        graph.publish_until(_frame(rgb, 404), lambda: bool(got), 60.0, "a SplatArray")
+        with WorkerClient(graph.endpoint, timeout_s=30) as client:
+            expected = client.reconstruct(rgb, K=K).gaussians
+        splats = got[-1].splats
+        assert len(splats) == len(expected) and splats[0].pose.header.stamp.sec == 404
+        np.testing.assert_allclose([[s.pose.pose.pose.position.x, s.pose.pose.pose.position.y, s.pose.pose.pose.position.z]
+                                    for s in splats], expected[:, :3])
+        time.sleep(0.1)
+    finally:
+        graph.close()
