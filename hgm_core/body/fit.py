@@ -52,6 +52,11 @@ HEAD_AND_TORSO = TORSO + ("nose", "left_eye", "right_eye", "left_ear", "right_ea
 FACE = ("nose", "left_eye", "right_eye", "left_ear", "right_ear")
 FEET = ("left_heel", "right_heel", "left_big_toe", "right_big_toe")
 """Keypoints whose visibility tells that the feet, and so their floor contact, are in view."""
+LEGS = ("left_knee", "right_knee", "left_ankle", "right_ankle") + FEET
+"""Keypoints of the legs below the hips (`legs_max_gap`)."""
+DOWNSTREAM = {"hip": ("knee", "ankle", "big_toe", "small_toe", "heel"), "knee": ("ankle", "big_toe", "small_toe", "heel"),
+              "ankle": ("big_toe", "small_toe", "heel"), "shoulder": ("elbow", "wrist"), "elbow": ("wrist",)}  # fmt: skip
+"""Limb joint -> the keypoints (same side) that show its rotation (`unseen_joint_weight`)."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +94,13 @@ class FitConfig:
         feet_max_gap: the floor is used only when the lowest visible heel or toe lies within this
             many box heights of the mask's bottom (on 12 bench subjects: 0.01-0.05 when right,
             0.55 when BlazePose put the legs inside the torso).
+        legs_max_gap: the leg keypoints (knees down) are ignored when the lowest visible one lies
+            more than this many box heights above the bottom of the person's mask (and the mask
+            does not reach the image's bottom edge): on 24 bench subjects 0.01-0.07 when BlazePose
+            found the legs, 0.55 when it folded them into the torso (a long dress read as sitting).
+        unseen_joint_weight: weight of a pull to the rest pose (squared radians) of the limb joints
+            whose keypoints below them all lack a 2D target (`DOWNSTREAM`): only the silhouette
+            would move them, and a loose skirt's outline is not the legs'.
         ground_pixel_sigma: the feet's pixel error behind the distance uncertainty with a floor:
             BlazePose's heels and toes are not exactly anny's, and its pixels err by a few px; 6 px
             makes the errors of 8 bench subjects (bench/fit.py) one sigma on average (rms).
@@ -134,6 +146,10 @@ class FitConfig:
     ground_clearance_m: float = 0.01
     ground_pixel_sigma: float = 6.0
     feet_max_gap: float = 0.1
+    legs_max_gap: float = 0.25
+    unseen_joint_weight: float = 1.0
+    cover_weight: float = 1.0
+    cover_sigma: float = 0.1
     silhouette_points: int = 1000
     contour_points: int = 500
     warm_iterations: int = 40
@@ -238,6 +254,12 @@ def _targets(perception: Perception, names: tuple[str, ...], cfg: FitConfig) -> 
     if not any(weight[names.index(n)] > 0 for n in ("left_shoulder", "right_shoulder")):
         raise NoPersonError("the shoulders are not visible: cannot place a body")
     scale = float(perception.bbox[3] - perception.bbox[1])
+    legs = [names.index(n) for n in LEGS if n in names]
+    seen = [uv[k, 1] for k in legs if weight[k] > 0]
+    # The person's outline continues far below the lowest leg landmark (and not out of the image):
+    # BlazePose folded the legs into the body (a long dress read as sitting); the outline knows better.
+    if seen and perception.bbox[3] < h and perception.bbox[3] - max(seen) > cfg.legs_max_gap * scale:
+        weight[legs] = 0.0
     t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
     return _Targets(t(uv), t(weight), t(xyz), scale)
 
@@ -248,6 +270,16 @@ def _feet_seen(tg: _Targets, names: tuple[str, ...], bbox: tuple[int, int, int, 
     landmarks far above it are a confused detection (e.g. legs hidden by a long skirt)."""
     seen = [float(tg.uv[names.index(n), 1]) for n in FEET if tg.weight[names.index(n)] > 0]
     return bool(seen) and bbox[3] - max(seen) <= cfg.feet_max_gap * tg.scale
+
+
+def _unseen_joints(joints: tuple[str, ...], names: tuple[str, ...], weight: torch.Tensor) -> torch.Tensor:
+    """`[len(joints)]` bool: limb joints (`DOWNSTREAM`) none of whose keypoints has a 2D target."""
+    used = {n for n, w in zip(names, weight.tolist()) if w > 0}
+    out = []
+    for joint in joints:
+        side, _, base = joint.partition("_")
+        out.append(base in DOWNSTREAM and not any(f"{side}_{k}" in used for k in DOWNSTREAM[base]))
+    return torch.tensor(out, dtype=torch.bool)
 
 
 def _select(names: tuple[str, ...], wanted: tuple[str, ...]) -> torch.Tensor:
@@ -502,6 +534,7 @@ class _Problem:
         hip_sel = torch.tensor([names.index("left_hip"), names.index("right_hip")])
         w3d = tg.weight * (tg.weight[hip_sel] > 0).all().float()  # 3D offsets need both hips as origin
         torso = _select(names, TORSO)
+        unseen = _unseen_joints(model.pose_joint_names, names, tg.weight)
 
         delta = torch.zeros(3, requires_grad=True)  # orientation update, left-multiplied onto R0
         transl = init.transl.clone().requires_grad_(True)
@@ -528,9 +561,11 @@ class _Problem:
                 d_out, d_cover = silhouette_distances(project_points(out.vertices[0], Kt, min_depth=1e-4), self.silhouette)
                 sil = _gmof((d_out / tg.scale).square(), cfg.robust_sigma).mean()
                 if len(d_cover):
-                    sil = sil + _gmof((d_cover / tg.scale).square(), cfg.robust_sigma).mean()
+                    sil = sil + cfg.cover_weight * _gmof((d_cover / tg.scale).square(), cfg.cover_sigma).mean()
                 loss = loss + cfg.silhouette_weight * sil / cfg.robust_sigma**2
                 loss = loss + cfg.pose_prior_weight * prior_scale * model.pose_prior(pose).sum()
+                if unseen.any():
+                    loss = loss + cfg.unseen_joint_weight * pose.reshape(-1, 3)[unseen].square().sum()
                 loss = loss + cfg.shape_prior_weight * model.shape_prior(shape).sum()
                 if cfg.landmarks_3d_weight > 0 and w3d.sum() > 0:
                     centred = kp - kp[hip_sel].mean(0)
