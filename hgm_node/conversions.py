@@ -2,7 +2,7 @@
 
 Inputs: sensor_msgs/Image (8- and 16-bit RGB/BGR/RGBA/BGRA/mono, honouring `step` and
 `is_bigendian`), sensor_msgs/CompressedImage (JPEG/PNG), sensor_msgs/CameraInfo -> `[H, W, 3]`
-uint8 RGB and `[3, 3]` intrinsics. Outputs: raw Gaussian rows -> PointCloud2 (one buffer,
+uint8 RGB and `[3, 3]` intrinsics; depth Images (16UC1 mm, 32FC1 m) -> `[H, W]` depth arrays. Outputs: raw Gaussian rows -> PointCloud2 (one buffer,
 docs/architecture.md §3), a skeleton -> MarkerArray + PoseArray, a mesh -> Marker TRIANGLE_LIST.
 
 The `check_*` functions only read the header fields and are cheap enough for a subscription
@@ -12,6 +12,7 @@ callback; the `*_to_rgb` functions do the pixel work and run off the executor.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterable
 
 import cv2
 import numpy as np
@@ -39,6 +40,8 @@ IMAGE_ENCODINGS: dict[str, tuple[int, int, tuple[int, int, int]]] = {
     "mono16": (1, 2, (0, 0, 0)),
 }
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
+DEPTH_ENCODINGS: dict[str, str] = {"16UC1": "u2", "32FC1": "f4"}
+"""Depth encoding -> numpy type code: REP 118's 16-bit millimetres and 32-bit float metres."""
 
 
 class ImageConversionError(ValueError):
@@ -97,6 +100,44 @@ def image_to_mask(msg: Image, max_pixels: int) -> np.ndarray:
     if depth == 2:
         rows = rows.view(">u2" if msg.is_bigendian else "<u2")
     return np.where(rows != 0, 255, 0).astype(np.uint8)
+
+
+def depth_to_array(msg: Image, max_pixels: int) -> np.ndarray:
+    """sensor_msgs/Image depth -> `[H, W]` uint16 millimetres (16UC1) or float32 metres (32FC1), as
+    the worker takes it (`ReconstructionRequest.depth`): 0 or NaN = no measurement.
+
+    Honours `step` and `is_bigendian`. In 32FC1, REP 118's -inf / +inf (too near / too far) and any
+    negative value become NaN: they are not a distance the body fit can use.
+
+    Raises:
+        ImageConversionError: another encoding, zero size, more than `max_pixels`, a `step` shorter
+            than a row, or fewer data bytes than `step * height`.
+    """
+    code = DEPTH_ENCODINGS.get(msg.encoding)
+    if code is None:
+        raise ImageConversionError(f"a depth image must be 16UC1 (mm) or 32FC1 (m), got {msg.encoding!r}")
+    _check_size(msg.width, msg.height, max_pixels)
+    itemsize = int(code[1])
+    row = msg.width * itemsize
+    if msg.step < row:
+        raise ImageConversionError(f"step {msg.step} is shorter than a row of {msg.width} {msg.encoding} pixels ({row} bytes)")
+    if len(msg.data) < msg.step * msg.height:
+        raise ImageConversionError(f"data has {len(msg.data)} bytes, step * height needs {msg.step * msg.height}")
+    rows = np.frombuffer(msg.data, np.uint8, count=msg.step * msg.height).reshape(msg.height, msg.step)[:, :row]
+    depth = rows.copy().view((">" if msg.is_bigendian else "<") + code).astype(np.dtype(code).newbyteorder("="))
+    if depth.dtype == np.float32:
+        depth[~np.isfinite(depth) | (depth < 0)] = np.nan
+    return depth
+
+
+def nearest_stamp(stamp: tuple[int, int], stamps: Iterable[tuple[int, int]], max_skew_s: float) -> tuple[int, int] | None:
+    """The `(sec, nanosec)` of `stamps` nearest `stamp`, if within `max_skew_s` (0: only the same
+    stamp), else None: how a depth image is paired with its colour frame."""
+    target = stamp[0] * 10**9 + stamp[1]
+    best = min(stamps, key=lambda s: abs(s[0] * 10**9 + s[1] - target), default=None)
+    if best is None or abs(best[0] * 10**9 + best[1] - target) > round(max_skew_s * 1e9):
+        return None
+    return best
 
 
 def check_compressed(msg: CompressedImage, max_pixels: int) -> None:

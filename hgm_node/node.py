@@ -1,7 +1,8 @@
 """`hgm_node`: camera frames in, a Gaussian avatar out (docs/architecture.md §2-§3).
 
 Subscribes (remappable, depth 1, reliable unless the publisher is best effort: `hgm_node.qos.InputSubscription`):
-`image` (sensor_msgs/Image) or `image/compressed` (sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`. Publishes (reliable,
+`image` (sensor_msgs/Image) or `image/compressed` (sensor_msgs/CompressedImage), `camera_info`, and optionally `mask`
+and `depth` (aligned 16UC1 mm / 32FC1 m, paired by stamp: the body fit's placement becomes metric). Publishes (reliable,
 TRANSIENT_LOCAL, depth 1): `human_gaussians` (PointCloud2), `human_body` (MarkerArray skeleton),
 `human_body/joints` (PoseArray), `human_mesh` (Marker TRIANGLE_LIST, with parameter `mesh`, when the worker makes a
 mesh), `human_splats` (gsplat_msgs/SplatArray for RVizSplat, only when gsplat_msgs is importable:
@@ -38,11 +39,13 @@ from hgm_node.conversions import (
     check_compressed,
     check_image,
     compressed_to_rgb,
+    depth_to_array,
     gaussians_to_pointcloud2,
     image_to_mask,
     image_to_rgb,
     joints_to_pose_array,
     mesh_to_marker,
+    nearest_stamp,
     skeleton_to_markers,
 )
 from hgm_node.diagnostics import ERROR, OK, WARN, PipelineStats, diagnostic_array
@@ -83,6 +86,7 @@ class HgmNode(Node):
         self._pending: _Frame | None = None  # frame waiting for the job thread
         self._camera_info: CameraInfo | None = None
         self._masks: OrderedDict[tuple[int, int], Image] = OrderedDict()
+        self._depths: OrderedDict[tuple[int, int], Image] = OrderedDict()
 
         client_kwargs = load_curve_client_keys(p.curve_server_key, p.curve_client_secret or None) if p.curve_server_key else {}
         self._link = WorkerLink(
@@ -109,6 +113,8 @@ class HgmNode(Node):
         self._info_sub = InputSubscription(self, CameraInfo, "camera_info", self._on_camera_info)
         if p.use_mask:
             self._mask_sub = InputSubscription(self, Image, "mask", self._on_mask)
+        if p.use_depth:
+            self._depth_sub = InputSubscription(self, Image, "depth", self._on_depth)
         if p.mode == "live":
             self._live = LiveMode(self, self._link, stream=self.get_fully_qualified_name(), stages=p.stages,
                                   publish_avatar=self._publish_avatar, keyframe_period_s=p.keyframe_period_s,
@@ -179,6 +185,12 @@ class HgmNode(Node):
             while len(self._masks) > MASKS_KEPT:
                 self._masks.popitem(last=False)
 
+    def _on_depth(self, msg: Image) -> None:
+        with self._cond:
+            self._depths[(msg.header.stamp.sec, msg.header.stamp.nanosec)] = msg
+            while len(self._depths) > MASKS_KEPT:
+                self._depths.popitem(last=False)
+
     def _on_capture(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         with self._cond:
             frame = self._latest
@@ -234,21 +246,22 @@ class HgmNode(Node):
                         self._cond.wait(wait)  # a newer frame may replace the pending one meanwhile
                         continue
                 frame, self._pending = self._pending, None
-                info, masks = self._camera_info, dict(self._masks)
+                info, masks, depths = self._camera_info, dict(self._masks), dict(self._depths)
             last_start = time.monotonic()
             try:
-                self._run_job(frame, info, masks)
+                self._run_job(frame, info, masks, depths)
             except Exception as e:  # a bug here must not end the job thread: report it and go on
                 self.get_logger().error(f"job failed unexpectedly: {type(e).__name__}: {e}")
                 with self._cond:
                     self._stats.failed += 1
                     self._stats.level, self._stats.message = ERROR, f"node error: {type(e).__name__}: {e}"
 
-    def _run_job(self, frame: _Frame, info: CameraInfo | None, masks: dict) -> None:
+    def _run_job(self, frame: _Frame, info: CameraInfo | None, masks: dict, depths: dict) -> None:
         limit = self.params.max_image_pixels
         try:
             image = image_to_rgb(frame.msg, limit) if isinstance(frame.msg, Image) else compressed_to_rgb(frame.msg, limit)
             mask = _mask_for(frame.msg.header, masks, image.shape[:2], limit)
+            depth = _depth_for(frame.msg.header, depths, image.shape[:2], limit, self.params.depth_max_skew_s)
         except ImageConversionError as e:
             self._reject(e)
             return
@@ -258,8 +271,8 @@ class HgmNode(Node):
             self._run_live(LiveInput(image, K, mask, frame.msg.header, frame.received))
             return
         try:
-            result = self._link.reconstruct(image, K=K, mask=mask, stages=self.params.stages, mesh=self.params.mesh,
-                                         stream=self.get_fully_qualified_name())
+            result = self._link.reconstruct(image, K=K, mask=mask, depth=depth, stages=self.params.stages,
+                                            mesh=self.params.mesh, stream=self.get_fully_qualified_name())
         except WorkerError as e:
             self._job_failed(e)
             return
@@ -326,3 +339,20 @@ def _mask_for(header: Header, masks: dict, hw: tuple[int, int], max_pixels: int)
     if not msg.encoding.startswith("mono") or (msg.height, msg.width) != hw:
         raise ImageConversionError(f"mask must be mono8/mono16 of {hw[1]} x {hw[0]}, got {msg.encoding} {msg.width} x {msg.height}")
     return image_to_mask(msg, max_pixels)
+
+
+def _depth_for(header: Header, depths: dict, hw: tuple[int, int], max_pixels: int, max_skew_s: float) -> np.ndarray | None:
+    """The `[H, W]` depth image (uint16 mm or float32 m) stamped nearest the image, within
+    `max_skew_s`, or None (the fit is then image-only).
+
+    Raises:
+        ImageConversionError: that depth image is not 16UC1/32FC1 of the image's size.
+    """
+    stamp = (header.stamp.sec, header.stamp.nanosec)
+    key = nearest_stamp(stamp, depths, max_skew_s)
+    if key is None:
+        return None
+    msg = depths[key]
+    if (msg.height, msg.width) != hw:
+        raise ImageConversionError(f"depth must be aligned with the {hw[1]} x {hw[0]} image, got {msg.width} x {msg.height}")
+    return depth_to_array(msg, max_pixels)

@@ -1,7 +1,7 @@
 """Parameters of `hgm_node`: one dataclass holds the names, defaults and descriptions.
 
 `launch/params.yaml` lists exactly these keys (a test keeps the two equal). Topic names are not
-parameters: remap `image`, `image/compressed`, `camera_info`, `mask` and the outputs the ROS way.
+parameters: remap `image`, `image/compressed`, `camera_info`, `mask`, `depth` and the outputs the ROS way.
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ class NodeParams:
                                   "(sensor_msgs/CompressedImage, jpeg/png)", choices=IMAGE_TRANSPORTS)
     use_mask: bool = _param(False, "also subscribe to 'mask' (mono8/mono16 Image, nonzero = person); a mask with the "
                             "image's exact stamp replaces the worker's segmenter")
+    use_depth: bool = _param(False, "also subscribe to 'depth': an aligned depth image (16UC1 millimetres or 32FC1 "
+                             "metres, the colour image's size and intrinsics); the one stamped nearest a frame, within "
+                             "depth_max_skew_s, makes the body fit's distance and size metric; none: image only")
+    depth_max_skew_s: float = _param(0.01, "largest stamp difference between a frame and the depth image paired "
+                                     "with it (0: the same stamp only)", min_value=0.0)
     stages: str = _param("prior", "pipeline stages the worker runs: prior | coarse | refined | full")
     mesh: bool = _param(False, "also ask the worker for the avatar mesh (TSDF fusion, ~1.5 s on a CPU) and publish "
                         "it on 'human_mesh'")

@@ -124,7 +124,7 @@ class WorkerLink:
         return self._ready.wait(timeout_s)
 
     def reconstruct(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stages: str,
-                    mesh: bool = False, stream: str = "", bind: bool = False) -> JobResult:
+                    mesh: bool = False, stream: str = "", bind: bool = False, depth: np.ndarray | None = None) -> JobResult:
         """Run one job (blocking, on the caller's thread; call it off the executor). Raises
         `WorkerError`/`WorkerTimeout`.
 
@@ -132,7 +132,8 @@ class WorkerLink:
         instead the call is cancelled (kind "unavailable") as soon as supervision sees the worker
         leave the "ok" state, or the link closes.
         """
-        return self._job(self._client.reconstruct, image, K=K, mask=mask, stages=stages, mesh=mesh, stream=stream, bind=bind)
+        return self._job(self._client.reconstruct, image, K=K, mask=mask, depth=depth, stages=stages, mesh=mesh,
+                         stream=stream, bind=bind)
 
     def track(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stream: str) -> TrackedPose:
         """One track job (live mode), supervised like `reconstruct`."""
