@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Mapping
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from hgm_core.model.config import ConfigError, HGMConfig
 
@@ -73,6 +72,8 @@ def save_pretrained(model: torch.nn.Module, directory: str | Path, card: ModelCa
     card = card or ModelCard()
     config: HGMConfig = model.config
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    from safetensors.torch import save_file  # only reading and writing weights needs it (a bare GPU bench does not)
+
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": FORMAT, "config": config.name})
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "config": config.to_dict(), "card": asdict(card)}
     (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
@@ -127,4 +128,6 @@ def load_checkpoint(directory: str | Path, config: HGMConfig | None = None,
     weights = Path(directory) / WEIGHTS_NAME
     if not weights.is_file():
         raise CheckpointError(f"{weights} not found")
+    from safetensors.torch import load_file
+
     return stored, load_file(str(weights), device=str(map_location))
