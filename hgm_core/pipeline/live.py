@@ -6,8 +6,10 @@
 
 A worker serves `run` (reconstruct jobs, keyframes) and `track` (track jobs) on two threads
 (`hgm_core.serve.worker`), so a keyframe never holds up the frames tracked meanwhile. The two share
-only the per-stream table of trackers, behind a lock; `track` has its own landmark estimator and
-body model (neither is thread-safe), built on the first track job.
+only the per-stream table of keyframes, behind a lock: `run` records a keyframe's body fit and
+binding id, `track` makes the stream's tracker from it on its first frame. Trackers, the landmark
+estimator and the trackers' body model (none of them thread-safe) live on the track thread only,
+built when first needed, so a keyframe never waits for them.
 
 Tracking a stream starts from its latest keyframe: the body fitted with the keyframe's avatar
 freezes shape and scale, so the bone transforms of every tracked pose skin that keyframe's
@@ -120,6 +122,15 @@ def start_tracker(keyframe_fit: BodyFit, body_model: BodyModel, fit_config: FitC
     return WarmFitTracker(keyframe_fit, body_model, replace(fit_config, warm_iterations=config.warm_iterations))
 
 
+@dataclass
+class _Stream:
+    """A stream's latest keyframe: its body fit and binding id, and the tracker `track` made from it."""
+
+    fit: BodyFit
+    binding_id: int
+    tracker: StreamTracker | None = None
+
+
 class LivePipeline:
     """Keyframes (`run` with `request.bind`) and per-frame tracking (`track`) over one `Reconstructor`.
 
@@ -130,10 +141,10 @@ class LivePipeline:
         self.reconstructor = reconstructor
         self.config = config or LiveConfig()
         self._lock = threading.Lock()
-        self._streams: dict[str, tuple[StreamTracker, int]] = {}  # stream -> (tracker, binding id), oldest first
+        self._streams: dict[str, _Stream] = {}  # oldest keyframe first
         self._ids = random.Random()  # binding ids: random so that a restarted worker does not repeat its predecessor's
-        self._estimator: PoseEstimator | None = None  # the track thread's own, built on its first job
-        self._track_body: BodyModel | None = None
+        self._estimator: PoseEstimator | None = None  # the track thread's, built on its first job
+        self._track_body: BodyModel | None = None  # the trackers', likewise
 
     def run(self, request: ReconstructionRequest) -> Reconstruction:
         """`Reconstructor.run`; with `request.bind` also the keyframe (the avatar bound to its body),
@@ -150,10 +161,9 @@ class LivePipeline:
             bones = body.bone_transforms(frame.body.params)[0].numpy()
         binding_id = self._ids.randrange(1, 2**32)
         recon.keyframe = Keyframe(binding.canonical.to_raw().numpy(), binding.to_arrays(binding_id, body.name), bones)
-        tracker = start_tracker(frame.body, self._tracking_body(), self.reconstructor.config.body.fit, self.config)
         with self._lock:
             self._streams.pop(request.stream, None)
-            self._streams[request.stream] = (tracker, binding_id)
+            self._streams[request.stream] = _Stream(frame.body, binding_id)
             while len(self._streams) > self.config.max_streams:
                 self._streams.pop(next(iter(self._streams)))
         recon.timings["bind"] = time.perf_counter() - t0
@@ -167,13 +177,17 @@ class LivePipeline:
         "lost" (not an exception) when the stream has no keyframe here, no person is found, or the
         tracker loses the body. Raises `BadInputError` for a malformed image, mask or camera.
         """
-        t0 = time.perf_counter()
         with self._lock:
-            tracker, binding_id = self._streams.get(request.stream, (None, 0))
-        if tracker is None:
+            stream = self._streams.get(request.stream)
+        if stream is None:
             return TrackedPose("lost", reason=f"no keyframe of stream {request.stream!r} on this worker")
+        if stream.tracker is None:  # the keyframe's first frame (a newer keyframe replaces the whole entry)
+            if self._track_body is None:
+                self._track_body = _load_body_model(self.reconstructor.config.body)
+            stream.tracker = start_tracker(stream.fit, self._track_body, self.reconstructor.config.body.fit, self.config)
         if self._estimator is None:
             self._estimator = PoseEstimator()
+        t0 = time.perf_counter()
         try:
             perception, missing = perceive(request.image, self._estimator, mask=request.mask, camera=request.camera,
                                            config=self.reconstructor.config.perception), ""
@@ -182,14 +196,8 @@ class LivePipeline:
         t1 = time.perf_counter()
         # The filter's clock: when the job started here (frames reach the worker at the camera's
         # spacing, give or take the network), as track requests carry no stamp.
-        pose = tracker.track(perception, time.monotonic())
+        pose = stream.tracker.track(perception, time.monotonic())
         t2 = time.perf_counter()
         reason = f"{pose.reason}: {missing}" if missing and pose.state == "lost" else pose.reason
-        return replace(pose, binding_id=binding_id, reason=reason, timings={**pose.timings, "perceive": t1 - t0, "track": t2 - t1})
-
-    def _tracking_body(self) -> BodyModel:
-        """The body model the trackers use (their own instance: the keyframe's runs on another thread)."""
-        with self._lock:
-            if self._track_body is None:
-                self._track_body = _load_body_model(self.reconstructor.config.body)
-            return self._track_body
+        return replace(pose, binding_id=stream.binding_id, reason=reason,
+                       timings={**pose.timings, "perceive": t1 - t0, "track": t2 - t1})
