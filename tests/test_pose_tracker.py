@@ -84,16 +84,22 @@ def test_tracker_follows_a_known_motion(anny: AnnyBody) -> None:
     seq = motion(anny, 20)
     tracker = PoseTracker(anny, PoseTrackConfig(min_cutoff_hz=0))  # unfiltered: the solver's own accuracy
     assert tracker.start(seq[0]) is None and tracker.state == TRACKING
-    errors = []
+    errors, across, reprojection = [], [], []
     for f, params in enumerate(seq):
         result = tracker.track(oracle_perception(anny, params, K), f / 15)
         assert result.state == TRACKING, result.reason
-        errors.append(float((result.joints - joints(anny, params)).norm(dim=-1).mean()))
+        d = result.joints - joints(anny, params)
+        errors.append(float(d.norm(dim=-1).mean()))
+        across.append(float(d[:, :2].norm(dim=-1).mean()))  # in the image plane
+        reprojection.append(result.keypoint_error)
         assert result.bone_transforms.shape == (len(anny.skinning_joint_names), 4, 4)
-    # Exact landmarks, 3 steps per frame from the previous frame while the wrist moves up to ~8 cm
-    # per frame; what is left is the priors' pull (rest pose, previous frame): 5 mm here.
-    assert max(errors) < 0.015, errors
-    assert np.mean(errors) < 0.008, errors
+    # Exact landmarks, 3 steps per frame, the wrist moving up to ~8 cm per frame: the keypoints land
+    # within 1 % of the person's height (~3 px) and the joints within 2.5 cm across the image. Along
+    # the depth the pull to the previous frame (tuned for BlazePose's noisy 3D landmarks) lets the
+    # leg that swings towards the camera lag by up to ~6 cm.
+    assert max(reprojection) < 0.01, reprojection
+    assert max(across) < 0.025, across
+    assert max(errors) < 0.07 and np.mean(errors) < 0.04, errors
 
 
 def test_lost_on_an_empty_frame_and_recovers(anny: AnnyBody) -> None:
@@ -125,3 +131,23 @@ def test_lost_when_the_torso_is_hidden_or_the_pose_cannot_explain_the_landmarks(
     scrambled.landmarks_2d[:, :2] = rng.permutation(scrambled.landmarks_2d[:, :2])  # no body fits this
     result = tracker.track(scrambled)
     assert (result.state, result.reason) == (LOST, "residual") and result.keypoint_error > 0.08
+
+
+def test_filter_damps_landmark_noise(anny: AnnyBody) -> None:
+    K = default_intrinsics(*SIZE)
+    still = motion(anny, 3)[1]
+    rng = np.random.default_rng(0)
+    frames = []
+    for _ in range(20):
+        p = oracle_perception(anny, still, K)
+        p.landmarks_2d[:, :2] += rng.normal(0, 2.0, p.landmarks_2d[:, :2].shape)  # ~2 px of detector noise
+        p.landmarks_3d[:] += rng.normal(0, 0.02, p.landmarks_3d.shape)
+        frames.append(p)
+
+    def jitter(config: PoseTrackConfig) -> float:
+        tracker = PoseTracker(anny, config)
+        tracker.start(still)
+        j = torch.stack([tracker.track(p, f / 15).joints for f, p in enumerate(frames)])
+        return float((j[2:] - 2 * j[1:-1] + j[:-2]).norm(dim=-1).mean())
+
+    assert jitter(PoseTrackConfig()) < 0.5 * jitter(PoseTrackConfig(min_cutoff_hz=0))
