@@ -99,13 +99,18 @@ class PoseEstimator:
 
     mediapipe graphs are not thread-safe, so calls are serialised with a lock; create one
     estimator per thread for parallelism.
+
+    `video=True` is mediapipe's video mode for consecutive frames of one camera: the person
+    detector runs only when the landmarks lose the person (otherwise the previous frame's landmarks
+    place the crop) and landmarks are smoothed over time. One estimator per stream then; a call
+    on an unrelated image is a new frame of that stream.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, video: bool = False) -> None:
         import mediapipe as mp  # heavy import, only when perception is used
 
         self._pose = mp.solutions.pose.Pose(
-            static_image_mode=True, model_complexity=1, enable_segmentation=True, min_detection_confidence=0.5
+            static_image_mode=not video, model_complexity=1, enable_segmentation=True, min_detection_confidence=0.5
         )
         self._lock = threading.Lock()
 
