@@ -8,8 +8,9 @@ A worker serves `run` (reconstruct jobs, keyframes) and `track` (track jobs) on 
 (`hgm_core.serve.worker`), so a keyframe never holds up the frames tracked meanwhile. The two share
 only the per-stream table of keyframes, behind a lock: `run` records a keyframe's body fit and
 binding id, `track` makes the stream's tracker from it on its first frame. Trackers, the landmark
-estimator and the trackers' body model (none of them thread-safe) live on the track thread only,
-built when first needed, so a keyframe never waits for them.
+estimators (one per stream, in mediapipe's video mode: the person detector runs only when the
+landmarks lose the person) and the trackers' body model (none of them thread-safe) live on the
+track thread only, built when first needed, so a keyframe never waits for them.
 
 Tracking a stream starts from its latest keyframe: the body fitted with the keyframe's avatar
 freezes shape and scale, so the bone transforms of every tracked pose skin that keyframe's
@@ -23,6 +24,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Protocol
 
@@ -143,7 +145,7 @@ class LivePipeline:
         self._lock = threading.Lock()
         self._streams: dict[str, _Stream] = {}  # oldest keyframe first
         self._ids = random.Random()  # binding ids: random so that a restarted worker does not repeat its predecessor's
-        self._estimator: PoseEstimator | None = None  # the track thread's, built on its first job
+        self._estimators: OrderedDict[str, PoseEstimator] = OrderedDict()  # per stream, the track thread's
         self._track_body: BodyModel | None = None  # the trackers', likewise
 
     def run(self, request: ReconstructionRequest) -> Reconstruction:
@@ -185,11 +187,10 @@ class LivePipeline:
             if self._track_body is None:
                 self._track_body = _load_body_model(self.reconstructor.config.body)
             stream.tracker = start_tracker(stream.fit, self._track_body, self.reconstructor.config.body.fit, self.config)
-        if self._estimator is None:
-            self._estimator = PoseEstimator()
+        estimator = self._estimator(request.stream)
         t0 = time.perf_counter()
         try:
-            perception, missing = perceive(request.image, self._estimator, mask=request.mask, camera=request.camera,
+            perception, missing = perceive(request.image, estimator, mask=request.mask, camera=request.camera,
                                            config=self.reconstructor.config.perception), ""
         except (NoPersonError, CropTooSmallError) as e:
             perception, missing = None, str(e)
@@ -201,3 +202,12 @@ class LivePipeline:
         reason = f"{pose.reason}: {missing}" if missing and pose.state == "lost" else pose.reason
         return replace(pose, binding_id=stream.binding_id, reason=reason,
                        timings={**pose.timings, "perceive": t1 - t0, "track": t2 - t1})
+
+    def _estimator(self, stream: str) -> PoseEstimator:
+        """The stream's video-mode landmark estimator (track thread; the least recently used of more
+        than `max_streams` is closed)."""
+        estimator = self._estimators.pop(stream, None) or PoseEstimator(video=True)
+        self._estimators[stream] = estimator
+        while len(self._estimators) > self.config.max_streams:
+            self._estimators.popitem(last=False)[1].close()
+        return estimator
