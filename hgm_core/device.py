@@ -9,6 +9,7 @@ later. `device_report` says what a device is (name, memory), for health replies 
 
 from __future__ import annotations
 
+import argparse
 import re
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,12 @@ _PATTERN = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 class DeviceUnavailableError(StageUnavailableError):
     """The requested device does not exist here (no CUDA in this torch build or machine, or no such index)."""
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """`--device` of the commands that build a `Reconstructor` (`ReconstructorConfig.device`); None
+    keeps the config's. Importing this module does not load torch (the broker must not)."""
+    parser.add_argument("--device", default=None, help=f"where the torch stages compute: {DEVICE_HELP} (default: the config's, auto)")
 
 
 def check_device_name(name: str) -> str:
@@ -41,7 +48,7 @@ def resolve_device(name: str) -> torch.device:
         DeviceUnavailableError: CUDA requested where torch sees none, or an index beyond the
             devices it sees.
     """
-    import torch  # here, so that command-line parsing can check a name without loading torch
+    import torch
 
     check_device_name(name)
     if name == "auto":

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from hgm_core.cli import CliError
+from hgm_core.device import add_device_argument
 
 HELP = "reconstruct an avatar from one image (writes avatar.ply, body.json, body.ply, turntable.png, report.json)"
 
@@ -32,13 +33,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="ReconstructorConfig JSON (as in a report.json's \"config\"); flags override it")
     p.add_argument("--threads", type=int, default=1, help="compute threads (default: 1, fastest for the body fit on a loaded machine)")
     add_device_argument(p)
-
-
-def add_device_argument(p: argparse.ArgumentParser) -> None:
-    """`--device` of `hgm reconstruct` and `hgm serve` (`ReconstructorConfig.device`)."""
-    from hgm_core.device import DEVICE_HELP
-
-    p.add_argument("--device", default=None, help=f"where the torch stages compute: {DEVICE_HELP} (default: the config's, auto)")
 
 
 def reconstructor_config(args: argparse.Namespace):

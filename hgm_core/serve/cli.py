@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import zmq
 
 from hgm_core.cli import CliError
-from hgm_core.pipeline.cli import add_device_argument
+from hgm_core.device import add_device_argument
 
 HELP = "run a reconstruction worker that keeps the model warm (or a broker in front of several workers)"
 

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hgm_core.device import add_device_argument
+
 HELP = "evaluate methods on a render layout (novel-view PSNR/fg PSNR/SSIM/LPIPS by view group, mesh Chamfer/P2S/NC, MPJPE)"
 NOVEL_VIEWS_SHOWN = (3, 6, 9)
 PROTOCOLS = ("wild", "canonical")
@@ -48,7 +50,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N subjects")
     p.add_argument("--worst", type=int, default=3, help="subjects shown side by side per protocol and method (default: 3)")
     p.add_argument("--backend", default="auto", help="rasterizer backend (default: auto)")
-    p.add_argument("--device", default="auto", help="where the reconstruction's torch stages compute: auto, cpu, cuda or cuda:N (default: auto)")
+    add_device_argument(p)
 
 
 # --------------------------------------------------------------------------------------------- pure parts
@@ -306,7 +308,7 @@ def run(args: argparse.Namespace) -> int:
     # Subjects are independent people: no warm start from the previous subject's fit. No network
     # stage in the reconstructor: each checkpoint method gets its own below.
     config = ReconstructorConfig().override({"mesh_by_default": True, "body.track.enabled": False, "coarse.checkpoint": None,
-                                             "device": args.device})
+                                             **({} if args.device is None else {"device": args.device})})
     try:
         reconstructor = Reconstructor.from_config(config)
     except (PipelineError, ValueError) as e:  # e.g. --device cuda without CUDA
@@ -318,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
             stages[label] = reconstructor.stages["prior"]
         else:
             stages[label] = CoarseStage.from_checkpoint(m, fallback=reconstructor.stages["prior"], body_model=config.body.model,
-                                                        device=resolve_device(args.device))
+                                                        device=resolve_device(config.device))
     out: Path = args.output or args.data / f"eval_{'_'.join(labels.values())}"
     out.mkdir(parents=True, exist_ok=True)
 
