@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import time
 from pathlib import Path
@@ -21,6 +22,29 @@ def median_s(fn: Callable[[], object], repeats: int) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def measure(fn: Callable[[], object], repeats: int, *, warmup: int = 0, sync: Callable[[], object] | None = None) -> dict[str, float]:
+    """`fn` timed `repeats` times after `warmup` untimed calls, in seconds: {"median_s", "min_s"}
+    (wall) and {"cpu_s"} (median CPU time of this process, all threads). `sync` runs before and
+    after each timed call (`torch.cuda.synchronize` for CUDA work)."""
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        sync()
+        c0, t0 = _cpu_s(), time.perf_counter()
+        fn()
+        sync()
+        walls.append(time.perf_counter() - t0)
+        cpus.append(_cpu_s() - c0)
+    return {"median_s": statistics.median(walls), "min_s": min(walls), "cpu_s": statistics.median(cpus)}
+
+
+def _cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def add_out_argument(parser: argparse.ArgumentParser) -> None:

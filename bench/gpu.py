@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))  # a bare machine has no installed hgm: use the re
 
 import torch  # noqa: E402
 
-from _results import RESULTS_DIR, add_out_argument, write_results  # noqa: E402
+from _results import RESULTS_DIR, add_out_argument, measure, write_results  # noqa: E402
 
 OPTIONAL = ("gsplat", "numba", "safetensors", "scipy", "cv2", "mediapipe", "anny", "roma", "open3d")
 RENDER_TOLERANCE = {"max_abs": 0.02, "mean_abs": 0.005, "pixels_over_max_abs": 0.005}
@@ -87,18 +87,9 @@ def guarded(fn: Callable[[], dict]) -> dict:
 
 
 def timed(fn: Callable[[], object], repeats: int, cuda: bool) -> dict[str, float]:
-    """Median and fastest seconds of `repeats` calls after one warm-up (synchronised on CUDA)."""
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeats):
-        sync()
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return {"median_s": round(statistics.median(times), 5), "min_s": round(min(times), 5), "repeats": repeats}
+    """Median and fastest wall seconds of `repeats` calls after one warm-up (synchronised on CUDA)."""
+    m = measure(fn, repeats, warmup=1, sync=torch.cuda.synchronize if cuda else None)
+    return {"median_s": round(m["median_s"], 5), "min_s": round(m["min_s"], 5), "repeats": repeats}
 
 
 # -- sections ----------------------------------------------------------------------------------------

@@ -19,11 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
-import statistics
 import threading
-import time
-from typing import Callable
 
 import numpy as np
 import torch
@@ -34,7 +30,7 @@ from hgm_core.types import Reconstruction
 from hgm_core.serve.client import WorkerClient
 from hgm_core.serve.schema import encode_result
 from hgm_core.serve.worker import Worker
-from _results import add_out_argument, write_results
+from _results import add_out_argument, measure, write_results
 
 
 
@@ -50,22 +46,6 @@ def _avatar(n: int) -> Reconstruction:
     return Reconstruction(gaussians=gaussians, timings={"fixed": 0.0})
 
 
-def _cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def timed_ms(fn: Callable[[], object], repeats: int) -> dict[str, float]:
-    """{"median", "min"} wall and {"cpu"} median process CPU time of `repeats` calls of `fn`, in ms."""
-    walls, cpus = [], []
-    for _ in range(repeats):
-        c0, t0 = _cpu_s(), time.perf_counter()
-        fn()
-        walls.append(time.perf_counter() - t0)
-        cpus.append(_cpu_s() - c0)
-    return {"median": 1e3 * statistics.median(walls), "min": 1e3 * min(walls), "cpu": 1e3 * statistics.median(cpus)}
-
-
 def protocol_round_trip(endpoint: str, image: np.ndarray, avatar: Reconstruction, repeats: int) -> dict[str, float]:
     worker = Worker(lambda request: avatar)
     thread = threading.Thread(target=worker.serve, kwargs={"bind": endpoint}, daemon=True)
@@ -73,7 +53,7 @@ def protocol_round_trip(endpoint: str, image: np.ndarray, avatar: Reconstruction
     try:
         with WorkerClient(endpoint, timeout_s=30, retries=0) as client:
             client.reconstruct(image)  # connect + warm-up
-            return timed_ms(lambda: client.reconstruct(image), repeats)
+            return measure(lambda: client.reconstruct(image), repeats)
     finally:
         worker.stop()
         thread.join(5)
@@ -102,7 +82,7 @@ def raw_echo(endpoint: str, image: np.ndarray, reply_bytes: int, repeats: int) -
 
     try:
         call()
-        return timed_ms(call, repeats)
+        return measure(call, repeats)
     finally:
         stop.set()
         thread.join(5)
@@ -122,7 +102,7 @@ def main() -> None:
     avatar = _avatar(args.n)
     protocol = protocol_round_trip(args.endpoint, image, avatar, args.repeats)
     echo = raw_echo(args.endpoint.replace("5599", "5598"), image, args.n * 14 * 4, args.repeats)
-    encode = timed_ms(lambda: encode_result("bench", avatar), args.repeats)
+    encode = measure(lambda: encode_result("bench", avatar), args.repeats)
     result = {
         "bench": "serve",
         "what": "512x512 RGB image in, N raw Gaussians (14 float32 each) out, tcp loopback, medians "
@@ -132,15 +112,15 @@ def main() -> None:
         "repeats": args.repeats,
         "load_avg_1m": round(os.getloadavg()[0], 2),
         "cpu_count": os.cpu_count(),
-        "protocol_round_trip_ms": round(protocol["median"], 2),
-        "protocol_round_trip_min_ms": round(protocol["min"], 2),
-        "protocol_round_trip_cpu_ms": round(protocol["cpu"], 2),
-        "raw_zmq_echo_ms": round(echo["median"], 2),
-        "raw_zmq_echo_min_ms": round(echo["min"], 2),
-        "raw_zmq_echo_cpu_ms": round(echo["cpu"], 2),
-        "result_encode_cpu_ms": round(encode["cpu"], 2),
-        "ratio": round(protocol["median"] / echo["median"], 2),
-        "ratio_cpu": round(protocol["cpu"] / echo["cpu"], 2),
+        "protocol_round_trip_ms": round(1e3 * protocol["median_s"], 2),
+        "protocol_round_trip_min_ms": round(1e3 * protocol["min_s"], 2),
+        "protocol_round_trip_cpu_ms": round(1e3 * protocol["cpu_s"], 2),
+        "raw_zmq_echo_ms": round(1e3 * echo["median_s"], 2),
+        "raw_zmq_echo_min_ms": round(1e3 * echo["min_s"], 2),
+        "raw_zmq_echo_cpu_ms": round(1e3 * echo["cpu_s"], 2),
+        "result_encode_cpu_ms": round(1e3 * encode["cpu_s"], 2),
+        "ratio": round(protocol["median_s"] / echo["median_s"], 2),
+        "ratio_cpu": round(protocol["cpu_s"] / echo["cpu_s"], 2),
     }
     write_results("serve", result, args.out)
 
