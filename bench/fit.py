@@ -5,17 +5,19 @@
 Data: `hgm datagen --seed 7070 --subjects 24 --size 512 --views 1 -o /work/data/fitbench` (seed 7070
 is reserved for this benchmark, never for training). Each subject's view 0 goes through the real
 `perceive` (mediapipe landmarks, the ground-truth mask and intrinsics given, as `hgm eval` does) and
-then through four fits from the same perception, in the same process, one torch thread:
+then through six fits from the same perception, in the same process, one torch thread:
 - `today`: `hgm_core/body/fit.py` as of `BASELINE_REV` (loaded from git, so the baseline is the code
   users had, not a re-creation of it);
+- `before` / `before_depth`: the fit as of `BEFORE_REV` (git, likewise), image only and with depth;
 - `new`: the working tree's `fit_body` with its default `FitConfig`, from the image alone;
 - `new_depth`: the same with the subject's rendered depth as an RGB-D camera would give it
   (`hgm_core.body.depth.simulate_sensor`: distance-dependent noise, no return at depth edges,
   dropouts, millimetres; seeded by the subject's index);
 - `new_ground`: image only, with the floor plane known (the generator's floor, y = 0, in view 0's
   frame), as a robot knows its camera's height and tilt.
-Figures per fit, against the generator's ground truth in view 0's optical frame (23 COCO-WholeBody
-keypoints from anny's regressor, the same regressor the fit uses, and the body vertices):
+Figures per fit (`hgm_core.train.body_metrics`, as `hgm eval` reports them), against the generator's
+ground truth in view 0's optical frame (23 COCO-WholeBody keypoints from anny's regressor, the same
+regressor the fit uses, and the body vertices):
 - `mpjpe_mm`: keypoints as placed (metric placement included);
 - `root_mpjpe_mm`: after aligning the hip midpoints (pose and scale, not placement);
 - `pa_mpjpe_mm`: after the best similarity transform (pose only);
@@ -24,7 +26,7 @@ keypoints from anny's regressor, the same regressor the fit uses, and the body v
 - `surface_mm`: median distance between the fitted body's visible vertices (a per-pixel z-buffer)
   and the rendered, noise-free depth of the clothed person at their pixels;
 - `seconds`: wall time of the whole `fit_body` call.
-`new` rows also give the fit's own distance uncertainty (`distance_sigma_mm`) and whether the true
+All but `today` also give the fit's own distance uncertainty (`distance_sigma_mm`) and whether the true
 distance lies within two of it. Means and medians over subjects; `ratio` = today / new seconds.
 """
 
@@ -52,6 +54,9 @@ from _results import add_out_argument, write_results  # noqa: E402
 
 BASELINE_REV = "5f15d34"
 """The last commit of hgm_core/body/fit.py before issue #13: "today's fit"."""
+BEFORE_REV = "c4d0dcf"
+"""hgm_core/body/fit.py before the accuracy work of the second #13 session: the `before` columns."""
+SIDES = ("today", "before", "before_depth", "new", "new_depth", "new_ground")
 DEFAULT_DATA = Path("/work/data/fitbench")
 
 
@@ -88,31 +93,16 @@ def load_subject(root: Path, sid: str) -> dict:
 
 
 def score(fit, subject: dict) -> dict:
-    """Accuracy of one fit against its subject's ground truth (see the module docstring)."""
-    from hgm_core.body import mpjpe, pa_mpjpe
+    """Accuracy of one fit against its subject's ground truth (`hgm_core.train.body_metrics`, as `hgm eval`)."""
+    from hgm_core.train.body_metrics import fit_scores
 
-    names = subject["keypoint_names"]
-    pred = np.stack([fit.keypoints[fit.keypoint_names.index(n)] for n in names]).astype(np.float64)
-    gt = subject["keypoints"]
-    hips = np.isin(names, ["left_hip", "right_hip"])
-    distance = np.linalg.norm(fit.vertices.mean(0)) - np.linalg.norm(subject["vertices"].mean(0))
-    return {"surface_mm": 1000 * surface_error(fit.vertices, subject["K"], subject["depth"]),"mpjpe_mm": 1000 * mpjpe(pred, gt), "root_mpjpe_mm": 1000 * mpjpe(pred, gt, hips),
-            "pa_mpjpe_mm": 1000 * pa_mpjpe(pred, gt), "distance_error_mm": 1000 * float(distance),
-            "seconds": fit.seconds, "iterations": fit.iterations, "keypoint_error_px": fit.keypoint_error_px,
-            "silhouette_iou": fit.silhouette_iou}  # fmt: skip
-
-
-def surface_error(vertices: np.ndarray, K: np.ndarray, depth: np.ndarray) -> float:
-    """Median |z| difference (metres) between the vertices nearest the camera in each pixel and `depth` there."""
-    h, w = depth.shape
-    uvw = vertices @ K.T
-    u, v = np.floor(uvw[:, 0] / uvw[:, 2]).astype(int), np.floor(uvw[:, 1] / uvw[:, 2]).astype(int)
-    inside = (u >= 0) & (u < w) & (v >= 0) & (v < h) & (uvw[:, 2] > 0)
-    zbuf = np.full(h * w, np.inf)
-    np.minimum.at(zbuf, v[inside] * w + u[inside], uvw[inside, 2])
-    zbuf = zbuf.reshape(h, w)
-    both = np.isfinite(zbuf) & (depth > 0)
-    return float(np.median(np.abs(zbuf[both] - depth[both]))) if both.any() else float("nan")
+    r = fit_scores(fit, subject["keypoints"], subject["keypoint_names"], subject["vertices"], subject["depth"])
+    if np.isfinite(r["distance_sigma_mm"]):
+        r["distance_within_2_sigma"] = abs(r["distance_error_mm"]) <= 2 * r["distance_sigma_mm"]
+    else:
+        del r["distance_sigma_mm"]  # today's fit reports no uncertainty
+    return r | {"seconds": fit.seconds, "iterations": fit.iterations, "keypoint_error_px": fit.keypoint_error_px,
+                "silhouette_iou": fit.silhouette_iou}
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -130,41 +120,40 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     parser.add_argument("--limit", type=int, default=None, help="only the first N subjects")
     parser.add_argument("--baseline", default=BASELINE_REV, help=f"git revision of today's fit (default {BASELINE_REV})")
+    parser.add_argument("--before", default=BEFORE_REV, help=f"git revision of the `before` columns (default {BEFORE_REV})")
     add_out_argument(parser)
     args = parser.parse_args()
 
     from hgm_core.body import AnnyBody, fit_body
-    from hgm_core.body.depth import simulate_sensor
     from hgm_core.perception import PoseEstimator, perceive
+    from hgm_core.train.body_metrics import sensor_depth
     from hgm_core.types import CameraInfo
 
     subjects = json.loads((args.data / "dataset.json").read_text())["subjects"][: args.limit]
-    today = load_baseline(args.baseline)
+    today, before = load_baseline(args.baseline), load_baseline(args.before)
     body, estimator = AnnyBody(), PoseEstimator()
     result: dict = {"data": str(args.data), "seed": json.loads((args.data / "dataset.json").read_text())["seed"],
-                    "subjects": len(subjects), "baseline_rev": args.baseline, "threads": 1,
+                    "subjects": len(subjects), "baseline_rev": args.baseline, "before_rev": args.before, "threads": 1,
                     "load_average_before": [round(x, 2) for x in os.getloadavg()], "rows": []}  # fmt: skip
     t0 = time.perf_counter()
     for sid in subjects:
         s = load_subject(args.data, sid)
         h, w = s["mask"].shape
         perception = perceive(s["image"], mask=s["mask"], camera=CameraInfo(s["K"], w, h), estimator=estimator)
-        sensor = simulate_sensor(s["depth"], np.random.default_rng(int(sid)))
-        fits = {"today": today.fit_body(perception, None, body), "new": fit_body(perception, None, body),
+        sensor = sensor_depth(s["depth"], sid)
+        fits = {"today": today.fit_body(perception, None, body), "before": before.fit_body(perception, None, body),
+                "before_depth": before.fit_body(perception, None, body, depth=sensor), "new": fit_body(perception, None, body),
                 "new_depth": fit_body(perception, None, body, depth=sensor),
                 "new_ground": fit_body(perception, None, body, ground=s["ground"])}  # fmt: skip
         row = {"id": sid, "height_m": round(s["height_m"], 3), "gt_distance_m": round(float(np.linalg.norm(s["vertices"].mean(0))), 3)}
         for side, fit in fits.items():
             r = score(fit, s)
-            if side != "today":
-                sigma = 1000 * fit.distance_sigma_m
-                r |= {"distance_sigma_mm": sigma, "distance_within_2_sigma": abs(r["distance_error_mm"]) <= 2 * sigma}
             row[side] = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
         result["rows"].append(row)
         print(f"{sid}: " + " | ".join(f"{side} {r['mpjpe_mm']:.0f}/{r['root_mpjpe_mm']:.0f}/{r['pa_mpjpe_mm']:.0f} mm d {r['distance_error_mm']:+.0f}"
                                       f"±{r.get('distance_sigma_mm', float('nan')):.0f} mm surf {r['surface_mm']:.0f} mm {r['seconds']:.2f} s"
                                       for side, r in ((k, row[k]) for k in fits)), file=sys.stderr)  # fmt: skip
-    for side in ("today", "new", "new_depth", "new_ground"):
+    for side in SIDES:
         result[side] = summarise([r[side] for r in result["rows"]])
     result["ratio_seconds_median"] = round(result["today"]["median_seconds"] / result["new"]["median_seconds"], 2)
     result["ratio_seconds_median_depth"] = round(result["today"]["median_seconds"] / result["new_depth"]["median_seconds"], 2)
@@ -178,14 +167,14 @@ def markdown(result: dict) -> str:
     """The before/after table of the issue note."""
     cols = (("mean_mpjpe_mm", "MPJPE mm"), ("mean_root_mpjpe_mm", "root-aligned mm"), ("mean_pa_mpjpe_mm", "PA-MPJPE mm"),
             ("median_mpjpe_mm", "median MPJPE mm"), ("median_pa_mpjpe_mm", "median PA-MPJPE mm"),
-            ("mean_abs_distance_error_mm", "|distance| mm"), ("mean_distance_error_mm", "distance (signed) mm"),
+            ("mean_abs_distance_error_mm", "abs. distance mm"), ("mean_distance_error_mm", "distance (signed) mm"),
             ("median_surface_mm", "surface vs depth mm (median)"), ("median_seconds", "s / cold fit (median)"))  # fmt: skip
     lines = ["| fit | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
-    for side in ("today", "new", "new_depth", "new_ground"):
+    for side in SIDES:
         lines.append(f"| {side} | " + " | ".join(f"{result[side][c[0]]:.3g}" if "seconds" in c[0] else f"{result[side][c[0]]:.0f}" for c in cols) + " |")
     lines.append("")
     lines += [f"{side}: true distance within 2 sigma for {100 * result[side]['distance_within_2_sigma']:.0f} % of subjects "
-              f"(median sigma {result[side]['median_distance_sigma_mm']:.0f} mm)" for side in ("new", "new_depth", "new_ground")]  # fmt: skip
+              f"(median sigma {result[side]['median_distance_sigma_mm']:.0f} mm)" for side in SIDES[1:]]  # fmt: skip
     return "\n".join(lines)
 
 
