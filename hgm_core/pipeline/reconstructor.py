@@ -166,7 +166,7 @@ class Reconstructor:
                                                  device=device, half=config.coarse.half)
             stages.append(coarse)
             if config.refine_body.enabled:
-                stages.append(RefineBodyStage(coarse.model, stages[1].body_model, config.refine_body, config.body.fit))
+                stages.append(RefineBodyStage(coarse, stages[1].body_model, config.refine_body, config.body.fit))
             else:
                 unavailable["refine_body"] = REFINE_OFF_REASON
         else:

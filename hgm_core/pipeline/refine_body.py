@@ -42,9 +42,9 @@ from hgm_core.body.depth import visible
 from hgm_core.body.fit import BodyFit, FitConfig, _gmof, _make_fit, _silhouette_target, _targets, silhouette_distances, skeleton
 from hgm_core.camera import Cameras, cameras_from_c2w_gl, intrinsics, project_points, turntable_poses
 from hgm_core.gaussians import Gaussians
-from hgm_core.model.hgm import HGM
 from hgm_core.model.predict import body_centre, check_avatar, predict_avatar
 from hgm_core.perception.perceive import Perception
+from hgm_core.pipeline.coarse import CoarseStage
 from hgm_core.pipeline.stage import Frame, Stage, update
 from hgm_core.render.api import rasterize
 from hgm_core.render.views import body_up
@@ -322,7 +322,7 @@ class RefineBodyStage(Stage):
     """`refine_body` after the `coarse` stage, re-running its network.
 
     Args:
-        model: the coarse stage's one-view `HGM` (eval mode).
+        coarse: the `coarse` component, whose network (on its device, in its precision) is re-run.
         body_model: the model the `fit_body` stage fits with.
         config: the refinement's weights and schedule; fit_config: the fit's (keypoint settings).
     """
@@ -331,9 +331,9 @@ class RefineBodyStage(Stage):
     needs = ("perception", "body", "gaussians")
     provides = ("body", "gaussians")
 
-    def __init__(self, model: HGM, body_model: BodyModel, config: RefineBodyConfig = RefineBodyConfig(),
+    def __init__(self, coarse: CoarseStage, body_model: BodyModel, config: RefineBodyConfig = RefineBodyConfig(),
                  fit_config: FitConfig = FitConfig()) -> None:
-        self.model, self.body_model, self.config, self.fit_config = model, body_model, config, fit_config
+        self.coarse, self.body_model, self.config, self.fit_config = coarse, body_model, config, fit_config
 
     def run(self, frame: Frame) -> Frame:
         used = frame.reports.get("coarse", {}).get("used")
@@ -344,9 +344,11 @@ class RefineBodyStage(Stage):
             return frame
         per, image = frame.perception, frame.request.image
 
-        def predict(vertices: np.ndarray) -> Gaussians:
-            with torch.inference_mode():
-                return predict_avatar(self.model, image, per.mask, per.K, vertices)
+        c = self.coarse
+
+        def predict(vertices: np.ndarray) -> Gaussians:  # as the coarse stage runs it
+            with torch.inference_mode(), torch.autocast(c.device.type, dtype=torch.float16, enabled=c.half):
+                return predict_avatar(c.model, image, per.mask, per.K, vertices)
 
         out = refine_body(per, frame.body, frame.gaussians, self.body_model, predict, self.config, self.fit_config)
         frame.reports[self.name] = out.report
