@@ -15,7 +15,9 @@ layout's extrinsics relative to view 0 (`E_v E_0^-1`). Per novel view: PSNR, PSN
 mask ("fg PSNR": a white background mostly rewards the outline), SSIM, LPIPS (Table 1), averaged
 over views and by view group (front: within 30° of the input, back: 150°-210°, side: the rest).
 The avatar mesh (TSDF-fused from its Gaussians) is compared with the GT mesh (Chamfer / P2S / NC,
-Table 3); the body's COCO keypoints with the GT keypoints (MPJPE / PA-MPJPE). Writes `eval.json`,
+Table 3); the body's COCO keypoints with the GT keypoints (MPJPE / PA-MPJPE). The body fit itself
+is scored once per subject, image only and again with the layout's depth through a simulated RGB-D
+sensor (MPJPE, root-aligned, PA-MPJPE, distance error: `hgm_core/train/body_metrics.py`). Writes `eval.json`,
 `eval.md` and side-by-side images (input | method | ground truth) of the worst subjects.
 """
 
@@ -247,6 +249,10 @@ def markdown_table(summary: dict) -> str:
                 lines += [f"Worst subjects of `{m}` by LPIPS (input view 0 | {m} | ground truth; rows: views "
                           + ", ".join(str(v) for v in NOVEL_VIEWS_SHOWN) + "):", ""]
                 lines += [f"![{w}]({_figure_name(protocol, m, w)})" for w in res["worst"]] + [""]
+    if summary.get("body_fit"):
+        from hgm_core.train.body_metrics import markdown_lines
+
+        lines += markdown_lines(summary["body_fit"])
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -285,6 +291,7 @@ def run(args: argparse.Namespace) -> int:
 
     from hgm_core.cli import CliError
     from hgm_core.data.reader import DatasetLayoutError, list_subjects
+    from hgm_core.train import body_metrics
 
     try:
         subjects = list(list_subjects(args.data))
@@ -334,6 +341,7 @@ def run(args: argparse.Namespace) -> int:
     failures: dict = {c: {} for c in combos}
     figures: dict = {c: {} for c in combos}
     fit_seconds: list[float] = []
+    body_rows: list[dict] = []  # body-fit figures per subject, image only and with depth (train/body_metrics.py)
     def write_summary() -> dict:
         """Tables and figures of what has been scored so far (after every subject: a run stopped early keeps them)."""
         results: dict = {p: {} for p in args.protocol}
@@ -344,7 +352,8 @@ def run(args: argparse.Namespace) -> int:
         n_views = len(list((args.data / "parm").glob(f"{subjects[0]}_*")))
         summary = {"methods": list(labels.values()), "method_paths": dict(zip(labels.values(), labels)), "protocols": list(args.protocol),
                    "data": str(args.data), "size": size, "n_views": n_views, "n_subjects": max(len(r) for r in rows.values()),
-                   "fit_seconds_mean": float(np.mean(fit_seconds)) if fit_seconds else None, "results": results}
+                   "fit_seconds_mean": float(np.mean(fit_seconds)) if fit_seconds else None, "results": results,
+                   "body_fit": body_metrics.summarise(body_rows) if body_rows else None}
         (out / "eval.json").write_text(json.dumps(summary, indent=1))
         (out / "eval.md").write_text(markdown_table(summary))
         return summary
@@ -356,12 +365,18 @@ def run(args: argparse.Namespace) -> int:
         request = ReconstructionRequest(subject.image, camera=CameraInfo(subject.K0, size, size), mask=subject.mask, stages="prior")
         t0 = time.perf_counter()
         try:
-            fitted = reconstructor.stages["fit_body"](reconstructor.stages["perceive"](Frame(request=request)))
+            perceived = reconstructor.stages["perceive"](Frame(request=request))
+            fitted = reconstructor.stages["fit_body"](perceived)
         except PipelineError as e:  # a documented failure counts against every method, not the tool
             for c in combos:
                 failures[c][sid] = f"{type(e).__name__}: {e}"
             continue
         fit_seconds.append(time.perf_counter() - t0)
+        with_depth = lambda d: reconstructor.stages["fit_body"](  # noqa: E731  (the same perception, plus a depth image)
+            update(perceived, request=dataclasses.replace(request, depth=d), reports={})).body
+        body_row = body_metrics.subject_row(args.data, sid, size, subject.to_view0, fitted.body, with_depth, subject.gt_body())
+        if body_row is not None:
+            body_rows.append(body_row)
         for protocol in args.protocol:
             frame = fitted
             if protocol == "canonical":
