@@ -37,14 +37,17 @@ BONES_FORMAT = "hgm-bones"
 
 @dataclass(frozen=True)
 class LiveInput:
-    """One converted camera frame: `[H, W, 3]` uint8 image, `[3, 3]` K or None, `[H, W]` mask or None,
-    the source header and when the node received it (monotonic seconds)."""
+    """One converted camera frame: `[H, W, 3]` uint8 image, `[3, 3]` K or None, `[H, W]` mask and
+    depth or None (the depth goes to keyframes, whose body fit it makes metric), the source header,
+    when the node received it and when the job thread took it (monotonic seconds)."""
 
     image: np.ndarray
     K: np.ndarray | None
     mask: np.ndarray | None
+    depth: np.ndarray | None
     header: Header
     received: float
+    started: float
 
 
 @dataclass(frozen=True)
@@ -132,7 +135,11 @@ class LiveMode:
     # -- frame path (the node's job thread) --------------------------------------------------------
 
     def process(self, frame: LiveInput) -> FrameOutcome:
-        """Track one frame and publish the re-posed avatar. Raises `WorkerError` when the job fails."""
+        """Track one frame and publish the re-posed avatar. Raises `WorkerError` when the job fails.
+
+        Timings (seconds): the track job's, plus "wait" (received -> taken by the job thread),
+        "convert" (taken -> here: pixels and intrinsics), "skin" and "publish"."""
+        t_in = time.monotonic()
         with self._cond:
             self._input = frame
             avatar = self._avatar
@@ -152,11 +159,12 @@ class LiveMode:
             return FrameOutcome("waiting", f"pose of keyframe {pose.binding_id}, holding {avatar.binding_id}", timings=pose.timings)
         t0 = time.perf_counter()
         posed = skin_raw(avatar.canonical_raw, avatar.binding, pose.bone_transforms)
-        skin_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
         skeleton = pose.skeleton
         cloud_bytes = self._publish(frame, posed, pose.bone_transforms, pose.binding_id,
                                     None if skeleton is None else skeleton.joints, () if skeleton is None else skeleton.bones)
-        timings = {**pose.timings, "skin": skin_s}
+        timings = {**pose.timings, "wait": frame.started - frame.received, "convert": t_in - frame.started,
+                   "skin": t1 - t0, "publish": time.perf_counter() - t1}
         return FrameOutcome("tracking", f"tracking (keyframe {avatar.binding_id})", cloud_bytes, len(posed), timings)
 
     def _publish(self, frame: LiveInput, raw: np.ndarray, transforms: np.ndarray, binding_id: int,
@@ -192,7 +200,7 @@ class LiveMode:
     def _keyframe(self, frame: LiveInput, reason: str) -> None:
         t0 = time.monotonic()
         try:
-            result = self._link.reconstruct(frame.image, K=frame.K, mask=frame.mask, stages=self._stages,
+            result = self._link.reconstruct(frame.image, K=frame.K, mask=frame.mask, depth=frame.depth, stages=self._stages,
                                             stream=self._stream, bind=True)
         except WorkerError as e:
             self._failed(f"keyframe ({reason}) failed: {e}")

@@ -257,6 +257,7 @@ class HgmNode(Node):
                     self._stats.level, self._stats.message = ERROR, f"node error: {type(e).__name__}: {e}"
 
     def _run_job(self, frame: _Frame, info: CameraInfo | None, masks: dict, depths: dict) -> None:
+        started = time.monotonic()
         limit = self.params.max_image_pixels
         try:
             image = image_to_rgb(frame.msg, limit) if isinstance(frame.msg, Image) else compressed_to_rgb(frame.msg, limit)
@@ -268,7 +269,7 @@ class HgmNode(Node):
         h, w = image.shape[:2]
         K = camera_info_to_K(info, w, h) if info is not None else None
         if self._live is not None:
-            self._run_live(LiveInput(image, K, mask, frame.msg.header, frame.received))
+            self._run_live(LiveInput(image, K, mask, depth, frame.msg.header, frame.received, started))
             return
         try:
             result = self._link.reconstruct(image, K=K, mask=mask, depth=depth, stages=self.params.stages,
