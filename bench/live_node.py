@@ -11,8 +11,8 @@ stamped with the wall clock when published. It subscribes to `human_gaussians` a
 published avatar, the time from the frame's stamp to its arrival here (latency p50/p95), how many
 distinct frames became avatars per second after the first one (sustained rate), and the bytes per
 frame of the full avatar (PointCloud2) and the compact frame. In live mode a `~/capture` call
-half-way asks for a keyframe; the node's log gives every keyframe's reason and duration, and the
-avatars that arrived while the captured one ran show that tracking went on meanwhile.
+half-way asks for a keyframe; the node's log gives every keyframe's reason, duration and end, and
+the avatars that arrived while each ran show that tracking went on meanwhile.
 The node's own per-stage timings (diagnostics `latency.*`, sampled each second) give the profile.
 Writes JSON to stdout and bench/results/live_node.json.
 """
@@ -203,13 +203,15 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], K: np.ndarray, 
             bones = dict(cam.bones)
             diags = list(cam.diag_samples)
         log.flush()
-        keyframes = [{"reason": m[1], "seconds": float(m[2])}
-                     for m in re.finditer(r"keyframe \d+ \((.*?)\): .* in ([\d.]+) s", (tmp / f"node_{mode}.log").read_text())]
-        captured = next((k["seconds"] for k in keyframes if k["reason"] == "~/capture"), None)
-        during_capture = None
-        if capture_at is not None and captured is not None:
-            during_capture = sum(capture_at <= a <= capture_at + captured for a, _ in avatars.values())
         first, last = min(sent), max(sent)
+        keyframes = []  # rclpy stamps log lines with the wall clock, like this process's time.time()
+        for m in re.finditer(r"\[(\d+\.\d+)\] \[hgm_node\]: keyframe \d+ \((.*?)\): .* in ([\d.]+) s",
+                             (tmp / f"node_{mode}.log").read_text()):
+            end, seconds = float(m[1]), float(m[3])
+            keyframe = {"reason": m[2], "seconds": seconds}
+            if first <= end - seconds and end <= last:
+                keyframe["avatars_published_meanwhile"] = sum(end - seconds <= a <= end for a, _ in avatars.values())
+            keyframes.append(keyframe)
         window = [(s, a) for s, (a, _) in avatars.items() if first <= s <= last]
         latencies = np.array([a - s for s, a in window])
         published_during = [s for s in avatars if first <= s <= last]
@@ -227,7 +229,6 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], K: np.ndarray, 
             "bytes_per_frame": {"full_pointcloud2_cdr": int(statistics.median(b for _, b in avatars.values())) if avatars else None,
                                 "compact_bones_cdr": int(statistics.median(bones.values())) if bones else None},
             "keyframes": keyframes,
-            "avatars_during_captured_keyframe": during_capture,
             "node_profile_ms_median": profile,
             "gaussians": int(diags[-1].get("last_gaussians", 0)) if diags else None,
         }
