@@ -344,6 +344,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
         run_validation()
     last_ckpt = last_val = last_scan = time.monotonic()
     bar = tqdm(total=config.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
+    recent: list[tuple[float, float]] = []  # (loss, step seconds) since the last checkpoint
     while state.step < config.max_steps:
         t = time.perf_counter()
         sample = training_sample(pool, config, rng)
@@ -363,9 +364,15 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
         if now - last_val > 60 * config.val_minutes:
             run_validation()
             last_val = time.monotonic()
+        recent.append((result.loss, result.times.total))
         if now - last_ckpt > 60 * config.checkpoint_minutes or state.step == config.max_steps:
             save_state(run_dir, model, optimizer, state, rng)
             last_ckpt = time.monotonic()
+            # One line per checkpoint: the bar is hidden when the log is not a terminal (a background run).
+            tqdm.write(f"checkpoint at step {state.step} ({state.cpu_seconds / 3600:.2f} CPU-h): mean loss "
+                       f"{np.mean([r[0] for r in recent]):.4f}, {np.median([r[1] for r in recent]):.2f} s/step over the "
+                       f"last {len(recent)} steps")
+            recent.clear()
     bar.close()
     run_validation()
     save_state(run_dir, model, optimizer, state, rng)
