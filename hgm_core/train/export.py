@@ -47,6 +47,13 @@ def export_checkpoint(run_dir: Path, dest: Path) -> Path:
     model = HGM.from_pretrained(best).half()
     curve = validation_table(Path(run_dir) / "val.jsonl")
     notes = card.notes + (f"\n\nValidation curve of the run (fixed split, view 0 in, views 1-11 scored):\n\n{curve}\n" if curve else "")
+    init_path = Path(run_dir) / "init.json"
+    if init_path.exists():  # a warm-started run: the curve of the run its first weights came from
+        init = json.loads(init_path.read_text())
+        source_curve = validation_table(Path(init["source"]) / "val.jsonl") if (Path(init["source"]) / "val.jsonl").exists() else ""
+        if source_curve:
+            notes += (f"\nThis run started from the weights of {init['source']} at step {init['step']}; that run's own "
+                      f"validation curve (its own validation settings):\n\n{source_curve}\n")
     out = model.save_pretrained(dest, replace(card, notes=notes + "\nWeights stored as fp16 (load as float32)."))
     size = (out / WEIGHTS_NAME).stat().st_size
     if size > MAX_BYTES:
