@@ -83,7 +83,7 @@ class PoseTrackConfig:
         default_rate_hz: frame spacing assumed when `track` gets no timestamp.
     """
 
-    iterations: int = 3
+    iterations: int = 2
     reinit_iterations: int = 5
     min_visibility: float = 0.5
     min_torso_landmarks: int = 3
