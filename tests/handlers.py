@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import random
 import signal
 import sys
 import threading
@@ -86,7 +87,7 @@ class BlobLiveHandler:
     def __init__(self, keyframe_sleep_s: float = 0.0) -> None:
         self.keyframe_sleep_s = keyframe_sleep_s
         self.keyframes: dict[str, int] = {}  # stream -> binding id
-        self._next_id = 100
+        self._next_id = random.Random().randrange(1, 2**31)  # a new worker does not repeat its predecessor's ids
 
     @staticmethod
     def blob(request: ReconstructionRequest) -> np.ndarray:

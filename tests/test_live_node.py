@@ -178,6 +178,25 @@ def test_periodic_keyframes(tmp_path):
         g.close()
 
 
+def test_a_new_worker_knows_no_keyframe_and_gets_one(tmp_path):
+    """The worker dies and a new one takes its endpoint: its track replies are "lost" (no keyframe
+    of this stream there), the node reconstructs a keyframe on it and tracks again."""
+    g = LiveGraph(tmp_path)
+    try:
+        g.ready()
+        g.publish_until(_frame(blob_rgb(10), 1), lambda: g.keyframes() >= 1, 60.0, "the first keyframe")
+        g.track(14, 2)
+        g.worker.kill()
+        g.worker.wait()
+        g.worker = g.start_worker(0.0)
+        g.publish_until(_frame(blob_rgb(16), 3), lambda: g.keyframes() >= 2, 90.0, "a keyframe on the new worker")
+        g.track(20, 4)
+        with g.lock:
+            assert len({read_binding(io.BytesIO(bytes(m.data))).binding_id for m in g.bindings}) >= 2
+    finally:
+        g.close()
+
+
 @pytest.mark.slow
 def test_demo_plays_a_sequence_through_live_mode(tmp_path):
     """`hgm demo --sequence`: a short `hgm datagen --sequence` clip through the real pipeline in live
