@@ -18,8 +18,8 @@ by default subject 5 of the benchmark seed 9090, 60 frames at 15 Hz, 640x480, re
 the cache): per-frame perception (mediapipe video mode, and still-image mode as the full pipeline
 runs it) and `PoseTracker` time (wall p50/p95 and CPU), skinning + packing of a `--gaussians` avatar
 bound to the keyframe, the sequential latency and rate, a real-time playback at the sequence's rate
-through a two-thread pipeline (perception | solve + skin + pack, newest frame wins) for the sustained
-rate and frame -> posed-avatar latency; accuracy against the ground-truth joints (MPJPE pelvis-aligned,
+(newest frame wins) through one thread and through a two-thread pipeline (perception | solve + skin +
+pack) for the sustained rate and frame -> posed-avatar latency; accuracy against the ground-truth joints (MPJPE pelvis-aligned,
 in the camera frame and Procrustes-aligned; jitter = mean joint acceleration and its error against the
 truth's) for the tracker started from a cold keyframe fit of frame 0, from the true body, unfiltered,
 and on still-image landmarks; beside, on the first `--baseline-frames` frames, a cold full fit per
@@ -235,10 +235,11 @@ def _skinner(body, fit_params: BodyParams, gaussians: int):
     return lambda T: pack_gaussians(skin_raw(canonical, arrays, T.numpy()))
 
 
-def _live_playback(seq, body, keyframe, skin, fps: float) -> dict:
-    """Frames played at `fps` into a two-stage pipeline as the worker would run it: a perception thread
-    (mediapipe video mode) and a solve + skin + pack thread, each taking the newest item (older ones are
-    dropped, as the node's depth-1 QoS does). Latency: frame stamp -> posed, packed avatar."""
+def _live_playback(seq, body, keyframe, skin, fps: float, pipelined: bool) -> dict:
+    """Frames played at `fps` into the frame path, which takes the newest frame (older ones are
+    dropped, as the node's depth-1 QoS does): with `pipelined`, a perception thread (mediapipe video
+    mode) and a solve + skin + pack thread, each taking the newest item from the one before;
+    otherwise one thread doing all of it per frame. Latency: frame stamp -> posed, packed avatar."""
     import threading
 
     from hgm_core.body.pose_tracker import PoseTracker
@@ -272,6 +273,14 @@ def _live_playback(seq, body, keyframe, skin, fps: float) -> dict:
     estimator = PoseEstimator(video=True)
     perceive(images[0], estimator, camera=camera)
 
+    def solve(f: int, stamp: float, p) -> None:
+        r = tracker.track(p, f / fps)
+        if r.bone_transforms is not None:
+            skin(r.bone_transforms)
+        states.append(r.state)
+        done_at.append(time.perf_counter())
+        latencies.append(done_at[-1] - stamp)
+
     def perception_stage() -> None:
         while (item := frames.take()) != "end":
             f, stamp = item
@@ -279,20 +288,17 @@ def _live_playback(seq, body, keyframe, skin, fps: float) -> dict:
                 p = perceive(images[f], estimator, camera=camera)
             except NoPersonError:
                 p = None
-            perceived.put((f, stamp, p))
+            if pipelined:
+                perceived.put((f, stamp, p))
+            else:
+                solve(f, stamp, p)
         perceived.put("end")
 
     def solve_stage() -> None:
         while (item := perceived.take()) != "end":
-            f, stamp, p = item
-            r = tracker.track(p, f / fps)
-            if r.bone_transforms is not None:
-                skin(r.bone_transforms)
-            states.append(r.state)
-            done_at.append(time.perf_counter())
-            latencies.append(done_at[-1] - stamp)
+            solve(*item)
 
-    threads = [threading.Thread(target=perception_stage), threading.Thread(target=solve_stage)]
+    threads = [threading.Thread(target=perception_stage)] + ([threading.Thread(target=solve_stage)] if pipelined else [])
     for t in threads:
         t.start()
     start = time.perf_counter()
@@ -395,7 +401,8 @@ def measure_tracking(body: AnnyBody, seq, baseline_frames: int, gaussians: int) 
             "lost_frames": sum(r.state == "lost" for r in results),
             "reinitialised_frames": sum(r.reinitialised for r in results),
         },
-        "live_playback": _live_playback(seq, body, keyframe, skin, seq.fps),
+        "live_playback": {"one_thread": _live_playback(seq, body, keyframe, skin, seq.fps, pipelined=False),
+                          "two_threads": _live_playback(seq, body, keyframe, skin, seq.fps, pipelined=True)},
         "accuracy": variants,
         "baselines": {
             "frames": n_base,
