@@ -9,6 +9,9 @@
     hgm serve --connect tcp://broker:5556 --curve-server-key keys/server.key \\
               --curve-secret-key keys/worker.key_secret   # one of the broker's workers
 
+    hgm serve --ray --bind tcp://0.0.0.0:5555 --replicas 4      # workers as Ray Serve replicas (extra `ray`)
+    hgm serve --ray --ray-address auto --autoscaling '{"min_replicas": 1, "max_replicas": 16}'
+
 Behind a CURVE broker, workers are CURVE clients like any other: their public keys must be in the
 broker's --curve-clients directory.
 """
@@ -55,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curve-secret-key", default=None, help="this server's key pair file (NAME.key_secret from `hgm keys`): require CURVE")
     parser.add_argument("--curve-clients", default=None, help="directory of allowed client public keys (default: any client knowing the server key)")
     parser.add_argument("--curve-server-key", default=None, help="(worker with --connect) the broker's public key file")
+    ray = parser.add_argument_group("Ray Serve (--ray; the optional extra `ray`)")
+    ray.add_argument("--ray", action="store_true", help="run the workers as Ray Serve replicas behind this endpoint (same protocol)")
+    ray.add_argument("--ray-address", default=None, help="Ray cluster to join ('auto', 'ray://host:10001'); default: start a local Ray instance")
+    ray.add_argument("--ray-num-cpus", type=int, default=None, help="CPUs of the local Ray instance (default: all)")
+    ray.add_argument("--replicas", type=int, default=1, help="replicas when not autoscaling (default: 1)")
+    ray.add_argument("--autoscaling", default=None, help="Ray Serve autoscaling_config as JSON, e.g. '{\"min_replicas\": 1, \"max_replicas\": 8}'")
+    ray.add_argument("--replica-cpus", type=float, default=1.0, help="CPUs reserved per replica (default: 1)")
+    ray.add_argument("--replica-gpus", type=float, default=None, help="GPUs per replica (default: 1 when the cluster has a GPU, else 0)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -62,11 +73,16 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
     if args.broker and args.connect:
         raise CliError("--broker binds; --connect is for workers joining a broker")
+    if args.ray and (args.broker or args.connect or args.isolate):
+        raise CliError("--ray runs its own workers (Ray Serve replicas); it excludes --broker, --connect and --isolate")
     if args.curve_server_key and not args.connect:
         raise CliError("--curve-server-key is for a worker joining a broker with --connect")
     bind = args.bind or (None if args.connect else DEFAULT_BIND)
     max_bytes = int(args.max_message_mb * (1 << 20))
-    server = _make_broker(args, max_bytes) if args.broker else _make_worker(args, max_bytes)
+    if args.ray:
+        server = _make_ray_front(args, max_bytes)
+    else:
+        server = _make_broker(args, max_bytes) if args.broker else _make_worker(args, max_bytes)
     if bind is not None and args.curve_secret_key is None and not _is_local(bind):
         log.warning("%s is reachable from other hosts without authentication; consider `hgm keys` and --curve-secret-key", bind)
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -74,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.broker:
             server.serve(bind, args.backend)
+        elif args.ray:
+            server.serve(bind)
         else:
             server.serve(bind=bind, connect=args.connect)
     except zmq.ZMQError as e:
@@ -86,6 +104,41 @@ def _make_broker(args: argparse.Namespace, max_bytes: int):
 
     config = BrokerConfig(max_message_bytes=max_bytes, max_queue=args.queue_depth or 64, heartbeat_interval_s=args.heartbeat_s)
     return Broker(config, curve_server=_server_keys(args))
+
+
+def _make_ray_front(args: argparse.Namespace, max_bytes: int):
+    """The Ray front (`hgm_core.serve.ray_serve`); this process joins or starts Ray. The replicas
+    build the live pipeline from the flags' `ReconstructorConfig` (reconstruct and track jobs)."""
+    import json
+
+    try:
+        import ray
+
+        from hgm_core.serve.ray_serve import RayFront, RayServeConfig
+    except ImportError as e:
+        raise CliError(f"--ray needs the optional extra `ray` (pip install 'hgm[ray]'): {e}") from None
+    from hgm_core.serve.isolate import ComputeSpec
+    from hgm_core.types import STAGES
+
+    wanted = tuple(s.strip() for s in args.stages.split(",")) if args.stages else STAGES
+    if not set(wanted) <= set(STAGES):
+        raise CliError(f"unknown stages {sorted(set(wanted) - set(STAGES))}; choose from {', '.join(STAGES)}")
+    if args.replicas < 1 or args.threads < 1:
+        raise CliError("--replicas and --threads must be at least 1")
+    try:
+        autoscaling = json.loads(args.autoscaling) if args.autoscaling else None
+    except json.JSONDecodeError as e:
+        raise CliError(f"--autoscaling is not JSON: {e}") from None
+    if autoscaling is not None and not isinstance(autoscaling, dict):
+        raise CliError("--autoscaling must be a JSON object (Ray Serve's autoscaling_config)")
+    config = RayServeConfig(
+        num_replicas=args.replicas, autoscaling=autoscaling, num_cpus=args.replica_cpus, num_gpus=args.replica_gpus,
+        max_queue=args.queue_depth or 64, max_message_bytes=max_bytes, max_pixels=args.max_pixels, stages=wanted,
+    )
+    compute = ComputeSpec("hgm_core.serve.cli:live_handler", {"config": _reconstructor_config(args).to_dict()}, threads=args.threads)
+    ray.init(address=args.ray_address, num_cpus=args.ray_num_cpus if args.ray_address is None else None,
+             include_dashboard=False, configure_logging=False)
+    return RayFront(compute, config, curve_server=_server_keys(args))
 
 
 def _make_worker(args: argparse.Namespace, max_bytes: int):
@@ -162,6 +215,15 @@ def isolated_handler(config: dict):
     from hgm_core.pipeline import Reconstructor, ReconstructorConfig
 
     return Reconstructor.from_config(ReconstructorConfig.from_dict(config)).run
+
+
+def live_handler(config: dict):
+    """A Ray replica's handler under `hgm serve --ray` (`ComputeSpec.factory`): the live pipeline
+    (keyframes and track jobs) over the reconstructor of `config` (`ReconstructorConfig.to_dict()`)."""
+    from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+    from hgm_core.pipeline.live import LivePipeline
+
+    return LivePipeline(Reconstructor.from_config(ReconstructorConfig.from_dict(config))).run
 
 
 def _server_keys(args: argparse.Namespace):
