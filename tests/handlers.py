@@ -72,6 +72,19 @@ class PixelSplatHandler:
         return Reconstruction(gaussians, skeleton=skeleton, mesh=quad, timings={"splat": time.perf_counter() - t0}, info={"pixels": n})
 
 
+class PidFileHandler(PixelSplatHandler):
+    """`PixelSplatHandler` that writes its process id to `pid_file` when a job starts, so that a
+    test or benchmark can kill exactly the process running a job (a worker, a Ray replica)."""
+
+    def __init__(self, pid_file: str, sleep_s: float = 0.0) -> None:
+        super().__init__(sleep_s=sleep_s)
+        self.pid_file = Path(pid_file)
+
+    def __call__(self, request: ReconstructionRequest) -> Reconstruction:
+        self.pid_file.write_text(str(os.getpid()))
+        return super().__call__(request)
+
+
 class BlobLiveHandler:
     """A real but trivial live pipeline: the "person" is the bright pixels (any channel > 127) of a
     dark image, splatted at 2 m depth like `PixelSplatHandler`. Its body has two joints, "root" at
@@ -190,6 +203,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sleep", type=float, default=0.0, help="seconds each job sleeps (a long job)")
     parser.add_argument("--heartbeat", type=float, default=None, help="heartbeat interval in seconds (default: WorkerConfig's)")
     parser.add_argument("--crash-stream", default=None, help="die of SIGSEGV on requests of this stream")
+    parser.add_argument("--pid-file", default=None, help="write this process's id to this file when a job starts")
     parser.add_argument("--live", action="store_true", help="serve `BlobLiveHandler` (keyframes and track jobs) instead")
     parser.add_argument("--keyframe-sleep", type=float, default=0.0, help="(--live) seconds each keyframe sleeps")
     args = parser.parse_args(argv)
@@ -197,6 +211,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.live:
         live = BlobLiveHandler(keyframe_sleep_s=args.keyframe_sleep)
         worker = Worker(live, config, track=live.track)
+    elif args.pid_file:
+        worker = Worker(PidFileHandler(args.pid_file, sleep_s=args.sleep), config)
     else:
         worker = Worker(PixelSplatHandler(sleep_s=args.sleep, crash_stream=args.crash_stream), config)
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -1,10 +1,10 @@
 """Workers as Ray Serve replicas behind the wire protocol (`hgm_core.serve.ray_serve`, issue #17).
 
 One local Ray instance (2 CPUs, no dashboard) serves the module. Replicas run the transport test
-handler `PixelSplatHandler` (tests/handlers.py), or `PidFileHandler` below, which also writes the
-pid of the replica running a job, so a test can SIGKILL exactly that replica mid-job. Clients are
-the real `WorkerClient` over tcp loopback. `SegfaultHandler` crashes natively on one stream. The real reconstructor runs through `hgm serve --ray`
-in a slow test.
+handler `PixelSplatHandler` (tests/handlers.py), or its `PidFileHandler`, which also writes the
+pid of the replica running a job, so a test can SIGKILL exactly that replica mid-job;
+`SegfaultHandler` (below) crashes natively on one stream. Clients are the real `WorkerClient` over
+tcp loopback. The real reconstructor runs through `hgm serve --ray` in a slow test.
 """
 
 from __future__ import annotations
@@ -35,18 +35,6 @@ from tests.test_serve_broker import wait_health  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SPLAT = "tests.handlers:PixelSplatHandler"
-
-
-class PidFileHandler(PixelSplatHandler):
-    """`PixelSplatHandler` that writes its process id to `pid_file` when a job starts."""
-
-    def __init__(self, pid_file: str, sleep_s: float = 0.0) -> None:
-        super().__init__(sleep_s=sleep_s)
-        self.pid_file = Path(pid_file)
-
-    def __call__(self, request):
-        self.pid_file.write_text(str(os.getpid()))
-        return super().__call__(request)
 
 
 @pytest.fixture(scope="module")
@@ -165,7 +153,7 @@ def test_two_replicas_serve_concurrent_jobs_health_and_hostile_messages(local_ra
 def test_a_replica_killed_mid_job_does_not_lose_the_job(local_ray, tmp_path):
     pid_file = tmp_path / "running.pid"
     config = RayServeConfig(num_replicas=2, num_cpus=0.5, app_name="hgm_test_kill")
-    compute = ComputeSpec("tests.test_ray_serve:PidFileHandler", {"pid_file": str(pid_file), "sleep_s": 3.0})
+    compute = ComputeSpec("tests.handlers:PidFileHandler", {"pid_file": str(pid_file), "sleep_s": 3.0})
     with running_front(compute, config) as front, WorkerClient(front.endpoint, timeout_s=120, retries=0) as client:
         wait_health(client, lambda h: h["ok"] and h["workers"] == 2)
         image = test_image(seed=3)
