@@ -103,6 +103,7 @@ class LiveMode:
         self._avatar: LiveAvatar | None = None
         self._input: LiveInput | None = None  # newest converted frame (what a keyframe reconstructs)
         self._wanted: str | None = "start"  # why a keyframe is wanted, None when not
+        self._fresh = 0  # requests that want a frame from after the request (~/capture), counted
         self._not_before = 0.0  # no keyframe attempt before this (monotonic), after a failure
         self._keyframed_at = -float("inf")
         self._last_published = -float("inf")  # `received` of the newest frame published on human_gaussians
@@ -119,12 +120,14 @@ class LiveMode:
             self._cond.notify_all()
         self._thread.join(timeout=5.0)
 
-    def request_keyframe(self, reason: str) -> None:
-        """Ask for a new keyframe from the next frame (a request already pending keeps its reason)."""
+    def request_keyframe(self, reason: str, *, fresh: bool = False) -> None:
+        """Ask for a new keyframe from the next frame (a request already pending keeps its reason).
+        `fresh`: a keyframe already running from an older frame does not count (~/capture)."""
         with self._cond:
-            if self._wanted is None:
+            if self._wanted is None or fresh:
                 self._wanted = reason
                 self._not_before = 0.0
+            self._fresh += fresh
             self._cond.notify_all()
 
     @property
@@ -191,13 +194,13 @@ class LiveMode:
                     self._cond.wait(0.1)
                 if self._stopping:
                     return
-                frame, reason = self._input, self._wanted
+                frame, reason, fresh = self._input, self._wanted, self._fresh
             try:
-                self._keyframe(frame, reason)
+                self._keyframe(frame, reason, fresh)
             except Exception as e:  # a bug here must not end the keyframe thread
                 self._failed(f"keyframe failed unexpectedly: {type(e).__name__}: {e}")
 
-    def _keyframe(self, frame: LiveInput, reason: str) -> None:
+    def _keyframe(self, frame: LiveInput, reason: str, fresh: int) -> None:
         t0 = time.monotonic()
         try:
             result = self._link.reconstruct(frame.image, K=frame.K, mask=frame.mask, depth=frame.depth, stages=self._stages,
@@ -208,13 +211,14 @@ class LiveMode:
         if result.keyframe is None:
             self._failed("the worker's result has no keyframe (a worker without live support, e.g. `hgm serve --isolate`)")
             return
-        self._install(result, frame)
+        self._install(result, frame, fresh)
         self.last_keyframe_s = time.monotonic() - t0
         self._logger.info(f"keyframe {result.keyframe.binding.binding_id} ({reason}): {len(result.gaussians)} Gaussians "
                           f"in {self.last_keyframe_s:.2f} s")
 
-    def _install(self, result: JobResult, frame: LiveInput) -> None:
-        """Publish the keyframe's canonical avatar and binding, then skin with it."""
+    def _install(self, result: JobResult, frame: LiveInput, fresh: int) -> None:
+        """Publish the keyframe's canonical avatar and binding, then skin with it; the request stays
+        when a fresh one came in after `frame` was taken (`fresh`: the count then)."""
         key = result.keyframe
         canonical_header = Header(stamp=frame.header.stamp, frame_id=CANONICAL_FRAME_ID)
         binding_file = io.BytesIO()
@@ -224,7 +228,8 @@ class LiveMode:
                                                   format=BINDING_FORMAT, data=binding_file.getvalue()))
         with self._cond:
             self._avatar = LiveAvatar(np.array(key.canonical_raw), key.binding)
-            self._wanted = None
+            if self._fresh == fresh:
+                self._wanted = None
             self._keyframed_at = time.monotonic()
             self.keyframes += 1
         # The keyframe's own avatar, unless the frame path has published a newer frame meanwhile.

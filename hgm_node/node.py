@@ -200,7 +200,7 @@ class HgmNode(Node):
         elif status.state != "ok":
             response.success, response.message = False, f"worker not ready ({status.state}): {status.message}"
         elif self._live is not None:
-            self._live.request_keyframe("~/capture")
+            self._live.request_keyframe("~/capture", fresh=True)
             response.success, response.message = True, "a new keyframe will be reconstructed from the next frame"
         else:
             with self._cond:

@@ -159,6 +159,7 @@ def test_lost_person_recovered_by_a_new_keyframe_without_stalling_the_frames(gra
         graph.track(24, sec)
         sec += 1
     assert graph.keyframes() >= 3
+    graph.wait(lambda: "(~/capture)" in graph.log(), 10.0, "the node's log line of the captured keyframe")
 
 
 def test_periodic_keyframes(tmp_path):
