@@ -10,8 +10,10 @@ Energy (Adam, two stages like SMPLify: camera first, then everything):
   mesh silhouette to the mask with no rendering, at full image resolution, with no depth order,
   in a few ms per step. (Splatting the surface with the Gaussian rasterizer gives the same
   signal blurred at a low grid resolution, at ~10x the cost on this CPU.)
-- Priors: the model's anatomical joint limits (+ weak pull to rest) and its shape prior; an
-  optional weak term towards BlazePose's metric 3D landmarks (they carry limb depth, which 2D
+- Priors: the model's anatomical joint limits (+ weak pull to rest), a firm pull to rest for limb
+  joints with no keypoint below them (leg landmarks that BlazePose folded into the body are
+  dropped first), and the shape prior; an optional weak term towards BlazePose's metric 3D
+  landmarks, turned back by their calibrated forward lean (they carry limb depth, which 2D
   keypoints cannot).
 Metric scale: depth is initialised from the torso's 3D size (mean body) over its 2D size and then
 resolved by the body-shape prior; all outputs are in the camera's optical frame, metres.
