@@ -94,7 +94,7 @@ def test_tracker_follows_a_known_motion(anny: AnnyBody) -> None:
         reprojection.append(result.keypoint_error)
         assert result.bone_transforms.shape == (len(anny.skinning_joint_names), 4, 4)
     # Exact landmarks, 2 steps per frame, the wrist moving up to ~8 cm per frame: the keypoints land
-    # within 1 % of the person's height (~3 px) and the joints within 2.5 cm across the image. Along
+    # within 1 % of the person's size (~3 px) and the joints within 2.5 cm across the image. Along
     # the depth the pull to the previous frame (tuned for BlazePose's noisy 3D landmarks) lets the
     # leg that swings towards the camera lag by up to ~6 cm.
     assert max(reprojection) < 0.01, reprojection

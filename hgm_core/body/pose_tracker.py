@@ -19,11 +19,11 @@ Per frame (`track`), from the frame's BlazePose landmarks only (no mask, no mesh
    more solver steps (`reinit_iterations`).
 3. Solve: a few Levenberg-Marquardt steps on `AnnyKinematics` (anny with the keyframe's shape held,
    20 joints, exact) over orientation, translation and the 57 joint angles. Residuals: the 2D
-   keypoints (Geman-McClure, written as a residual, in person-box heights), the hip-centred metric
+   keypoints (Geman-McClure, written as a residual, in person sizes), the hip-centred metric
    3D landmarks (limb depth), the anatomical joint limits, and a pull to the previous frame (it
    damps the landmarks' noise where the image constrains the pose weakly). Jacobians by finite
    differences, all 64 perturbed bodies in one batch.
-4. Check: a mean 2D error above `max_keypoint_error` box heights is "lost" (a wild pose is never
+4. Check: a mean 2D error above `max_keypoint_error` person sizes is "lost" (a wild pose is never
    returned).
 5. Filter: a One-Euro filter per parameter group (orientation on the rotation group, translation,
    joint angles) against landmark jitter, then joints and the 104 bone transforms of the filtered
@@ -63,15 +63,16 @@ LIMBS = (("left_hip", "left_knee"), ("right_hip", "right_knee"), ("left_knee", "
 
 @dataclass(frozen=True)
 class PoseTrackConfig:
-    """Settings of `PoseTracker` (units: box heights for image errors, metres, radians, seconds).
+    """Settings of `PoseTracker` (units: metres, radians, seconds; image errors in person sizes, the
+    longer side of the box of the visible landmarks).
 
     Attributes:
         iterations / reinit_iterations: solver steps per tracked frame / after an (analytic) re-initialisation.
         min_visibility: a landmark counts below this BlazePose visibility as unseen.
         min_torso_landmarks: fewer seen shoulders and hips than this is "lost".
         max_keypoint_error: a solved body whose visibility-weighted mean 2D error exceeds this many
-            box heights is "lost".
-        keypoint_sigma: 2D residual scale (box heights); robust_sigma: its Geman-McClure scale.
+            person sizes is "lost".
+        keypoint_sigma: 2D residual scale (person sizes); robust_sigma: its Geman-McClure scale.
         face_weight: relative weight of the face keypoints (they pin the head, not the body).
         landmarks_3d_sigma: metres of the hip-centred 3D landmark residuals (0 drops the term).
         limit_sigma: radians of a joint-limit violation; rest_sigma: radians of the weak pull to rest.
@@ -114,7 +115,7 @@ class TrackResult:
         joints: `[20, 3]` float32 body joints (`AnnyBody.joint_names`, camera frame, metres), None when lost.
         bone_transforms: `[104, 4, 4]` float32 placed bone poses (`BodyModel.bone_transforms` layout,
             the input of `skinning.pose` and of the compact stream's frames), None when lost.
-        keypoint_error: visibility-weighted mean 2D error of the solved (unfiltered) body, box heights (NaN if not solved).
+        keypoint_error: visibility-weighted mean 2D error of the solved (unfiltered) body, person sizes (NaN if not solved).
         reinitialised: this frame started from the analytic initialisation instead of the previous frame.
         timings: seconds per step ("init", "solve", "filter", "output", "total").
     """
@@ -177,7 +178,7 @@ class _Targets:
     uv: torch.Tensor  # [K, 2] px
     weight: torch.Tensor  # [K] visibility x per-keypoint weight, 0 = unused
     xyz: torch.Tensor  # [K, 3] BlazePose metric landmarks, hip-centred, camera axes
-    scale: float  # person height in the image (px): the visible landmarks' box
+    scale: float  # person size in the image (px): the longer side of the visible landmarks' box
     torso_seen: int
     visibility: np.ndarray  # [33] BlazePose visibility of every landmark
     landmarks_3d: torch.Tensor  # [33, 3] every metric landmark
@@ -297,7 +298,7 @@ class PoseTracker:
         u, v, vis = lm2[:, 0], lm2[:, 1], lm2[:, 2]
         seen = (vis >= cfg.min_visibility) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
         weight = torch.as_tensor(np.where(seen, vis, 0.0)) * self._kp_weight
-        scale = float(np.ptp(v[seen])) if seen.sum() >= 2 else 1.0
+        scale = float(max(np.ptp(u[seen]), np.ptp(v[seen]))) if seen.sum() >= 2 else 1.0  # also for a person lying down
         xyz = torch.as_tensor(np.asarray(perception.landmarks_3d, np.float64)[self._lm])
         return _Targets(torch.as_tensor(lm2[:, :2]), weight, xyz, max(scale, 1.0), int(seen[self._torso].sum()),
                         np.asarray(perception.landmarks_2d)[:, 2], torch.as_tensor(np.asarray(perception.landmarks_3d, np.float64)))
@@ -357,7 +358,7 @@ class PoseTracker:
         R = rotvec_to_rotmat(theta[:, :3]) @ R0
         _, kp = self._kin.points(R, theta[:, 3:6], theta[:, 6:])
         kp = kp[:, self._kp]
-        d = (project_points(kp, K, min_depth=1e-3) - tg.uv) / tg.scale  # [B, K', 2] box heights
+        d = (project_points(kp, K, min_depth=1e-3) - tg.uv) / tg.scale  # [B, K', 2] person sizes
         # Geman-McClure as a residual: |r|^2 = w rho(e^2) / sigma^2 with rho(e^2) = e^2 s^2 / (e^2 + s^2),
         # so the least-squares cost is the robust one and the solver needs no reweighting state.
         s2 = cfg.robust_sigma**2
@@ -378,7 +379,7 @@ class PoseTracker:
     def _solve(self, theta: torch.Tensor, tg: _Targets, K: torch.Tensor, iterations: int,
                temporal: bool) -> tuple[torch.Tensor, float]:
         """Levenberg-Marquardt from `theta [63]` (pulled towards it when `temporal`); returns the
-        solution and its visibility-weighted mean 2D error (box heights)."""
+        solution and its visibility-weighted mean 2D error (person sizes)."""
         cfg = self.config
         R0 = roma.rotvec_to_rotmat(theta[:3])
         x = torch.cat([torch.zeros(3, dtype=torch.float64), theta[3:]])  # orientation as an update on R0

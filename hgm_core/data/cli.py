@@ -7,7 +7,8 @@ import json
 import time
 from pathlib import Path
 
-HELP = "generate synthetic multi-view humans (anny bodies, proxy clothes, HDRI light) in the THuman2.0 render layout"
+HELP = ("generate synthetic multi-view humans (anny bodies, proxy clothes, HDRI light) in the THuman2.0 render layout, "
+        "or (--sequence) motion sequences with a ground-truth body per frame")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
