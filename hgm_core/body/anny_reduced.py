@@ -180,10 +180,10 @@ class AnnyKinematics:
         R[:, 0] = torch.eye(3, dtype=pose.dtype)
         t[:, 0] = 0
         for level in self.levels[1:]:  # one batched step per depth level, parents already done
-            parent = self.parents[level]
-            Rp = R[:, parent]
-            R[:, level] = Rp @ D[:, level - 1]
-            t[:, level] = (Rp @ offset[:, level - 1, :, None])[..., 0] + t[:, parent]
+            parent = self.parents.index_select(0, level)
+            Rp = R.index_select(1, parent)
+            R.index_copy_(1, level, Rp @ D.index_select(1, level - 1))
+            t.index_copy_(1, level, (Rp @ offset.index_select(1, level - 1)[..., None])[..., 0] + t.index_select(1, parent))
         return R, t
 
     def placement(self, rotation: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
