@@ -100,6 +100,8 @@ class ReconstructionRequest:
             the same stream (one camera watching one person), never from another stream's.
         bind: make this reconstruction the stream's *keyframe* for live tracking: bind the avatar
             to its fitted body (`Reconstruction.keyframe`) and (re)start tracking the stream from it.
+        stamp: the frame's capture time in seconds (track requests; the camera's clock), so the
+            tracker's temporal filter sees the real spacing of frames; None: the worker's clock.
     """
 
     image: np.ndarray
@@ -110,6 +112,7 @@ class ReconstructionRequest:
     mesh: bool | None = None
     stream: str = ""
     bind: bool = False
+    stamp: float | None = None
 
 
 @dataclass(frozen=True)

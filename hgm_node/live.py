@@ -151,7 +151,8 @@ class LiveMode:
             self._cond.notify_all()
         if avatar is None:
             return FrameOutcome("waiting", "waiting for the first keyframe")
-        pose = self._link.track(frame.image, K=frame.K, mask=frame.mask, stream=self._stream)
+        stamp = frame.header.stamp.sec + 1e-9 * frame.header.stamp.nanosec
+        pose = self._link.track(frame.image, K=frame.K, mask=frame.mask, stream=self._stream, stamp=stamp)
         if pose.state == "lost":
             self.request_keyframe(f"tracking lost: {pose.reason}")
             return FrameOutcome("lost", f"tracking lost ({pose.reason}); new keyframe requested", timings=pose.timings)

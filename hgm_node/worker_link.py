@@ -135,9 +135,10 @@ class WorkerLink:
         return self._job(self._client.reconstruct, image, K=K, mask=mask, depth=depth, stages=stages, mesh=mesh,
                          stream=stream, bind=bind)
 
-    def track(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stream: str) -> TrackedPose:
-        """One track job (live mode), supervised like `reconstruct`."""
-        return self._job(self._client.track, image, K=K, mask=mask, stream=stream)
+    def track(self, image: np.ndarray, *, K: np.ndarray | None, mask: np.ndarray | None, stream: str,
+              stamp: float | None = None) -> TrackedPose:
+        """One track job (live mode) of a frame captured at `stamp` seconds, supervised like `reconstruct`."""
+        return self._job(self._client.track, image, K=K, mask=mask, stream=stream, stamp=stamp)
 
     def _job(self, call, image: np.ndarray, **kwargs):
         with self._lock:

@@ -158,3 +158,23 @@ def test_real_live_pipeline_tracks_the_sample_photo(tracker):
     assert pose.skeleton is not None and len(pose.skeleton.joints) == len(pose.skeleton.names)
     lost = live.track(ReconstructionRequest(canvas, stream="cam"))
     assert lost.state == "lost" and lost.reason and lost.bone_transforms is None
+
+
+def test_track_stamp_round_trip_and_refusals():
+    """The frame's stamp reaches the pipeline's request; anything but a finite number is refused."""
+    from hgm_core.serve.protocol import ProtocolError
+    from hgm_core.serve.schema import decode_request, encode_track_request
+
+    def decoded(frames):
+        return decode_request(decode(frames, max_message_bytes=10**7), max_pixels=10**6)
+
+    assert decoded(encode_track_request("t1", blob_image(10), stream="cam", stamp=1712.25)).stamp == 1712.25
+    assert decoded(encode_track_request("t2", blob_image(10), stream="cam")).stamp is None
+    for bad in (b"true", b'"12.5"', b"{}", b"[1]"):
+        frames = encode_track_request("t3", blob_image(10), stream="cam", stamp=7.0)
+        frames[0] = frames[0].replace(b'"stamp":7.0', b'"stamp":' + bad)
+        with pytest.raises(ProtocolError) as e:
+            decoded(frames)
+        assert e.value.kind == "bad_request" and "stamp" in str(e.value)
+    with pytest.raises(ProtocolError):
+        encode_track_request("t4", blob_image(10), stream="cam", stamp=float("nan"))

@@ -249,7 +249,10 @@ class PoseTracker:
         if tg.torso_seen < cfg.min_torso_landmarks:
             return self._lose("low_visibility", t0)
         K = torch.as_tensor(np.asarray(perception.K), dtype=torch.float64)
-        dt = (1.0 / cfg.default_rate_hz) if stamp_s is None or self._stamp is None else max(stamp_s - self._stamp, 1e-3)
+        # A stamp that does not advance (a replayed recording looping, a camera clock reset) is not
+        # a burst of frames 1 ms apart: it gets the default spacing too.
+        fresh = stamp_s is not None and self._stamp is not None and stamp_s > self._stamp
+        dt = max(stamp_s - self._stamp, 1e-3) if fresh else 1.0 / cfg.default_rate_hz
         reinit = self._theta is None
         theta = self._initialise(tg, K) if reinit else self._theta.clone()
         t1 = time.perf_counter()

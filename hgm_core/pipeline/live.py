@@ -195,9 +195,9 @@ class LivePipeline:
         except (NoPersonError, CropTooSmallError) as e:
             perception, missing = None, str(e)
         t1 = time.perf_counter()
-        # The filter's clock: when the job started here (frames reach the worker at the camera's
-        # spacing, give or take the network), as track requests carry no stamp.
-        pose = stream.tracker.track(perception, time.monotonic())
+        # The filter's clock: the frame's own stamp; without one, when the job started here (frames
+        # reach the worker at the camera's spacing, give or take the network).
+        pose = stream.tracker.track(perception, time.monotonic() if request.stamp is None else request.stamp)
         t2 = time.perf_counter()
         reason = f"{pose.reason}: {missing}" if missing and pose.state == "lost" else pose.reason
         return replace(pose, binding_id=stream.binding_id, reason=reason,

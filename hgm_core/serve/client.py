@@ -164,11 +164,13 @@ class WorkerClient:
         K: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         depth: np.ndarray | None = None,
+        stamp: float | None = None,
         timeout_s: float | None = None,
         cancel: threading.Event | None = None,
     ) -> TrackedPose:
-        """The body's pose in `image` (`[H, W, 3]` uint8 RGB), one frame of `stream`, tracked from the
-        stream's keyframe (`reconstruct(..., bind=True)`) on the same worker.
+        """The body's pose in `image` (`[H, W, 3]` uint8 RGB), one frame of `stream` captured at
+        `stamp` seconds (its header stamp; paces the tracker's filter), tracked from the stream's
+        keyframe (`reconstruct(..., bind=True)`) on the same worker.
 
         Returns a `TrackedPose`: state "tracking" with `bone_transforms [J, 4, 4]` (skin the
         keyframe's canonical avatar with `hgm_core.io.live_stream.skin_raw`) and the skeleton, or
@@ -179,7 +181,7 @@ class WorkerClient:
         request_id = new_id()
         try:
             frames = encode_track_request(request_id, image, stream=stream, K=K, mask=mask, depth=depth,
-                                          deadline_ms=int(timeout_s * 1000))
+                                          stamp=stamp, deadline_ms=int(timeout_s * 1000))
         except ProtocolError as e:
             raise WorkerError(e.kind, str(e)) from None
         t0 = time.perf_counter()

@@ -40,6 +40,9 @@ Header keys:
                arrays) and the worker (re)starts tracking the stream from it
     binding    (reconstruct result of a bind request) {"binding_id": uint32 (new per keyframe),
                "body_model": str, "joint_names": [str; J], "joint_parents": [int; J] (-1 = root)}
+    stamp      (track, optional) the frame's capture time in seconds, a finite number (the header
+               stamp of the camera image): the tracker's temporal filter uses the spacing of a
+               stream's stamps; absent: the worker's clock when the job starts
     track      (track result) {"state": "tracking" | "lost", "binding_id": uint32 (the keyframe
                the transforms belong to; 0 when none), "reason": str (why lost; "" while tracking)}
     info       (replies) JSON object: for health the server's state, for results the pipeline's extras

@@ -14,6 +14,7 @@ of the `Reconstruction` it is given. A keyframe's binding decodes into `hgm_core
 from __future__ import annotations
 
 import logging
+import math
 import os
 import time
 import traceback
@@ -117,17 +118,21 @@ def encode_track_request(
     K: np.ndarray | None = None,
     mask: np.ndarray | None = None,
     depth: np.ndarray | None = None,
+    stamp: float | None = None,
     deadline_ms: int | None = None,
 ) -> list:
-    """A track request (the body's pose in one frame of `stream`) -> multipart frames, after the
-    checks `decode_request` makes.
+    """A track request (the body's pose in one frame of `stream`, captured at `stamp` seconds) ->
+    multipart frames, after the checks `decode_request` makes.
 
     Raises:
-        ProtocolError: "bad_input" for an unusable image, K, mask or depth; "bad_request" for an empty `stream`.
+        ProtocolError: "bad_input" for an unusable image, K, mask or depth; "bad_request" for an
+            empty `stream` or a stamp that is not a finite number.
     """
     arrays = _request_arrays(request_id, image, K, mask, depth)
     _check_track_stream(stream, request_id)
     fields: dict[str, Any] = {"stream": stream}
+    if stamp is not None:
+        fields["stamp"] = _check_stamp(stamp, request_id)
     if deadline_ms is not None:
         fields["deadline_ms"] = deadline_ms
     return encode("track", request_id, arrays, **fields)
@@ -175,7 +180,9 @@ def decode_request(msg: Message, *, max_pixels: int, stages: tuple[str, ...] = S
     if msg.kind == "track":
         stream = msg.header.get("stream")
         _check_track_stream(stream, rid)
-        return ReconstructionRequest(image=image, camera=camera, mask=mask, depth=depth, stream=stream)
+        stamp = msg.header.get("stamp")
+        return ReconstructionRequest(image=image, camera=camera, mask=mask, depth=depth, stream=stream,
+                                     stamp=None if stamp is None else _check_stamp(stamp, rid))
     options = _check_options(msg.header, stages, rid)
     return ReconstructionRequest(image=image, camera=camera, mask=mask, depth=depth, **options)
 
@@ -240,6 +247,13 @@ def _check_options(fields: Mapping[str, Any], stages: tuple[str, ...], rid: str)
     if not isinstance(bind, bool):
         raise ProtocolError("bad_request", f"bind must be true, false or absent, got {bind!r}", rid)
     return {"stages": stage, "mesh": mesh, "stream": stream, "bind": bind}
+
+
+def _check_stamp(stamp: Any, rid: str) -> float:
+    # bool is an int to Python, not a time; JSON integers and reals both are.
+    if isinstance(stamp, bool) or not isinstance(stamp, (int, float)) or not math.isfinite(stamp):
+        raise ProtocolError("bad_request", f"stamp must be a finite number of seconds, got {stamp!r}", rid)
+    return float(stamp)
 
 
 def _check_track_stream(stream: Any, rid: str) -> None:
