@@ -397,13 +397,15 @@ def test_deadline_gives_worker_timeout_then_success_once_a_worker_appears(tmp_pa
 def test_retries_reach_a_worker_that_starts_late(tmp_path):
     endpoint = f"ipc://{tmp_path}/retry.sock"
     handler = PixelSplatHandler()
-    with WorkerClient(endpoint, timeout_s=0.4, retries=10) as client:
+    # 1 s per attempt: enough for a job on a loaded machine, so the one that reaches the worker is
+    # not timed out and sent again (handler.calls would be 2).
+    with WorkerClient(endpoint, timeout_s=1.0, retries=10) as client:
         results = []
         call = threading.Thread(target=lambda: results.append(client.reconstruct(test_image())))
         call.start()
-        time.sleep(1.0)  # two or three attempts time out before the worker exists
+        time.sleep(2.5)  # two or three attempts time out before the worker exists
         with running_worker(handler, bind=endpoint):
-            call.join(10)
+            call.join(15)
     assert len(results) == 1 and results[0].gaussians.shape == (24 * 32, 14)
     assert handler.calls == 1
 
