@@ -91,6 +91,10 @@ def run(args: argparse.Namespace) -> int:
         if args.broker:
             server.serve(bind, args.backend)
         elif args.ray:
+            try:
+                server.start()
+            except Exception as e:  # e.g. a replica that cannot load the model: one line, not a traceback
+                raise CliError(f"the Ray Serve replicas did not start: {type(e).__name__}: {str(e)[:2000]}") from None
             server.serve(bind)
         else:
             server.serve(bind=bind, connect=args.connect)

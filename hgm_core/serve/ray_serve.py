@@ -11,7 +11,10 @@ config come from `RayServeConfig`.
 
 Routing: a job of a named stream carries the stream as Ray Serve's multiplexed model id, so a
 stream's keyframes, track jobs and warm-started fits keep reaching the replica that holds its
-state while that replica lives; a job without a stream goes to the least busy of two replicas.
+state. The affinity is Ray's and soft: Ray learns a replica's streams shortly (~0.1 s) after
+their first job starts there, and routes to another replica while that one is full
+(`max_ongoing_requests`) or gone; a track job there answers "lost" and the client re-keyframes,
+as behind a broker. A job without a stream goes to the less busy of two replicas.
 
 Failures: handler errors come back as typed error replies (`schema.run_job`). A replica that dies
 while it holds a job (killed, or a native crash in the compute) makes the deployment handle raise
@@ -205,16 +208,29 @@ class RayFront:
         """Ask `serve` to return (thread- and signal-safe); jobs in flight get "unavailable"."""
         self._stop.set()
 
-    def serve(self, bind: str) -> None:
-        """Deploy the replicas (see `deploy`), then block serving `bind` until `stop()`. The Ray
-        Serve application is deleted on return."""
-        self._handle = deploy(self.compute, self.config)
+    def start(self) -> None:
+        """Deploy the replicas (see `deploy`; a replica that cannot build its handler raises here)
+        unless done already."""
+        if self._handle is not None:
+            return
+        handle = deploy(self.compute, self.config)
         try:
-            self._replica = self._handle.describe.remote().result()
-            log.info("Ray Serve application %r up: replica %s", self.config.app_name, self._replica)
+            self._replica = handle.describe.remote().result()
+        except BaseException:
+            serve.delete(self.config.app_name)
+            raise
+        self._handle = handle
+        log.info("Ray Serve application %r up: replica %s", self.config.app_name, self._replica)
+
+    def serve(self, bind: str) -> None:
+        """`start()`, then block serving `bind` until `stop()`. The Ray Serve application is
+        deleted on return."""
+        self.start()
+        try:
             asyncio.run(self._serve(bind))
         finally:
             serve.delete(self.config.app_name)
+            self._handle = None
 
     def health_info(self) -> dict:
         running = self._replicas.get("RUNNING", 0)
@@ -369,10 +385,11 @@ class RayFront:
                 done, _ = await asyncio.wait({task}, timeout=None if expires is None else max(0.0, expires - time.monotonic()))
             except asyncio.CancelledError:
                 response.cancel()
+                task.add_done_callback(_retrieved)
                 raise
             if not done:
                 response.cancel()
-                task.cancel()
+                task.add_done_callback(_retrieved)  # it ends in RequestCancelledError, which nobody awaits
                 return encode_error(rid, "timeout", f"no answer within the deadline ({time.monotonic() - received:.2f} s)")
             try:
                 frames = task.result()
@@ -388,6 +405,11 @@ class RayFront:
 
 async def _awaited(response: Any) -> Any:
     return await response
+
+
+def _retrieved(task: asyncio.Task) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _with_front_timings(frames: list, elapsed_s: float, attempts: int) -> list:
