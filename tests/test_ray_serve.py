@@ -206,6 +206,33 @@ def test_a_stream_keeps_reaching_the_replica_with_its_keyframe(local_ray):
 
 
 @pytest.mark.slow
+def test_the_ray_front_answers_every_fuzzed_message(local_ray):
+    """tests/test_fuzz_serve.py's hostile messages (hypothesis), 1,000 of them, to a live Ray front:
+    each gets a well-formed reply of a wire kind; afterwards the front is healthy and serves."""
+    from hypothesis import given, settings
+
+    from tests.test_fuzz_serve import FUZZ, Target, messages
+
+    config = RayServeConfig(num_replicas=1, num_cpus=0.5, app_name="hgm_test_fuzz")
+    with running_front(ComputeSpec(SPLAT), config) as front:
+        target = Target(front.endpoint, [])
+
+        @settings(max_examples=1000, **FUZZ)
+        @given(frames=messages())
+        def fuzz(frames):
+            target.send(frames)
+
+        try:
+            fuzz()
+            target.assert_alive_and_healthy()
+        finally:
+            target.close()
+        assert sum(target.kinds.values()) >= 1000 and set(target.kinds) - {"result"}
+        with WorkerClient(front.endpoint, timeout_s=60, retries=0) as client:
+            assert client.reconstruct(test_image()).gaussians.shape == (24 * 32, 14)
+
+
+@pytest.mark.slow
 def test_a_job_that_kills_two_replicas_is_quarantined(local_ray):
     config = RayServeConfig(num_replicas=2, num_cpus=0.5, app_name="hgm_test_poison")
     with running_front(ComputeSpec("tests.test_ray_serve:SegfaultHandler", {"crash_stream": "poison"}), config) as front, WorkerClient(front.endpoint, timeout_s=120, retries=0) as client:
