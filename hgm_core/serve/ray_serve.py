@@ -39,7 +39,7 @@ import threading
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import ray
@@ -92,8 +92,6 @@ class RayServeConfig:
     max_attempts: int = QUARANTINE_STRIKES
     app_name: str = "hgm"
     health_period_s: float = 1.0
-    extra_actor_options: dict[str, Any] = field(default_factory=dict)
-    """More `ray_actor_options` (e.g. {"runtime_env": ...}), merged over num_cpus / num_gpus."""
 
 
 class Replica:
@@ -146,7 +144,7 @@ class Replica:
 def _replica_id() -> str:
     try:
         return str(serve.get_replica_context().replica_id.unique_id)
-    except Exception:  # outside a replica (a test building one directly)
+    except Exception:  # not inside a Ray Serve replica: no id to report
         return ""
 
 
@@ -164,7 +162,7 @@ def deploy(compute: ComputeSpec, config: RayServeConfig) -> serve.handle.Deploym
     if gpus is None:
         gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
     options: dict[str, Any] = {
-        "ray_actor_options": {"num_cpus": config.num_cpus, "num_gpus": gpus, **config.extra_actor_options},
+        "ray_actor_options": {"num_cpus": config.num_cpus, "num_gpus": gpus},
         "max_ongoing_requests": config.max_ongoing_requests,
     }
     if config.autoscaling is not None:
