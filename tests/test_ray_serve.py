@@ -252,12 +252,13 @@ def test_a_job_that_kills_two_replicas_is_quarantined(local_ray):
 
 @pytest.mark.slow
 def test_hgm_serve_ray_runs_the_real_reconstructor(tmp_path):
-    """`hgm serve --ray` in a process of its own (its own local Ray instance): the real pipeline
-    (live: reconstruct and track) in one replica, a prior-level job of the sample photo."""
+    """`hgm serve --ray` in a process of its own (its own local Ray instance, autoscaling from one
+    replica): the real pipeline (live: reconstruct and track), a prior-level job of the sample photo."""
     from tests.test_serve_broker import _sample_person_image
 
     endpoint = f"ipc://{tmp_path}/front.sock"
-    cmd = [sys.executable, "-m", "hgm_core", "serve", "--ray", "--bind", endpoint, "--replicas", "1",
+    autoscaling = '{"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 1}'  # passed to Ray Serve as is
+    cmd = [sys.executable, "-m", "hgm_core", "serve", "--ray", "--bind", endpoint, "--autoscaling", autoscaling,
            "--replica-cpus", "1", "--ray-num-cpus", "2", "--log-level", "WARNING"]
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     image = _sample_person_image()
