@@ -159,11 +159,11 @@ def test_fit_with_smplx_body(tmp_path, capsys) -> None:
 
 
 def test_silhouette_distances() -> None:
-    from hgm_core.body.fit import _silhouette_target, silhouette_distances
+    from hgm_core.body.fit import silhouette_target, silhouette_distances
 
     mask = np.zeros((100, 120), bool)
     mask[20:60, 30:90] = True  # x in [30, 90), y in [20, 60)
-    target = _silhouette_target(mask, max_boundary=10_000)
+    target = silhouette_target(mask, max_boundary=10_000)
     uv = torch.tensor([[50.0, 40.0], [95.5, 40.5], [200.0, 40.0]], requires_grad=True)  # inside, 6 px right, off-image
     d_out, d_cover = silhouette_distances(uv, target)
     assert float(d_out[0]) == 0.0 and float(d_out[2]) == 0.0
@@ -176,5 +176,5 @@ def test_silhouette_distances() -> None:
     # A mask cut by the image edge has no contour there.
     cut = np.zeros((100, 120), bool)
     cut[50:, 30:90] = True
-    b = _silhouette_target(cut, 10_000).boundary
+    b = silhouette_target(cut, 10_000).boundary
     assert set(b[b[:, 1] > 99, 0].tolist()) == {30.5, 89.5}  # only the side edges reach the bottom row

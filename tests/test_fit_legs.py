@@ -12,7 +12,7 @@ import torch
 from dataclasses import replace
 
 from hgm_core.body import AnnyBody, BodyParams, FitConfig, fit_body, pa_mpjpe
-from hgm_core.body.fit import LEGS, _targets, _unseen_joints
+from hgm_core.body.fit import LEGS, fit_targets, _unseen_joints
 from hgm_core.perception import LANDMARK_NAMES, default_intrinsics
 from tests.test_fit import IMAGE_SIZE, render_case
 
@@ -51,12 +51,12 @@ def test_folded_leg_landmarks_are_dropped_unless_the_person_leaves_the_image(ann
     _, _, perception = standing
     names, cfg = anny_body.keypoint_names, FitConfig()
     legs = [names.index(n) for n in LEGS]
-    assert (_targets(perception, names, cfg).weight[legs] > 0).all()  # good landmarks are kept
-    assert (_targets(_folded(perception), names, cfg).weight[legs] == 0).all()
+    assert (fit_targets(perception, names, cfg).weight[legs] > 0).all()  # good landmarks are kept
+    assert (fit_targets(_folded(perception), names, cfg).weight[legs] == 0).all()
     # A person cut off by the image's bottom edge continues below it: nothing to compare with.
     w, h = perception.image_size
     cut = replace(_folded(perception), bbox=perception.bbox[:3] + (h,))
-    assert (_targets(cut, names, cfg).weight[legs] > 0).all()
+    assert (fit_targets(cut, names, cfg).weight[legs] > 0).all()
 
 
 def test_unseen_joints_follow_the_keypoints_below_them(anny_body: AnnyBody) -> None:

@@ -237,14 +237,17 @@ def skeleton(fit: BodyFit) -> Skeleton:
 
 
 @dataclass(frozen=True)
-class _Targets:
+class FitTargets:
+    """What a fit matches for each of the body model's keypoints (also used by `pipeline/refine_body.py`)."""
+
     uv: torch.Tensor  # [K, 2] px
     weight: torch.Tensor  # [K] confidence x per-keypoint weight, 0 = unused
     xyz: torch.Tensor  # [K, 3] BlazePose world landmarks (hip-centred, camera axes)
     scale: float  # person box height, px
 
 
-def _targets(perception: Perception, names: tuple[str, ...], cfg: FitConfig) -> _Targets:
+def fit_targets(perception: Perception, names: tuple[str, ...], cfg: FitConfig) -> FitTargets:
+    """The 2D keypoints, weights and 3D landmarks a fit of the keypoints `names` matches in `perception`."""
     w, h = perception.image_size
     uv, weight, xyz = np.zeros((len(names), 2)), np.zeros(len(names)), np.zeros((len(names), 3))
     for k, name in enumerate(names):
@@ -267,7 +270,7 @@ def _targets(perception: Perception, names: tuple[str, ...], cfg: FitConfig) -> 
     if seen and perception.bbox[3] < h and perception.bbox[3] - max(seen) > cfg.legs_max_gap * scale:
         weight[legs] = 0.0
     t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
-    return _Targets(t(uv), t(weight), t(xyz), scale)
+    return FitTargets(t(uv), t(weight), t(xyz), scale)
 
 
 def _lean_back(xyz: np.ndarray, names: tuple[str, ...], angle: float) -> np.ndarray:
@@ -283,7 +286,7 @@ def _lean_back(xyz: np.ndarray, names: tuple[str, ...], angle: float) -> np.ndar
     return (xyz - hips) @ turn.T + hips
 
 
-def _feet_seen(tg: _Targets, names: tuple[str, ...], bbox: tuple[int, int, int, int], cfg: FitConfig) -> bool:
+def _feet_seen(tg: FitTargets, names: tuple[str, ...], bbox: tuple[int, int, int, int], cfg: FitConfig) -> bool:
     """Whether heels or toes are visible at the bottom of the person's mask (within
     `cfg.feet_max_gap` box heights of it): the feet stand where the person's outline ends. Feet
     landmarks far above it are a confused detection (e.g. legs hidden by a long skirt)."""
@@ -310,13 +313,16 @@ def _select(names: tuple[str, ...], wanted: tuple[str, ...]) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class _Silhouette:
+class Silhouette:
+    """A person mask prepared for the differentiable silhouette terms (`silhouette_distances`)."""
+
     outside: torch.Tensor  # [1, 1, H, W] distance (px) to the nearest mask pixel, 0 on the mask
     boundary: torch.Tensor  # [M, 2] mask contour pixels (continuous coords), image-edge ones excluded
     size: tuple[int, int]  # (W, H)
 
 
-def _silhouette_target(mask: np.ndarray, max_boundary: int) -> _Silhouette:
+def silhouette_target(mask: np.ndarray, max_boundary: int) -> Silhouette:
+    """`[H, W]` mask -> its distance field and at most `max_boundary` contour pixels."""
     h, w = mask.shape
     m = mask.astype(np.uint8)
     outside = cv2.distanceTransform(1 - m, cv2.DIST_L2, 5)
@@ -325,10 +331,10 @@ def _silhouette_target(mask: np.ndarray, max_boundary: int) -> _Silhouette:
     ys, xs = np.nonzero(contour)
     step = max(1, len(xs) // max_boundary)
     boundary = np.stack([xs[::step], ys[::step]], 1).astype(np.float32) + 0.5
-    return _Silhouette(torch.as_tensor(outside)[None, None], torch.as_tensor(boundary), (w, h))
+    return Silhouette(torch.as_tensor(outside)[None, None], torch.as_tensor(boundary), (w, h))
 
 
-def silhouette_distances(uv: torch.Tensor, target: _Silhouette) -> tuple[torch.Tensor, torch.Tensor]:
+def silhouette_distances(uv: torch.Tensor, target: Silhouette) -> tuple[torch.Tensor, torch.Tensor]:
     """Two-sided silhouette chamfer for projected surface samples `uv [N, 2]` (px).
 
     Every surface point of a body projects inside its own silhouette, so the mesh silhouette
@@ -369,7 +375,7 @@ def _rotation_from_landmarks(xyz: torch.Tensor, names: tuple[str, ...]) -> torch
     return torch.stack([left, up, torch.linalg.cross(left, up)], dim=1)
 
 
-def _rotation_from_2d(tg: _Targets, names: tuple[str, ...]) -> torch.Tensor:
+def _rotation_from_2d(tg: FitTargets, names: tuple[str, ...]) -> torch.Tensor:
     """Upright body facing towards / away from the camera (shoulder order), rolled like the 2D torso."""
     get = lambda n: tg.uv[names.index(n)]  # noqa: E731
     facing = get("left_shoulder")[0] >= get("right_shoulder")[0]
@@ -382,7 +388,7 @@ def _rotation_from_2d(tg: _Targets, names: tuple[str, ...]) -> torch.Tensor:
     return R
 
 
-def _initial_params(model: BodyModel, tg: _Targets, K: torch.Tensor, R0: torch.Tensor) -> BodyParams:
+def _initial_params(model: BodyModel, tg: FitTargets, K: torch.Tensor, R0: torch.Tensor) -> BodyParams:
     """Rest pose, mean shape, `R0`, and the translation that lines the head+torso up in 2D at the
     depth where their 3D spread (mean body) matches their 2D spread."""
     params = model.rest_params()
@@ -404,7 +410,7 @@ def _initial_params(model: BodyModel, tg: _Targets, K: torch.Tensor, R0: torch.T
 # The fit
 
 
-def _gmof(r2: torch.Tensor, sigma: float) -> torch.Tensor:
+def gmof(r2: torch.Tensor, sigma: float) -> torch.Tensor:
     """Geman-McClure on squared residuals."""
     return sigma**2 * r2 / (sigma**2 + r2)
 
@@ -466,12 +472,12 @@ def fit_body(
     K_np = np.asarray(perception.K if K is None else K, np.float64)
     Kt = torch.as_tensor(K_np, dtype=torch.float32)
     names = body_model.keypoint_names
-    tg = _targets(perception, names, cfg)
+    tg = fit_targets(perception, names, cfg)
 
     sampled = body_model.sampled(cfg.silhouette_points)
     measured = None if depth is None else depth_target(depth_metres(depth), perception.mask)
     floor = ground_plane(ground) if ground is not None and _feet_seen(tg, names, perception.bbox, cfg) else None
-    problem = _Problem(sampled, Kt, tg, _silhouette_target(perception.mask, cfg.contour_points), measured, floor, cfg)
+    problem = _Problem(sampled, Kt, tg, silhouette_target(perception.mask, cfg.contour_points), measured, floor, cfg)
 
     steps = 0
     if init is not None:
@@ -479,7 +485,7 @@ def fit_body(
         R0 = roma.rotvec_to_rotmat(init.global_orient[0].detach())
         params, out = problem.optimise(R0, init.detach(), [(2, cfg.warm_iterations, cfg.warm_pose_prior_scale)], cfg.warm_lr, cfg.warm_iterations if cfg.warm_shape else 0)
         steps = cfg.warm_iterations
-        fit = _make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, problem.distance_sigma(params))
+        fit = make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, problem.distance_sigma(params))
         if fit.keypoint_error_px <= cfg.warm_max_keypoint_error * tg.scale and fit.silhouette_iou >= cfg.warm_min_iou:
             return replace(fit, warm_started=True)
 
@@ -491,7 +497,7 @@ def fit_body(
     stages = [(1, cfg.camera_iterations, 1.0), (2, cfg.iterations, 10.0)]
     params, out = problem.optimise(R0, _initial_params(body_model, tg, Kt, R0), stages, cfg.lr, cfg.shape_iterations)
     steps += cfg.camera_iterations + cfg.iterations
-    return _make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, problem.distance_sigma(params))
+    return make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, problem.distance_sigma(params))
 
 
 def _check_init(init: BodyParams, model: BodyModel) -> None:
@@ -509,8 +515,8 @@ class _Problem:
 
     body: SampledBody  # the model at the silhouette samples
     K: torch.Tensor  # [3, 3]
-    tg: _Targets
-    silhouette: _Silhouette
+    tg: FitTargets
+    silhouette: Silhouette
     depth: DepthTarget | None  # usable aligned depth of the person, if any
     ground: GroundPlane | None  # the floor, when known and the feet are in view
     cfg: FitConfig
@@ -575,12 +581,12 @@ class _Problem:
                 kp = out.keypoints[0]
             r2 = (project_points(kp, Kt, min_depth=1e-4) - tg.uv).square().sum(-1) / tg.scale**2
             w = tg.weight * (torso if stage == 1 else 1.0)
-            loss = (w * _gmof(r2, cfg.robust_sigma)).sum() / w.sum().clamp(min=1e-6) / cfg.robust_sigma**2
+            loss = (w * gmof(r2, cfg.robust_sigma)).sum() / w.sum().clamp(min=1e-6) / cfg.robust_sigma**2
             if stage >= 2:
                 d_out, d_cover = silhouette_distances(project_points(out.vertices[0], Kt, min_depth=1e-4), self.silhouette)
-                sil = _gmof((d_out / tg.scale).square(), cfg.robust_sigma).mean()
+                sil = gmof((d_out / tg.scale).square(), cfg.robust_sigma).mean()
                 if len(d_cover):
-                    sil = sil + _gmof((d_cover / tg.scale).square(), cfg.robust_sigma).mean()
+                    sil = sil + gmof((d_cover / tg.scale).square(), cfg.robust_sigma).mean()
                 loss = loss + cfg.silhouette_weight * sil / cfg.robust_sigma**2
                 loss = loss + cfg.pose_prior_weight * prior_scale * model.pose_prior(pose).sum()
                 if unseen.any():
@@ -594,10 +600,10 @@ class _Problem:
                 if self.depth is not None:
                     r = self._depth_residuals(out.vertices[0])
                     if len(r):
-                        loss = loss + cfg.depth_weight * _gmof(r.square(), cfg.depth_sigma_m).mean() / cfg.depth_sigma_m**2
+                        loss = loss + cfg.depth_weight * gmof(r.square(), cfg.depth_sigma_m).mean() / cfg.depth_sigma_m**2
                 if self.ground is not None:
                     lowest = self.ground.height(out.vertices[0]).min() - cfg.ground_clearance_m
-                    loss = loss + cfg.ground_weight * _gmof(lowest.square(), cfg.ground_sigma_m) / cfg.ground_sigma_m**2
+                    loss = loss + cfg.ground_weight * gmof(lowest.square(), cfg.ground_sigma_m) / cfg.ground_sigma_m**2
             return loss
 
         for stage, n, prior_start in stages:
@@ -661,7 +667,7 @@ def warm_start_params(
         return None
     cfg = config or FitConfig()
     try:
-        tg = _targets(perception, previous.keypoint_names, cfg)
+        tg = fit_targets(perception, previous.keypoint_names, cfg)
     except NoPersonError:
         return None
     used = tg.weight.numpy() > 0
@@ -684,10 +690,11 @@ def _box_iou(a: np.ndarray, b: np.ndarray) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def _make_fit(
-    model: BodyModel, params: BodyParams, out: BodyOutput, tg: _Targets, K: np.ndarray, mask: np.ndarray, steps: int,
+def make_fit(
+    model: BodyModel, params: BodyParams, out: BodyOutput, tg: FitTargets, K: np.ndarray, mask: np.ndarray, steps: int,
     seconds: float, distance_sigma: float,
 ) -> BodyFit:
+    """The `BodyFit` of `params` (body output `out`) with its residuals against `tg` and `mask`."""
     vertices = out.vertices[0].numpy()
     keypoints = out.keypoints[0].numpy()
     uv = project_points(out.keypoints[0], torch.as_tensor(K, dtype=torch.float32), min_depth=1e-4).numpy()

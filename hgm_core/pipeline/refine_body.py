@@ -39,7 +39,7 @@ from hgm_core.body.depth import visible
 
 # The fit's energy pieces (targets, robust loss, chamfer target, result record) are reused so the
 # refinement scores keypoints and silhouettes exactly as the fit does.
-from hgm_core.body.fit import BodyFit, FitConfig, _gmof, _make_fit, _silhouette_target, _targets, silhouette_distances, skeleton
+from hgm_core.body.fit import BodyFit, FitConfig, gmof, make_fit, silhouette_target, fit_targets, silhouette_distances, skeleton
 from hgm_core.camera import Cameras, cameras_from_c2w_gl, intrinsics, project_points, turntable_poses
 from hgm_core.gaussians import Gaussians
 from hgm_core.model.predict import body_centre, check_avatar, predict_avatar
@@ -194,9 +194,9 @@ def vertex_normals(vertices: torch.Tensor, faces: torch.Tensor) -> torch.Tensor:
 def _mask_energy(uv: torch.Tensor, target, scale: float, sigma: float) -> torch.Tensor:
     """The fit's two-sided silhouette energy of projected samples `uv [N, 2]` (px) against `target`."""
     d_out, d_cover = silhouette_distances(uv, target)
-    e = _gmof((d_out / scale).square(), sigma).mean()
+    e = gmof((d_out / scale).square(), sigma).mean()
     if len(d_cover):
-        e = e + _gmof((d_cover / scale).square(), sigma).mean()
+        e = e + gmof((d_cover / scale).square(), sigma).mean()
     return e / sigma**2
 
 
@@ -239,8 +239,8 @@ def refine_body(
     cfg, fcfg = config or RefineBodyConfig(), fit_config or FitConfig()
     start = time.perf_counter()
     K = torch.as_tensor(perception.K, dtype=torch.float32)
-    tg = _targets(perception, body_model.keypoint_names, fcfg)
-    front = _silhouette_target(perception.mask, cfg.contour_points)
+    tg = fit_targets(perception, body_model.keypoint_names, fcfg)
+    front = silhouette_target(perception.mask, cfg.contour_points)
     samples = body_model.surface_samples(cfg.surface_points)
     faces = body_model.faces
     up = body_up(skeleton(fit))
@@ -264,7 +264,7 @@ def refine_body(
     n_rounds = math.ceil(cfg.iterations / cfg.rerun_every) if cfg.iterations else 0
     for r in range(n_rounds):
         sides = side_targets(targets_avatar, best_body.vertices, up, cfg)
-        side_sil = [_silhouette_target(m, cfg.contour_points) for m in sides.masks]
+        side_sil = [silhouette_target(m, cfg.contour_points) for m in sides.masks]
         R_side, t_side = sides.cameras.viewmats[:, :3, :3], sides.cameras.viewmats[:, :3, 3]
         losses = {}
         for _ in range(min(cfg.rerun_every, cfg.iterations - steps)):
@@ -273,7 +273,7 @@ def refine_body(
             pts, nrm = verts[samples], vertex_normals(verts, faces)[samples]
             kp_r2 = (project_points(out.keypoints[0], K, min_depth=1e-4) - tg.uv).square().sum(-1) / tg.scale**2
             terms = {
-                "keypoints": (tg.weight * _gmof(kp_r2, fcfg.robust_sigma)).sum() / tg.weight.sum().clamp(min=1e-6) / fcfg.robust_sigma**2,
+                "keypoints": (tg.weight * gmof(kp_r2, fcfg.robust_sigma)).sum() / tg.weight.sum().clamp(min=1e-6) / fcfg.robust_sigma**2,
                 "front_mask": _mask_energy(project_points(pts, K, min_depth=1e-4), front, tg.scale, cfg.robust_sigma),
                 "side_mask": pts.new_zeros(()),
                 "normal": pts.new_zeros(()),
@@ -297,7 +297,7 @@ def refine_body(
         losses |= {f"{k}_end": round(float(t.detach()), 5) for k, t in terms.items()}
         with torch.no_grad():
             p = params().detach()
-            body = _make_fit(body_model, p, body_model(p), tg, perception.K, perception.mask, fit.iterations + steps,
+            body = make_fit(body_model, p, body_model(p), tg, perception.K, perception.mask, fit.iterations + steps,
                              fit.seconds + time.perf_counter() - start, fit.distance_sigma_m)
             new_avatar = predict(body.vertices)
         check = check_avatar(new_avatar, body.vertices)
