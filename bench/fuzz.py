@@ -3,12 +3,13 @@
     .venv/bin/python bench/fuzz.py [--messages 10000] [--seed 0]
 
 Mutation fuzzing over ipc:// loopback: each message starts from a valid request (reconstruct with
-image, K, mask; or health) and gets one to three mutations — a header field replaced by hostile raw
+image, K, mask, stream, bind; live mode's track with stream and stamp; or health) and gets one to three mutations — a header field replaced by hostile raw
 JSON (1e400, a 5,000-digit integer, NaN, 3,000-deep nesting, `true` for a version, a list for a
 dtype, ...), a field dropped or added, a frame dropped, duplicated, truncated or padded, intrinsics
 with extreme values, bytes flipped. (tests/test_fuzz_serve.py fuzzes the same servers generatively
 with hypothesis; this tool runs the large count and reports figures.) The servers are
-`tests.handlers` workers (a small real handler; the transport is under test, not the model) and
+`tests.handlers --live` workers (a small real handler that keyframes and tracks; the transport is
+under test, not the model) and
 `hgm serve --broker`. A server that exits is a crash: it is counted and restarted. JSON to stdout
 and bench/results/fuzz.json.
 """
@@ -56,8 +57,13 @@ def valid_request(rng: random.Random) -> tuple[dict, list[bytes]]:
     if rng.random() < 0.3:
         specs.append({"name": "mask", "dtype": "uint8", "shape": [h, w]})
         frames.append(rng.randbytes(h * w))
-    header = {"protocol": 1, "id": f"r{rng.getrandbits(32)}", "kind": "reconstruct", "arrays": specs, "stages": "prior"}
-    for key, value in (("deadline_ms", 30_000), ("mesh", rng.random() < 0.5), ("stream", "cam0")):
+    if rng.random() < 0.3:  # live mode's per-frame job: a stream is required, the frame's stamp optional
+        header = {"protocol": 1, "id": f"t{rng.getrandbits(32)}", "kind": "track", "arrays": specs, "stream": "cam0"}
+        optional = (("deadline_ms", 30_000), ("stamp", rng.uniform(0, 2e9)))
+    else:
+        header = {"protocol": 1, "id": f"r{rng.getrandbits(32)}", "kind": "reconstruct", "arrays": specs, "stages": "prior"}
+        optional = (("deadline_ms", 30_000), ("mesh", rng.random() < 0.5), ("stream", "cam0"), ("bind", True))
+    for key, value in optional:
         if rng.random() < 0.5:
             header[key] = value
     return header, frames
@@ -70,7 +76,7 @@ def mutate(rng: random.Random, header: dict, frames: list[bytes]) -> list[bytes]
     for _ in range(rng.randint(1, 3)):
         op = rng.randrange(9)
         if op == 0:  # a top-level field becomes hostile JSON
-            raw[rng.choice([*raw, "deadline_ms", "stages", "mesh", "stream", "timings", "info"])] = rng.choice(HOSTILE)
+            raw[rng.choice([*raw, "deadline_ms", "stages", "mesh", "stream", "bind", "stamp", "timings", "info"])] = rng.choice(HOSTILE)
         elif op == 1 and raw:
             raw.pop(rng.choice(list(raw)))
         elif op == 2 and header.get("arrays"):  # one array entry's name/dtype/shape becomes hostile
@@ -174,8 +180,8 @@ def main() -> None:
     worker_ep, front, back = f"ipc://{where}/worker.sock", f"ipc://{where}/front.sock", f"ipc://{where}/back.sock"
     broker_cmd = [sys.executable, "-m", "hgm_core", "serve", "--broker", "--bind", front, "--backend", back, "--heartbeat-s", "0.5"]
     targets = [
-        Target("worker", [WORKER + ["--bind", worker_ep]], worker_ep),
-        Target("broker", [broker_cmd, WORKER + ["--connect", back, "--heartbeat", "0.5"]], front),
+        Target("worker", [WORKER + ["--live", "--bind", worker_ep]], worker_ep),
+        Target("broker", [broker_cmd, WORKER + ["--live", "--connect", back, "--heartbeat", "0.5"]], front),
     ]
     rng = random.Random(args.seed)
     t0 = time.perf_counter()

@@ -65,12 +65,14 @@ hostile_specs = st.fixed_dictionaries(
 FIELDS = {
     "protocol": (st.just(1), st.one_of(st.sampled_from([True, 1.0, 2, "1", 0]), json_values), True),
     "id": (st.text(max_size=12), st.one_of(st.text(min_size=129, max_size=140), json_values), True),
-    "kind": (st.sampled_from(["reconstruct", "reconstruct", "health"]), st.one_of(st.sampled_from(KINDS), json_values), True),
+    "kind": (st.sampled_from(["reconstruct", "reconstruct", "track", "health"]), st.one_of(st.sampled_from(KINDS), json_values), True),
     "arrays": (valid_arrays(), st.one_of(st.lists(hostile_specs, max_size=4), json_values), True),
     "deadline_ms": (st.integers(1, 60_000), st.one_of(st.floats(), st.integers(-(2**70), 2**70), json_values), False),
     "stages": (st.sampled_from(STAGES), json_values, False),
     "mesh": (st.booleans(), json_values, False),
     "stream": (st.text(max_size=20), st.one_of(st.text(min_size=129, max_size=140), json_values), False),
+    "bind": (st.booleans(), json_values, False),
+    "stamp": (st.floats(0, 2e9), st.one_of(st.floats(), json_values), False),
     "timings": (st.dictionaries(st.text(max_size=6), st.floats(0, 10)), json_values, False),
     "info": (st.dictionaries(st.text(max_size=6), json_values, max_size=3), json_values, False),
 }
@@ -130,9 +132,10 @@ def _check_codec(frames: list[bytes]) -> str:
     """Decode like a server does; the reply kind it would send."""
     try:
         msg = decode(frames, max_message_bytes=MAX_BYTES)
-        if msg.kind == "reconstruct":
+        if msg.kind in ("reconstruct", "track"):
             request = decode_request(msg, max_pixels=100, stages=STAGES)
             PixelSplatHandler()(request)  # a request that passed the checks is usable
+            assert request.stamp is None or math.isfinite(request.stamp)
     except ProtocolError as e:
         assert e.kind in ERROR_KINDS
         return e.kind
