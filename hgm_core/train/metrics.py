@@ -130,7 +130,9 @@ def mesh_metrics(
     g_pts, g_nrm = sample_surface(*gt, n_samples, seed + 1)
     d_pg, n_on_g = _closest(*gt, p_pts)
     d_gp, n_on_p = _closest(*pred, g_pts)
-    cos = lambda a, b: np.clip(np.abs(np.sum(a * b, 1)), 0, 1).mean()  # noqa: E731  (float32 normals can overshoot 1)
+    # float32 normals can overshoot 1; open3d returns NaN normals for near-degenerate triangles (seen on
+    # a network avatar's TSDF mesh): those samples are left out rather than making NC NaN.
+    cos = lambda a, b: np.nanmean(np.clip(np.abs(np.sum(a * b, 1)), 0, 1))  # noqa: E731
     nc = 0.5 * (cos(p_nrm, n_on_g) + cos(g_nrm, n_on_p))
     p2s = 100 * d_pg.mean()
     return MeshMetrics(chamfer_cm=float(0.5 * (p2s + 100 * d_gp.mean())), p2s_cm=float(p2s), normal_consistency=float(nc))
