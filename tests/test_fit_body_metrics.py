@@ -89,7 +89,8 @@ def test_eval_reports_the_body_fit_with_and_without_depth(tmp_path):
     data = tmp_path / "data"
     assert main(["datagen", "--subjects", "1", "--seed", "9090", "--size", "256", "--ssaa", "1", "--views", "2", "-o", str(data)]) == 0
     out = tmp_path / "eval"
-    assert main(["eval", "--data", str(data), "--method", "prior", "--worst", "0", "-o", str(out)]) == 0
+    # Two views: the side-by-side figures of the worst subjects show what the layout has.
+    assert main(["eval", "--data", str(data), "--method", "prior", "-o", str(out)]) == 0
     body = json.loads((out / "eval.json").read_text())["body_fit"]
     image, depth = body["image"], body["depth"]
     assert image["n"] == depth["n"] == 1 and len(body["subjects"]) == 1

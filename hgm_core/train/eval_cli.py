@@ -197,8 +197,10 @@ def score_avatar(rec, subject: Subject, lpips_model, backend: str) -> tuple[dict
             pred_j = np.array([rec.skeleton.joints[rec.skeleton.names.index(n)] for n in names])
             row |= {"mpjpe_mm": mpjpe(pred_j, gt_cam, scale=1000), "pa_mpjpe_mm": pa_mpjpe(pred_j, gt_cam, scale=1000),
                     "joints": len(names)}
+    # A layout with fewer views than NOVEL_VIEWS_SHOWN assumes shows its first ones instead.
+    numbers = [v for v in NOVEL_VIEWS_SHOWN if v - 1 < len(subject.novel)] or list(range(1, min(len(NOVEL_VIEWS_SHOWN), len(subject.novel)) + 1))
     shown = {v: ((pred[v - 1].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8), subject.gt_images[v - 1])
-             for v in NOVEL_VIEWS_SHOWN if v - 1 < len(subject.novel)}
+             for v in numbers}
     return row, {"input": subject.image, "views": shown}
 
 
@@ -262,7 +264,7 @@ def _figure_name(protocol: str, method: str, sid: str) -> str:
 
 def _side_by_side(figure: dict) -> np.ndarray:
     rows = [np.concatenate([figure["input"], ours, gt], 1) for ours, gt in figure["views"].values()]
-    return np.concatenate(rows, 0)
+    return np.concatenate(rows, 0) if rows else figure["input"]
 
 
 def summarise(rows: list[dict], failures: dict[str, str], worst: int) -> dict:
