@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 import time
 from pathlib import Path
+from typing import Callable, TypeVar
 
 import numpy as np
 import zmq
@@ -30,6 +31,8 @@ from hgm_core.serve.curve import make_client as make_curve_client
 from hgm_core.serve.protocol import Message, ProtocolError, decode, encode, new_id
 from hgm_core.serve.schema import JobResult, decode_error, decode_result, decode_track_result, encode_request, encode_track_request
 from hgm_core.types import HgmError, TrackedPose
+
+_Reply = TypeVar("_Reply", JobResult, TrackedPose)
 
 CANCEL_POLL_S = 0.05
 """How often a call with a `cancel` event looks at it while waiting for the reply."""
@@ -140,21 +143,9 @@ class WorkerClient:
             WorkerTimeout: no reply on any attempt.
             WorkerCancelled: `cancel` was set first.
         """
-        timeout_s = timeout_s or self.timeout_s
-        request_id = new_id()
-        try:
-            frames = encode_request(request_id, image, K=K, mask=mask, depth=depth, stages=stages, mesh=mesh, stream=stream,
-                                    bind=bind, deadline_ms=int(timeout_s * 1000))
-        except ProtocolError as e:
-            raise WorkerError(e.kind, str(e)) from None
-        t0 = time.perf_counter()
-        reply = self._call(request_id, frames, timeout_s, self.retries, cancel)
-        try:
-            result = decode_result(reply)
-        except ProtocolError as e:
-            raise WorkerError("protocol", f"malformed result: {e}") from None
-        result.timings["roundtrip"] = time.perf_counter() - t0
-        return result
+        return self._job(lambda rid, ms: encode_request(rid, image, K=K, mask=mask, depth=depth, stages=stages, mesh=mesh,
+                                                       stream=stream, bind=bind, deadline_ms=ms),
+                         decode_result, "result", timeout_s, cancel)
 
     def track(
         self,
@@ -177,21 +168,29 @@ class WorkerClient:
         "lost" with its reason (then send a new keyframe). Timings get "roundtrip". Other arguments
         and exceptions as `reconstruct`.
         """
+        return self._job(lambda rid, ms: encode_track_request(rid, image, stream=stream, K=K, mask=mask, depth=depth,
+                                                             stamp=stamp, deadline_ms=ms),
+                         decode_track_result, "track result", timeout_s, cancel)
+
+    def _job(self, encode: Callable[[str, int], list], decode: Callable[[Message], _Reply], what: str,
+             timeout_s: float | None, cancel: threading.Event | None) -> _Reply:
+        """One job: `encode(request_id, deadline_ms)` its frames (a request the server would refuse
+        fails here, with the server's error kind), send it with retries, `decode` the reply; the
+        reply's timings get "roundtrip"."""
         timeout_s = timeout_s or self.timeout_s
         request_id = new_id()
         try:
-            frames = encode_track_request(request_id, image, stream=stream, K=K, mask=mask, depth=depth,
-                                          stamp=stamp, deadline_ms=int(timeout_s * 1000))
+            frames = encode(request_id, int(timeout_s * 1000))
         except ProtocolError as e:
             raise WorkerError(e.kind, str(e)) from None
         t0 = time.perf_counter()
         reply = self._call(request_id, frames, timeout_s, self.retries, cancel)
         try:
-            pose = decode_track_result(reply)
+            out = decode(reply)
         except ProtocolError as e:
-            raise WorkerError("protocol", f"malformed track result: {e}") from None
-        pose.timings["roundtrip"] = time.perf_counter() - t0
-        return pose
+            raise WorkerError("protocol", f"malformed {what}: {e}") from None
+        out.timings["roundtrip"] = time.perf_counter() - t0
+        return out
 
     def health(self, timeout_s: float = 2.0) -> dict:
         """The server's state: {"ok", "protocol", "role", "stages", "busy", ...}. One attempt, no retry.
