@@ -35,7 +35,7 @@ from hgm_core.body.fit import BodyFit, FitConfig, fit_body, skeleton
 from hgm_core.body.pose_tracker import PoseTrackConfig, PoseTracker
 from hgm_core.body.skinning import bind_body
 from hgm_core.perception.perceive import Perception, PoseEstimator, perceive
-from hgm_core.pipeline.reconstructor import Reconstructor, _load_body_model
+from hgm_core.pipeline.reconstructor import Reconstructor, load_body_model
 from hgm_core.types import CropTooSmallError, Keyframe, NoPersonError, Reconstruction, ReconstructionRequest, Skeleton, TrackedPose
 
 
@@ -185,7 +185,7 @@ class LivePipeline:
             return TrackedPose("lost", reason=f"no keyframe of stream {request.stream!r} on this worker")
         if stream.tracker is None:  # the keyframe's first frame (a newer keyframe replaces the whole entry)
             if self._track_body is None:
-                self._track_body = _load_body_model(self.reconstructor.config.body)
+                self._track_body = load_body_model(self.reconstructor.config.body)
             stream.tracker = start_tracker(stream.fit, self._track_body, self.reconstructor.config.body.fit, self.config)
         estimator = self._estimator(request.stream)
         t0 = time.perf_counter()

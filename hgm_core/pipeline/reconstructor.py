@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from hgm_core.body.base import BodyModel
 from hgm_core.body.fit import FitConfig, skeleton
 from hgm_core.body.tracker import TrackConfig
 from hgm_core.configs import config_from_dict, config_override, config_to_dict
@@ -152,7 +153,7 @@ class Reconstructor:
         device = resolve_device(config.device)
         stages: list[Stage] = [
             PerceiveStage(PoseEstimator(), config.perception),
-            FitBodyStage(_load_body_model(config.body), config.body.fit, BodyTracker(config.body.track)),
+            FitBodyStage(load_body_model(config.body), config.body.fit, BodyTracker(config.body.track)),
             PriorStage(config.prior),
             MeshStage(config.mesh, device),
         ]
@@ -268,7 +269,8 @@ class Reconstructor:
         )
 
 
-def _load_body_model(config: BodyConfig):
+def load_body_model(config: BodyConfig) -> BodyModel:
+    """The body model `config` names (the fit's and the live trackers' own instances are made with it)."""
     from hgm_core.body import AnnyBody, SmplxBody
 
     if config.model == "anny":
