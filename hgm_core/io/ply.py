@@ -12,10 +12,14 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
-import torch
+from typing import TYPE_CHECKING
 
-from hgm_core.gaussians import RAW_FIELDS, Gaussians
+import numpy as np
+
+from hgm_core.layout import RAW_FIELDS
+
+if TYPE_CHECKING:
+    from hgm_core.gaussians import Gaussians
 
 _PLY_TYPES = {
     "char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
@@ -83,6 +87,8 @@ def write_ply_raw(path: str | os.PathLike, raw: np.ndarray, sh_rest: np.ndarray 
 
 def write_ply(path: str | os.PathLike, g: Gaussians) -> Path:
     """Write Gaussians as a reference 3DGS PLY; returns the path. Parent folders are created."""
+    import torch  # only the Gaussians entry points need torch: raw-row readers (hgm view) start without it
+
     g = g.detach().to("cpu", torch.float32)
     rest = None
     if g.sh is not None:
@@ -158,6 +164,9 @@ def read_ply_array(path: str | os.PathLike) -> np.ndarray:
 
 def read_ply(path: str | os.PathLike) -> Gaussians:
     """Read a 3DGS PLY into activated `Gaussians` (float32). `sh` is set when `f_rest_*` exist."""
+    import torch
+
+    from hgm_core.gaussians import Gaussians
     arr = read_ply_array(path)
     missing = [n for n in ("x", "y", "z", "f_dc_0", "f_dc_1", "f_dc_2", "opacity",
                            "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3") if n not in arr.dtype.names]
