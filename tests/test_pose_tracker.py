@@ -14,7 +14,7 @@ from hgm_core.body.anny_reduced import AnnyKinematics
 from hgm_core.body.fit import BLAZEPOSE_FOR_KEYPOINT
 from hgm_core.body.pose_tracker import LOST, TRACKING, PoseTrackConfig, PoseTracker
 from hgm_core.camera import project_points
-from hgm_core.perception.perceive import LANDMARK_NAMES, Perception, default_intrinsics
+from hgm_core.perception.perceive import LANDMARK_NAMES, Perception, PerceptionConfig, default_intrinsics
 from tests.test_skinning import plausible_params
 
 SIZE = (640, 480)
@@ -159,7 +159,7 @@ def test_tracker_follows_a_rendered_walk_seen_by_blazepose(anny: AnnyBody) -> No
 
     from hgm_core.data.sequence import SequenceConfig, make_sequence
     from hgm_core.data.synth import SynthBody, subject_seed
-    from hgm_core.perception.perceive import PoseEstimator, perceive
+    from hgm_core.perception.perceive import PoseEstimator, perceive_landmarks
     from hgm_core.types import CameraInfo
 
     config = SequenceConfig()
@@ -168,12 +168,42 @@ def test_tracker_follows_a_rendered_walk_seen_by_blazepose(anny: AnnyBody) -> No
     tracker = PoseTracker(anny)
     tracker.start(frames[0].params)
     errors = []
-    with PoseEstimator(video=True) as estimator:
+    with PoseEstimator(video=True, segmentation=False) as estimator:  # the live pipeline's landmarks-only path
         for frame in frames:
-            result = tracker.track(perceive(frame.rgb, estimator, camera=CameraInfo(K, config.width, config.height)), frame.stamp_s)
+            result = tracker.track(perceive_landmarks(frame.rgb, estimator, camera=CameraInfo(K, config.width, config.height)), frame.stamp_s)
             assert result.state == TRACKING, result.reason
             pred, truth = result.joints.numpy(), frame.joints
             errors.append(np.linalg.norm((pred - pred[0]) - (truth - truth[0]), axis=-1).mean())
     # bench/live.py measures 47-67 mm (pelvis-aligned) on such sequences; a tracker that drifts or
     # mirrors a limb is far above 100 mm.
     assert np.mean(errors) < 0.09 and max(errors) < 0.14, errors
+
+
+def test_landmarks_only_perception_matches_perceive_on_a_photo() -> None:
+    """`perceive_landmarks` (no segmentation) finds the landmarks `perceive` finds, boxes the visible
+    ones, and refuses what `perceive` refuses; `perceive` refuses an estimator without segmentation."""
+    from PIL import Image
+
+    from hgm_core.paths import ASSETS_DIR
+    from hgm_core.perception.perceive import PoseEstimator, perceive, perceive_landmarks
+    from hgm_core.types import CropTooSmallError, NoPersonError
+
+    photo = np.asarray(Image.open(ASSETS_DIR / "sample" / "person.jpg").convert("RGB"))
+    with PoseEstimator() as full, PoseEstimator(segmentation=False) as bare:
+        p = perceive(photo, full)
+        lm = perceive_landmarks(photo, bare)
+        assert full(photo)[2] is not None and bare(photo)[2] is None
+        np.testing.assert_allclose(lm.landmarks_2d[:, :2], p.landmarks_2d[:, :2], atol=2.0)  # pixels
+        np.testing.assert_allclose(lm.landmarks_3d, p.landmarks_3d, atol=0.02)  # metres
+        np.testing.assert_array_equal(lm.K, p.K)
+        assert lm.image_size == p.image_size and lm.intrinsics_source == "default_fov"
+        # The landmark box lies within the person's mask box, give or take the joints' offsets from the outline.
+        x0, y0, x1, y1 = lm.bbox
+        assert x0 >= p.bbox[0] - 20 and y0 >= p.bbox[1] - 20 and x1 <= p.bbox[2] + 20 and y1 <= p.bbox[3] + 20
+        assert (x1 - x0) * (y1 - y0) > 0.3 * (p.bbox[2] - p.bbox[0]) * (p.bbox[3] - p.bbox[1])
+        with pytest.raises(NoPersonError):
+            perceive_landmarks(np.full((240, 320, 3), 255, np.uint8), bare)
+        with pytest.raises(CropTooSmallError):
+            perceive_landmarks(photo, bare, config=PerceptionConfig(min_person_px=10_000))
+        with pytest.raises(ValueError, match="segmentation"):
+            perceive(photo, bare)

@@ -2,13 +2,14 @@
 
     tracker = PoseTracker(body)                       # an AnnyBody; one tracker per camera stream
     tracker.start(keyframe_fit)                       # BodyFit (or batch-1 BodyParams): shape and size frozen
-    result = tracker.track(perception, stamp_s)       # every frame; perception None = nobody found
+    result = tracker.track(landmarks, stamp_s)        # every frame: perceive_landmarks (or perceive); None = nobody found
     if result.state == "tracking":
         posed = skinning.pose(binding, result.bone_transforms)
     else:                                             # "lost": reconstruct a new keyframe, then start() again
         ...
 
-Per frame (`track`), from the frame's BlazePose landmarks only (no mask, no mesh):
+Per frame (`track`), from the frame's BlazePose landmarks only (no mask, no mesh; so
+`perception.perceive_landmarks`, which skips the segmentation, is enough):
 1. Checks: no landmarks, or fewer than `min_torso_landmarks` of the shoulders and hips visible,
    is "lost" at once (no solve on a person who is not there).
 2. Initialisation: while tracking, the previous frame's solution (the keyframe's after `start`).
@@ -51,7 +52,7 @@ from hgm_core.body.anny_reduced import AnnyKinematics, ReducedAnny, rotvec_to_ro
 from hgm_core.body.base import BodyModel, BodyParams
 from hgm_core.body.fit import BLAZEPOSE_FOR_KEYPOINT, FACE, BodyFit
 from hgm_core.camera import project_points
-from hgm_core.perception.perceive import LANDMARK_NAMES, Perception
+from hgm_core.perception.perceive import LANDMARK_NAMES, Landmarks, Perception
 
 TRACKING, LOST = "tracking", "lost"
 TORSO_LANDMARKS = ("left_shoulder", "right_shoulder", "left_hip", "right_hip")
@@ -216,7 +217,7 @@ class PoseTracker:
         """"tracking" after a successfully tracked frame, else "lost" (also before `start`)."""
         return TRACKING if self._theta is not None else LOST
 
-    def start(self, keyframe: BodyFit | BodyParams, perception: Perception | None = None,
+    def start(self, keyframe: BodyFit | BodyParams, perception: Perception | Landmarks | None = None,
               stamp_s: float | None = None) -> TrackResult | None:
         """Freeze the keyframe's shape and size and track from its pose.
 
@@ -236,7 +237,7 @@ class PoseTracker:
             f.reset()
         return None if perception is None else self.track(perception, stamp_s)
 
-    def track(self, perception: Perception | None, stamp_s: float | None = None) -> TrackResult:
+    def track(self, perception: Perception | Landmarks | None, stamp_s: float | None = None) -> TrackResult:
         """The body in this frame (module docstring). `perception` None means no person was found;
         `stamp_s` is the frame's time in seconds (for the filter; `default_rate_hz` spacing if None)."""
         t0 = time.perf_counter()
@@ -294,7 +295,7 @@ class PoseTracker:
         parts = [f(x[s], dt) for f, s in zip(self._filters, (slice(0, 3), slice(3, 6), slice(6, None)))]
         return torch.from_numpy(np.concatenate(parts))
 
-    def _targets(self, perception: Perception) -> _Targets:
+    def _targets(self, perception: Perception | Landmarks) -> _Targets:
         cfg = self.config
         lm2 = np.asarray(perception.landmarks_2d, np.float64)[self._lm]  # [K', 3]
         w, h = perception.image_size

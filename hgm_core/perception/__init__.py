@@ -10,16 +10,19 @@ from hgm_core.perception.crop import PersonCrop, crop_person
 from hgm_core.perception.perceive import (
     DEFAULT_FOV_DEG,
     LANDMARK_NAMES,
+    Landmarks,
     Perception,
     PerceptionConfig,
     PoseEstimator,
     default_intrinsics,
     perceive,
+    perceive_landmarks,
 )
 
 __all__ = [
     "DEFAULT_FOV_DEG",
     "LANDMARK_NAMES",
+    "Landmarks",
     "Perception",
     "PerceptionConfig",
     "PersonCrop",
@@ -27,4 +30,5 @@ __all__ = [
     "crop_person",
     "default_intrinsics",
     "perceive",
+    "perceive_landmarks",
 ]

@@ -104,31 +104,35 @@ class PoseEstimator:
     detector runs only when the landmarks lose the person (otherwise the previous frame's landmarks
     place the crop) and landmarks are smoothed over time. One estimator per stream then; a call
     on an unrelated image is a new frame of that stream.
+
+    `segmentation=False` skips the person mask (its upsampling to the image and, in video mode, its
+    smoothing): landmarks only, for `perceive_landmarks` (~4 ms less per 640x480 frame).
     """
 
-    def __init__(self, video: bool = False) -> None:
+    def __init__(self, video: bool = False, segmentation: bool = True) -> None:
         import mediapipe as mp  # heavy import, only when perception is used
 
+        self.segmentation = segmentation
         self._pose = mp.solutions.pose.Pose(
-            static_image_mode=not video, model_complexity=1, enable_segmentation=True, min_detection_confidence=0.5
+            static_image_mode=not video, model_complexity=1, enable_segmentation=segmentation, min_detection_confidence=0.5
         )
         self._lock = threading.Lock()
 
-    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    def __call__(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | None:
         """Run BlazePose on `[H, W, 3]` uint8 RGB.
 
         Returns:
-            `(landmarks_2d [33, 3], landmarks_3d [33, 3], person probability [H, W] float32)`, or
-            None when no person is detected.
+            `(landmarks_2d [33, 3], landmarks_3d [33, 3], person probability [H, W] float32)` (the
+            probability None without `segmentation`), or None when no person is detected.
         """
         with self._lock:
             result = self._pose.process(np.ascontiguousarray(image))
-        if result.pose_landmarks is None or result.segmentation_mask is None:
+        if result.pose_landmarks is None or (self.segmentation and result.segmentation_mask is None):
             return None
         h, w = image.shape[:2]
         lm2 = np.array([(p.x * w, p.y * h, p.visibility) for p in result.pose_landmarks.landmark], np.float32)
         lm3 = np.array([(p.x, p.y, p.z) for p in result.pose_world_landmarks.landmark], np.float32)
-        return lm2, lm3, np.asarray(result.segmentation_mask, np.float32)
+        return lm2, lm3, np.asarray(result.segmentation_mask, np.float32) if self.segmentation else None
 
     def close(self) -> None:
         self._pose.close()
@@ -242,6 +246,8 @@ def perceive(
     given = None if mask is None else _check_mask(mask, h, w)
     K, k_source = _intrinsics(camera, w, h)
 
+    if not estimator.segmentation:
+        raise ValueError("perceive needs a PoseEstimator with segmentation (landmarks only: perceive_landmarks)")
     found = estimator(image)
     if found is None:
         raise NoPersonError("no person detected in the image")
@@ -271,3 +277,66 @@ def perceive(
         K=K,
         intrinsics_source=k_source,
     )
+
+
+@dataclass(frozen=True)
+class Landmarks:
+    """What `perceive_landmarks` found: the `Perception` fields a landmark-only consumer (the
+    camera-rate `hgm_core.body.pose_tracker.PoseTracker`) reads, no mask.
+
+    Attributes:
+        image_size: `(width, height)` of the input image.
+        landmarks_2d / landmarks_3d: as `Perception`'s (`[33, 3]` float32).
+        bbox: `(x0, y0, x1, y1)` pixel bounds (exclusive end) of the visible landmarks, clipped to the image.
+        K: `[3, 3]` float64 intrinsics; intrinsics_source: "camera_info" or "default_fov".
+    """
+
+    image_size: tuple[int, int]
+    landmarks_2d: np.ndarray
+    landmarks_3d: np.ndarray
+    bbox: tuple[int, int, int, int]
+    K: np.ndarray
+    intrinsics_source: str
+
+
+def perceive_landmarks(
+    image: np.ndarray,
+    estimator: PoseEstimator,
+    *,
+    camera: CameraInfo | None = None,
+    config: PerceptionConfig | None = None,
+    min_visibility: float = 0.5,
+) -> Landmarks:
+    """BlazePose landmarks of the person in one image, without the person mask (`perceive` minus
+    the segmentation, its connected components and the largest-person check): the tracker's
+    per-frame perception. Use an estimator built with `segmentation=False` to save its cost.
+
+    Args:
+        image: `[H, W, 3]` uint8 RGB.
+        estimator: the caller's warm `PoseEstimator` (usually `video=True, segmentation=False`).
+        camera: intrinsics of `image`; None uses `default_intrinsics`.
+        config: `min_person_px` and `min_image_px` apply to the box of the visible landmarks.
+        min_visibility: a landmark counts as visible for the box from this BlazePose visibility.
+    Raises:
+        BadInputError: malformed image or camera.
+        NoPersonError: no body landmarks, or none visible in the image.
+        CropTooSmallError: the visible landmarks' box is below `config.min_person_px`.
+    """
+    cfg = config or PerceptionConfig()
+    image = _check_image(image, cfg.min_image_px)
+    h, w = image.shape[:2]
+    K, k_source = _intrinsics(camera, w, h)
+    found = estimator(image)
+    if found is None:
+        raise NoPersonError("no person detected in the image")
+    lm2, lm3, _ = found
+    u, v = lm2[:, 0], lm2[:, 1]
+    seen = (lm2[:, 2] >= min_visibility) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
+    if not seen.any():
+        raise NoPersonError("no body landmark visible in the image")
+    bbox = (int(u[seen].min()), int(v[seen].min()), int(np.ceil(u[seen].max())), int(np.ceil(v[seen].max())))
+    if max(bbox[2] - bbox[0], bbox[3] - bbox[1]) < cfg.min_person_px:
+        raise CropTooSmallError(
+            f"landmark box {bbox[2] - bbox[0]}x{bbox[3] - bbox[1]} px is below the {cfg.min_person_px} px minimum"
+        )
+    return Landmarks((w, h), lm2, lm3, bbox, K, k_source)
