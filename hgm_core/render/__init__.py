@@ -5,6 +5,7 @@ Backends share conventions (pinhole `Cameras` with OpenCV optical axes, EWA proj
 `background`):
 - `reference`: dense, every Gaussian x every pixel, plain torch. Readable and exact; only for tiny scenes.
 - `numba`: the tiled CPU renderer (numba kernels under torch autograd, differentiable); the default on CPU.
+- `torch`: tiled, in plain torch ops on any device (autograd); the default on CUDA without gsplat.
 - `gsplat`: `gsplat.rasterization` (needs CUDA).
 """
 

@@ -9,15 +9,15 @@ from hgm_core.gaussians import Gaussians
 from hgm_core.render.output import Backend, RenderError, RenderOutput
 
 def available_backends(device: torch.device | str = "cpu") -> list[str]:
-    """Backends that can render tensors on `device`, fastest first: gsplat (if installed) and the
-    pure-torch reference on CUDA; numba and the reference on the CPU."""
+    """Backends that can render tensors on `device`, fastest first: gsplat (if installed), the tiled
+    torch backend and the dense reference on CUDA; numba and the reference on the CPU."""
     if torch.device(device).type != "cuda":
         return ["numba", "reference"]
     try:
         import gsplat  # noqa: F401
     except ImportError:
-        return ["reference"]
-    return ["gsplat", "reference"]
+        return ["torch", "reference"]
+    return ["gsplat", "torch", "reference"]
 
 
 def rasterize(
@@ -40,7 +40,7 @@ def rasterize(
             rendered where they are (move them once, e.g. `gaussians.to("cuda")`, for gsplat).
     Returns:
         `RenderOutput` with batch dimension C. Differentiable w.r.t. every Gaussian parameter
-        (for the numba and reference backends).
+        (for the numba, torch and reference backends).
     """
     if backend == "auto":
         backend = available_backends(gaussians.device)[0]  # type: ignore[assignment]
@@ -57,8 +57,12 @@ def rasterize(
         from hgm_core.render.tiled import rasterize_tiled
 
         return rasterize_tiled(gaussians, cameras, bg, near=near, far=far, eps2d=eps2d)
+    if backend == "torch":
+        from hgm_core.render.torch_tiles import rasterize_torch_tiles
+
+        return rasterize_torch_tiles(gaussians, cameras, bg, near=near, far=far, eps2d=eps2d)
     if backend == "gsplat":
         from hgm_core.render.gsplat_backend import rasterize_gsplat
 
         return rasterize_gsplat(gaussians, cameras, bg, near=near, far=far, eps2d=eps2d)
-    raise RenderError(f"unknown backend {backend!r}; choose from auto, numba, reference, gsplat")
+    raise RenderError(f"unknown backend {backend!r}; choose from auto, numba, torch, reference, gsplat")

@@ -11,7 +11,7 @@ from typing import Literal
 
 import torch
 
-Backend = Literal["auto", "numba", "reference", "gsplat"]
+Backend = Literal["auto", "numba", "torch", "reference", "gsplat"]
 
 ALPHA_MIN = 1.0 / 255.0
 """Splat contributions below this alpha are skipped (3DGS / gsplat)."""

@@ -15,38 +15,41 @@ from hgm_core.render.projection import project_gaussians
 
 
 def splat_alpha(means2d: torch.Tensor, conics: torch.Tensor, opacities: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
-    """Per-splat alpha at pixel centres.
+    """Per-splat alpha at pixel centres (leading batch dims `...` broadcast, e.g. tiles).
 
     Args:
-        means2d: `[N, 2]`, conics: `[N, 3]`, opacities: `[N]`, pix: `[P, 2]` pixel centres.
+        means2d: `[..., N, 2]`, conics: `[..., N, 3]`, opacities: `[..., N]`, pix: `[..., P, 2]` pixel centres.
     Returns:
-        `[N, P]` alpha, clamped to `ALPHA_MAX` and zeroed below `ALPHA_MIN` (gsplat semantics).
+        `[..., N, P]` alpha, clamped to `ALPHA_MAX` and zeroed below `ALPHA_MIN` (gsplat semantics).
     """
-    d = pix[None] - means2d[:, None]  # [N, P, 2]
-    a, b, c = conics[:, 0:1], conics[:, 1:2], conics[:, 2:3]
+    d = pix[..., None, :, :] - means2d[..., :, None, :]  # [..., N, P, 2]
+    a, b, c = conics[..., 0:1], conics[..., 1:2], conics[..., 2:3]
     sigma = 0.5 * (a * d[..., 0] ** 2 + c * d[..., 1] ** 2) + b * d[..., 0] * d[..., 1]
-    alpha = (opacities[:, None] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
+    alpha = (opacities[..., None] * torch.exp(-sigma)).clamp(max=ALPHA_MAX)
     return torch.where((sigma >= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
 
 
 def composite(alpha: torch.Tensor, colors: torch.Tensor, depths: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Front-to-back compositing of depth-sorted splats.
+    """Front-to-back compositing of depth-sorted splats (leading batch dims `...`, e.g. tiles).
 
     Args:
-        alpha: `[N, P]` (front first), colors: `[N, 3]`, depths: `[N]`.
+        alpha: `[..., N, P]` (front first), colors: `[..., N, 3]`, depths: `[..., N]`.
     Returns:
-        rgb `[P, 3]` (no background), accumulated alpha `[P]`, sum(w z) `[P]`, median depth `[P]`.
+        rgb `[..., P, 3]` (no background), accumulated alpha `[..., P]`, sum(w z) `[..., P]`,
+        median depth `[..., P]`.
     """
-    T = torch.cumprod(torch.cat((torch.ones_like(alpha[:1]), 1 - alpha[:-1]), 0), 0)  # transmittance before each splat
+    ones = torch.ones_like(alpha[..., :1, :])
+    T = torch.cumprod(torch.cat((ones, 1 - alpha[..., :-1, :]), -2), -2)  # transmittance before each splat
     # Early termination (exclusive, as gsplat): a splat is skipped once the transmittance *after* it
     # would fall to T_MIN, and so is every splat behind it.
     w = torch.where(T * (1 - alpha) > T_MIN, alpha * T, torch.zeros_like(alpha))
-    rgb = w.T @ colors
-    acc = w.sum(0)
-    depth_sum = w.T @ depths
+    rgb = w.transpose(-1, -2) @ colors
+    acc = w.sum(-2)
+    depth_sum = (w.transpose(-1, -2) @ depths[..., None])[..., 0]
     crossed = (T * (1 - alpha) < 0.5) & (w > 0)
-    first = torch.where(crossed.any(0), crossed.float().argmax(0), torch.full_like(acc, -1, dtype=torch.long))
-    median = torch.where(first >= 0, depths[first.clamp_min(0)], torch.zeros_like(acc))
+    # argmax returns the first maximum: the first splat after which transmittance is below 0.5.
+    first = torch.where(crossed.any(-2), crossed.float().argmax(-2), torch.full_like(acc, -1, dtype=torch.long))
+    median = torch.where(first >= 0, depths.gather(-1, first.clamp_min(0)), torch.zeros_like(acc))
     return rgb, acc, depth_sum, median
 
 
