@@ -76,6 +76,34 @@ def test_network_view_looks_at_the_body_centre(model):
     assert abs(height_px - expected) < 0.1 * expected
 
 
+def test_network_view_with_fill_frames_the_body_whatever_its_distance():
+    # The same body at 2.6 m and 5.2 m: with `fill` the crop frames it alike (focal doubles), and
+    # the silhouette's longer side spans `fill` of the view.
+    near = optical_body(4000)
+    far = (near - CENTRE) + 2 * CENTRE
+    heights = []
+    for body, scale in ((near, 1.0), (far, 2.0)):
+        image, mask, K = photo(body)
+        view = network_view(image, mask, K, body, 128, fill=0.8)
+        red = (view.image[..., 0] > 0.6) & (view.image[..., 1] < 0.3)
+        ys, xs = np.nonzero(red)
+        heights.append(ys.max() - ys.min() + 1)
+        assert abs(np.mean(xs) - 64) < 3 and abs(np.mean(ys) - 64) < 3
+        assert view.K[0, 0] == view.K[1, 1] and view.K[0, 2] == 64
+    assert abs(heights[0] - 0.8 * 128) < 4 and abs(heights[1] - heights[0]) < 4
+    with pytest.raises(InputError, match="behind the camera"):
+        network_view(*photo(near), near - CENTRE + np.array([0.0, 0.0, 0.05]), 128, fill=0.8)  # straddles z = 0
+
+
+def test_the_tiny_preset_sees_a_person_crop(model):
+    # predict_avatar uses the config's fill: the body set still lands on the input body.
+    assert model.config.input_fill > 0
+    body = optical_body(model.config.num_vertices)
+    g = predict_avatar(model, *photo(body), body)
+    err = np.linalg.norm(g.means[: len(body)].double().numpy() - body, axis=1)
+    assert np.median(err) < 0.01
+
+
 def test_check_avatar_rejects_garbage():
     body = optical_body(2000)
     n = len(body)

@@ -57,6 +57,11 @@ class HGMConfig:
     Views:
         num_views: 1 (front) or 2 (front + back); fixes the cross-view attention grouping.
         fovy_deg: default vertical field of view of `default_views` (LGM/HGM `opt.fovy`).
+        input_fill: how a live image becomes the network's input view (`hgm_core.model.predict.network_view`):
+            0 = a fixed focal length (`TRAIN_FOCAL_RATIO` * input_size), so a person 2.5 m away covers
+            about half the frame's height and 4% of its pixels; > 0 = the focal length that makes the
+            (fitted) body's box span this share of the frame: a normalised person crop, so most of the
+            input pixels, and of the pixel-aligned Gaussians, land on the person.
     """
 
     name: str = "tiny"
@@ -88,6 +93,7 @@ class HGMConfig:
     body_guided: bool = False
     num_views: int = 1
     fovy_deg: float = 49.1
+    input_fill: float = 0.0
 
     def __post_init__(self) -> None:
         self.validate()
@@ -137,6 +143,7 @@ class HGMConfig:
         need(self.num_views in (1, 2), "num_views must be 1 (front) or 2 (front + back)")
         need(self.voxel_size > 0 and self.voxel_padding >= 0, "voxel_size must be > 0 and voxel_padding >= 0")
         need(self.sparse_levels >= 1, "sparse_levels must be >= 1")
+        need(0.0 <= self.input_fill <= 1.0, "input_fill must be in [0, 1] (0 = fixed focal length)")
         return self
 
     # ------------------------------------------------------------------ (de)serialisation
@@ -199,7 +206,9 @@ _SMALL = dict(
     fusion_chunk=256,
     body_guided=True,
 )
-_TINY: dict[str, Any] = dict(name="tiny", body_guided=True)
+_TINY: dict[str, Any] = dict(name="tiny", body_guided=True, down_attention=(False, False, False, True), input_fill=0.8)
+"""`tiny` sees a person crop (`input_fill`) and keeps attention at 16^2 only: the 32^2 self-attention was half
+of a CPU training step (0.56 of 1.15 s forward + backward) for a person who covered 4% of the input."""
 
 
 def config_for(preset: str, *, num_views: int = 1, body_model: str = "anny", **overrides: Any) -> HGMConfig:

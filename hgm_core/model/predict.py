@@ -1,11 +1,13 @@
 """Run the HGM network on one camera image: crop/normalise exactly as training did, predict, map back.
 
-`predict_avatar` is what the pipeline's `coarse` stage calls. Training (`hgm train`) sees each
-subject from a camera whose optical axis passes through the subject's centre, at focal length
-`TRAIN_FOCAL_RATIO * size`, with the person composited on white, in HGM's canonical frame (camera at
-`(0, 0, 1.5)`, OpenGL axes). For a live image the same view is made by *rotating* the real camera
-about its centre until it looks at the fitted body's centre (a homography: no depth needed), and
-resampling the image at the network's size and focal ratio; `CanonicalFrame.from_look_at` is that
+`predict_avatar` is what the pipeline's `coarse` stage calls. The network sees each subject from a
+camera whose optical axis passes through the body's box centre, with the person composited on white,
+in HGM's canonical frame (camera at `(0, 0, 1.5)`, OpenGL axes). For a live image that view is made
+by *rotating* the real camera about its centre until it looks at the fitted body's centre (a
+homography: no depth needed) and resampling the image at the network's size; training makes its
+input views the same way (`hgm_core.train.sample.aim_input`). The focal length is either fixed
+(`TRAIN_FOCAL_RATIO * size`) or, with the config's `input_fill`, chosen so the body's box spans that
+share of the frame: a person crop whatever the distance. `CanonicalFrame.from_look_at` is the
 rotation plus the metres-per-unit scale, so the network's Gaussians map back into the real optical
 frame exactly.
 
@@ -28,7 +30,8 @@ from hgm_core.model.hgm import HGM, InputError, to_gaussians
 from hgm_core.paths import ASSETS_DIR
 
 TRAIN_FOCAL_RATIO = 0.8
-"""fx = fy = 0.8 * size in the training renders (`hgm_core.data.render.RenderConfig.focal_ratio`)."""
+"""fx = fy = 0.8 * size in the training renders (`hgm_core.data.render.RenderConfig.focal_ratio`): the
+virtual camera's focal ratio when the config's `input_fill` is 0."""
 DEFAULT_CHECKPOINT = ASSETS_DIR / "checkpoints" / "tiny_1view"
 """The embedded checkpoint (the best `tiny` one-view network so far; replaced in place)."""
 
@@ -49,7 +52,7 @@ class NetworkView:
 
     Attributes:
         image: `[S, S, 3]` float32 RGB in [0, 1], the person on white, S = the network's input size.
-        K: `[3, 3]` float64 intrinsics of `image` (fx = fy = TRAIN_FOCAL_RATIO * S, centred).
+        K: `[3, 3]` float64 intrinsics of `image` (fx = fy, principal point at the centre).
         frame: canonical -> real optical frame (`CanonicalFrame.from_look_at` of the body centre).
     """
 
@@ -71,12 +74,32 @@ def body_centre(body_vertices: np.ndarray) -> np.ndarray:
     return 0.5 * (v.min(0) + v.max(0))
 
 
-def network_view(image: np.ndarray, mask: np.ndarray, K: np.ndarray, body_vertices: np.ndarray, size: int) -> NetworkView:
+def fill_focal(body_vertices: np.ndarray, rotation: np.ndarray, size: int, fill: float) -> float:
+    """Focal length (pixels) at which the body's box spans `fill` of a `size`-pixel virtual view.
+
+    Args:
+        body_vertices: `[Nv, 3]` optical frame of the real camera (metres); rotation: `[3, 3]` virtual
+            optical axes -> real optical axes (the virtual camera shares the real one's centre).
+    Raises:
+        InputError: part of the body lies behind the camera or on its plane (no crop can frame it).
+    """
+    v = np.asarray(body_vertices, np.float64) @ np.asarray(rotation, np.float64)  # virtual optical frame
+    z = v[:, 2]
+    if not (z > 1e-3).all():
+        raise InputError(f"the body reaches behind the camera (nearest vertex at z = {z.min():.3f} m); cannot frame it")
+    half = float(np.abs(v[:, :2] / z[:, None]).max())  # tangent of the half-angle the body subtends
+    return fill * (size / 2) / max(half, 1e-6)
+
+
+def network_view(image: np.ndarray, mask: np.ndarray, K: np.ndarray, body_vertices: np.ndarray, size: int,
+                 fill: float = 0.0) -> NetworkView:
     """Resample `image` into the virtual camera that looks at the body centre (see the module docstring).
 
     Args:
         image: `[H, W, 3]` uint8 RGB; mask: `[H, W]` person mask (bool, uint8 0/255 or float in [0, 1]);
         K: `[3, 3]` intrinsics in pixels; body_vertices: `[Nv, 3]` metres in the optical frame (REP 103).
+        size: the network's input size; fill: 0 = focal `TRAIN_FOCAL_RATIO * size`, else the body's box
+            spans this share of the view (`fill_focal`).
     """
     import cv2
 
@@ -89,7 +112,8 @@ def network_view(image: np.ndarray, mask: np.ndarray, K: np.ndarray, body_vertic
         raise InputError(f"K must be a [3, 3] pinhole matrix with positive focal lengths, got {K.tolist()}")
     frame = CanonicalFrame.from_look_at(torch.from_numpy(body_centre(body_vertices)))
     R = frame.rotation.numpy()  # virtual optical axes -> real optical axes
-    Kv = np.array([[TRAIN_FOCAL_RATIO * size, 0, size / 2], [0, TRAIN_FOCAL_RATIO * size, size / 2], [0, 0, 1.0]])
+    f = fill_focal(body_vertices, R, size, fill) if fill > 0 else TRAIN_FOCAL_RATIO * size
+    Kv = np.array([[f, 0, size / 2], [0, f, size / 2], [0, 0, 1.0]])
 
     alpha = mask.astype(np.float32)
     alpha = alpha / 255.0 if mask.dtype == np.uint8 else alpha
@@ -130,7 +154,7 @@ def predict_avatar(model: HGM, image: np.ndarray, mask: np.ndarray, K: np.ndarra
     verts = np.asarray(body_vertices, np.float64)
     if verts.ndim != 2 or verts.shape != (cfg.num_vertices, 3) or not np.isfinite(verts).all():
         raise InputError(f"body_vertices must be finite [{cfg.num_vertices}, 3] ({cfg.body_model}), got {list(verts.shape)}")
-    view = network_view(image, mask, K, verts, cfg.input_size)
+    view = network_view(image, mask, K, verts, cfg.input_size, cfg.input_fill)
     vertices = optical_to_canonical_points(torch.from_numpy(verts), view.frame).float()
     c2w = torch.eye(4)
     c2w[2, 3] = CANONICAL_CAM_RADIUS

@@ -50,6 +50,11 @@ class Sample:
     target_rgb: torch.Tensor
     target_mask: torch.Tensor
 
+    def to(self, device: torch.device | str) -> "Sample":
+        """The same sample with every tensor (and the cameras) on `device`."""
+        tensors = {k: getattr(self, k).to(device) for k in ("images", "K", "c2w", "vertices", "target_rgb", "target_mask")}
+        return dataclasses.replace(self, cameras=self.cameras.to(device), **tensors)
+
 
 def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
     k = axis / np.linalg.norm(axis)
@@ -73,22 +78,24 @@ def perturb_body(vertices: np.ndarray, noise: BodyNoise, rng: np.random.Generato
     return v + rng.normal(0, [noise.translation, noise.translation, noise.depth])
 
 
-def aim_input(image: np.ndarray, K: np.ndarray, body: np.ndarray, c2w_gl: np.ndarray, distance: float
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def aim_input(image: np.ndarray, K: np.ndarray, body: np.ndarray, c2w_gl: np.ndarray, distance: float, size: int,
+              fill: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Re-aim a one-view sample's input camera at the body's box centre, as inference does.
 
     Args:
-        image: `[S, S, 3]` uint8 input view (on white); K: `[3, 3]` its intrinsics.
+        image: `[H, W, 3]` uint8 input view (on white; a whole frame or a person window); K: `[3, 3]`
+            its intrinsics.
         body: `[Nv, 3]` (perturbed) body in the ring camera's canonical frame (`canonical_transform`
             with ring `distance`); c2w_gl: `[C, 4, 4]` other cameras in that frame.
+        size, fill: the network's input size and `input_fill` (`model.predict.network_view`).
     Returns:
-        the virtual view's image `[S, S, 3]` float32 in [0, 1] and intrinsics `[3, 3]`, and the body
-        `[Nv, 3]` and cameras `[C, 4, 4]` in the virtual camera's canonical frame (input camera
+        the virtual view's image `[size, size, 3]` float32 in [0, 1] and intrinsics `[3, 3]`, and the
+        body `[Nv, 3]` and cameras `[C, 4, 4]` in the virtual camera's canonical frame (input camera
         `[I | (0, 0, 1.5)]`).
     """
     ring = CanonicalFrame(distance / CANONICAL_CAM_RADIUS)  # the canonical frame `canonical_transform` made
     body_optical = canonical_to_optical_points(torch.from_numpy(body), ring).numpy()
-    view = network_view(image, np.full(image.shape[:2], 255, np.uint8), K, body_optical, image.shape[0])
+    view = network_view(image, np.full(image.shape[:2], 255, np.uint8), K, body_optical, size, fill)
     M = np.linalg.inv(view.frame.matrix(torch.float64).numpy()) @ ring.matrix(torch.float64).numpy()  # ring -> virtual canonical
     k = np.cbrt(np.linalg.det(M[:3, :3]))
     cams = M @ c2w_gl
@@ -97,15 +104,17 @@ def aim_input(image: np.ndarray, K: np.ndarray, body: np.ndarray, c2w_gl: np.nda
 
 
 def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int], num_input_views: int,
-                noise: BodyNoise | None, rng: np.random.Generator, aim: bool = False) -> Sample:
-    """Build a `Sample` from a cached subject (`hgm_core.data.cache`).
+                noise: BodyNoise | None, rng: np.random.Generator, aim: bool = False, input_size: int = 0,
+                fill: float = 0.0) -> Sample:
+    """Build a `Sample` from a cached or packed subject (`hgm_core.data.cache`, `hgm_core.data.pack`).
 
     Args:
         input_view: ring index of the (first) input view; with two input views the second is the
             opposite one (`input_view + n / 2`), as HGM's front + back.
         views: ring indices of the supervision views.
         noise: body perturbation, None for the exact GT body.
-        aim: one view only: aim the input camera at the body's box centre (`aim_input`).
+        aim: one view only: aim the input camera at the body's box centre (`aim_input`), at
+            `input_size` (0 = the subject's image size) with the network's `fill`.
     """
     n = len(subject["extrinsics"])
     inputs = [(input_view + k * n // 2) % n for k in range(num_input_views)]
@@ -124,7 +133,7 @@ def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int
         if k != 1:
             raise ValueError("aim needs a one-view sample")
         rgb, K_in, body, c2w_gl[k:] = aim_input(subject["images"][input_view], subject["intrinsics"][input_view], body,
-                                                c2w_gl[k:], float(subject["distance"]))
+                                                c2w_gl[k:], float(subject["distance"]), input_size or size, fill)
         inputs_rgb, Ks[0] = torch.from_numpy(rgb)[None], torch.from_numpy(K_in).float()
         c2w_gl[0] = np.eye(4)
         c2w_gl[0, 2, 3] = CANONICAL_CAM_RADIUS

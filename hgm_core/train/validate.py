@@ -54,8 +54,9 @@ def score(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, lpips_mo
     """Per-view metrics of `pred`, `target [C, S, S, 3]` with the GT `mask [C, S, S, 1]`."""
     p, t = pred.permute(0, 3, 1, 2).float(), target.permute(0, 3, 1, 2).float()
     m = (mask.permute(0, 3, 1, 2) > 0.5).float()
-    return {"psnr": metrics.psnr(p, t).numpy(), "fg_psnr": metrics.psnr(p, t, m).numpy(),
-            "ssim": metrics.ssim(p, t).numpy(), "lpips": metrics.lpips(lpips_model, p, t).numpy()}
+    values = {"psnr": metrics.psnr(p, t), "fg_psnr": metrics.psnr(p, t, m), "ssim": metrics.ssim(p, t),
+              "lpips": metrics.lpips(lpips_model, p, t)}
+    return {k: v.cpu().numpy() for k, v in values.items()}
 
 
 def _summary(rows: list[dict[str, np.ndarray]], groups: list[str]) -> dict[str, dict[str, float]]:
@@ -79,13 +80,15 @@ def validate(model: HGM, subjects: list[dict[str, np.ndarray]], noise: BodyNoise
         baseline depends only on the data and the fixed noise seeds, so a trainer scores it once.
     """
     was_training = model.training
+    device = next(model.parameters()).device
     model.eval()
     rows_m, rows_b, tiles = [], [], []
     groups: list[str] = []
     for i, subject in enumerate(subjects):
         n = len(subject["extrinsics"])
         views = list(range(1, n))
-        sample = make_sample(subject, 0, views, model.config.num_views, noise, np.random.default_rng(i), aim=aim)
+        sample = make_sample(subject, 0, views, model.config.num_views, noise, np.random.default_rng(i), aim=aim,
+                             input_size=model.config.input_size, fill=model.config.input_fill).to(device)
         pred = render_rgb(avatar(model, sample), sample)
         rows_m.append(score(pred, sample.target_rgb, sample.target_mask, lpips_model))
         groups = [view_group(v, n) for v in views]
@@ -97,7 +100,7 @@ def validate(model: HGM, subjects: list[dict[str, np.ndarray]], noise: BodyNoise
         if i < 4:
             shown = [views.index(v) for v in GRID_VIEWS if v in views]
             tiles.append(torch.cat([sample.images[0, 0].permute(1, 2, 0)[None], sample.target_rgb[shown], pred[shown],
-                                    base[shown]]))
+                                    base[shown]]).cpu())
     model.train(was_training)
     grid = image_grid(torch.cat(tiles), columns=tiles[0].shape[0]) if tiles else np.zeros((1, 1, 3), np.uint8)
     result = {"model": _summary(rows_m, groups), "subjects": len(subjects)}
