@@ -1,10 +1,13 @@
 """The node's live mode (parameter `mode: live`, docs/live_stream.md): keyframes now and then, a
 tracked pose for every frame, the keyframe avatar re-posed by numpy skinning (no torch here).
 
-Per frame (on the node's job thread, `LiveMode.process`): a `track` job on the worker returns the
-body's bone transforms (a few KB); the node skins the keyframe's canonical avatar with them
+Per frame, two stages that overlap in time: on the node's job thread (`LiveMode.process`) a
+`track` job on the worker returns the body's bone transforms (a few KB) and hands them over; on the
+publish thread (`LiveMode._publish_loop`) the node skins the keyframe's canonical avatar with them
 (`hgm_core.io.live_stream.skin_raw`) and publishes the posed avatar on `human_gaussians` with the
-joints, plus the compact frame on `human_avatar/bones`. Keyframes run on a thread of their own
+joints, plus the compact frame on `human_avatar/bones`. So frame k is skinned and published while
+the worker tracks frame k+1. The hand-over holds one pose: a newer one replaces a pose not yet
+taken (newest wins, counted in `skipped`), so nothing queues up. Keyframes run on a thread of their own
 (`LiveMode._keyframe_loop`), concurrently with the frame path, at start, on `~/capture`, when
 tracking is lost, and every `keyframe_period_s`; each publishes the canonical avatar and its
 binding, latched, on `human_avatar/canonical` and `human_avatar/binding`.
@@ -25,6 +28,7 @@ from std_msgs.msg import Header
 
 from hgm_core.io.live_stream import BindingArrays, encode_frame, skin_raw, write_binding
 from hgm_core.serve.client import JobResult, WorkerError
+from hgm_core.types import TrackedPose
 from hgm_node.conversions import gaussians_to_pointcloud2
 from hgm_node.qos import LATCHED_QOS
 
@@ -64,15 +68,26 @@ class LiveAvatar:
 
 @dataclass(frozen=True)
 class FrameOutcome:
-    """What `LiveMode.process` did with one frame: state "tracking" (published), "lost", or
-    "waiting" (no keyframe yet, or the pose belongs to a keyframe the node does not hold yet);
-    `cloud_bytes`/`gaussians` of the published avatar; the track job's timings."""
+    """What became of one frame: state "tracking" (published), "lost", or "waiting" (no keyframe
+    yet, or the pose belongs to a keyframe the node does not hold yet); `cloud_bytes`/`gaussians`
+    of the published avatar; the track job's timings (+ the node's steps once published)."""
 
     state: str
     message: str
     cloud_bytes: int = 0
     gaussians: int = 0
     timings: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class _Tracked:
+    """A tracked pose on its way from the job thread to the publish thread."""
+
+    frame: LiveInput
+    pose: TrackedPose
+    avatar: LiveAvatar
+    timings: dict[str, float]
+    handed_over: float  # time.perf_counter()
 
 
 class LiveMode:
@@ -85,21 +100,27 @@ class LiveMode:
         stages: level of the keyframe reconstructions.
         publish_avatar: `(raw [N, 14], joints [J, 3] | None, bones, header) -> cloud bytes`, the node's
             own publisher of `human_gaussians` and the joints.
+        report: `(frame, outcome)`, called once per frame with what became of it: from the job thread
+            for "lost"/"waiting", from the publish thread once a tracked frame is out (not for a pose
+            a newer one replaced before it was published).
         keyframe_period_s: also re-keyframe this often (0: never just for age).
         retry_s: least time between a failed keyframe and the next attempt.
         logger: the node's logger (`get_logger()`).
     """
 
     def __init__(self, node: Node, link, *, stream: str, stages: str, publish_avatar: Callable,
+                 report: Callable[[LiveInput, FrameOutcome], None] | None = None,
                  keyframe_period_s: float = 0.0, retry_s: float = 1.0, logger=None) -> None:
         self._link, self._stream, self._stages = link, stream, stages
         self._publish_avatar = publish_avatar
+        self._report = report or (lambda frame, outcome: None)
         self._period_s, self._retry_s = keyframe_period_s, retry_s
         self._logger = logger or node.get_logger()
         self._pub_canonical = node.create_publisher(PointCloud2, "human_avatar/canonical", LATCHED_QOS)
         self._pub_binding = node.create_publisher(CompressedImage, "human_avatar/binding", LATCHED_QOS)
         self._pub_bones = node.create_publisher(CompressedImage, "human_avatar/bones", LATCHED_QOS)
         self._cond = threading.Condition()
+        self._publish_lock = threading.Lock()  # orders the publish thread's and the keyframe thread's avatars
         self._avatar: LiveAvatar | None = None
         self._input: LiveInput | None = None  # newest converted frame (what a keyframe reconstructs)
         self._wanted: str | None = "start"  # why a keyframe is wanted, None when not
@@ -107,18 +128,23 @@ class LiveMode:
         self._not_before = 0.0  # no keyframe attempt before this (monotonic), after a failure
         self._keyframed_at = -float("inf")
         self._last_published = -float("inf")  # `received` of the newest frame published on human_gaussians
+        self._handover: _Tracked | None = None  # the newest tracked pose, until the publish thread takes it
         self._stopping = False
         self.keyframes = 0
         self.keyframe_failures = 0
+        self.skipped = 0  # tracked poses a newer one replaced before they were published
         self.last_keyframe_s = 0.0
-        self._thread = threading.Thread(target=self._keyframe_loop, name="hgm-keyframes", daemon=True)
-        self._thread.start()
+        self._threads = [threading.Thread(target=self._keyframe_loop, name="hgm-keyframes", daemon=True),
+                         threading.Thread(target=self._publish_loop, name="hgm-live-publish", daemon=True)]
+        for thread in self._threads:
+            thread.start()
 
     def close(self) -> None:
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout=5.0)
+        for thread in self._threads:
+            thread.join(timeout=5.0)
 
     def request_keyframe(self, reason: str, *, fresh: bool = False) -> None:
         """Ask for a new keyframe from the next frame (a request already pending keeps its reason).
@@ -138,10 +164,13 @@ class LiveMode:
     # -- frame path (the node's job thread) --------------------------------------------------------
 
     def process(self, frame: LiveInput) -> FrameOutcome:
-        """Track one frame and publish the re-posed avatar. Raises `WorkerError` when the job fails.
+        """Track one frame and hand its pose to the publish thread, which skins and publishes it
+        while the caller goes on to the next frame. Raises `WorkerError` when the job fails.
 
-        Timings (seconds): the track job's, plus "wait" (received -> taken by the job thread),
-        "convert" (taken -> here: pixels and intrinsics), "skin" and "publish"."""
+        Returns the outcome so far: "tracking" here means handed over. Timings (seconds) reported
+        once published: the track job's, plus "wait" (received -> taken by the job thread),
+        "convert" (taken -> here: pixels and intrinsics), "handover" (track reply -> publish
+        thread), "skin" and "publish"."""
         t_in = time.monotonic()
         with self._cond:
             self._input = frame
@@ -150,25 +179,53 @@ class LiveMode:
                 self._wanted = "periodic"
             self._cond.notify_all()
         if avatar is None:
-            return FrameOutcome("waiting", "waiting for the first keyframe")
+            return self._outcome(frame, FrameOutcome("waiting", "waiting for the first keyframe"))
         stamp = frame.header.stamp.sec + 1e-9 * frame.header.stamp.nanosec
         pose = self._link.track(frame.image, K=frame.K, mask=frame.mask, stream=self._stream, stamp=stamp)
         if pose.state == "lost":
             self.request_keyframe(f"tracking lost: {pose.reason}")
-            return FrameOutcome("lost", f"tracking lost ({pose.reason}); new keyframe requested", timings=pose.timings)
+            return self._outcome(frame, FrameOutcome("lost", f"tracking lost ({pose.reason}); new keyframe requested", timings=pose.timings))
         if pose.binding_id != avatar.binding_id:
             # The worker tracks from a keyframe this node does not hold: usually one whose result is
             # on its way (then this request is a no-op), else one whose reply was lost: ask again.
             self.request_keyframe(f"the worker tracks keyframe {pose.binding_id}, this node holds {avatar.binding_id}")
-            return FrameOutcome("waiting", f"pose of keyframe {pose.binding_id}, holding {avatar.binding_id}", timings=pose.timings)
+            return self._outcome(frame, FrameOutcome("waiting", f"pose of keyframe {pose.binding_id}, holding {avatar.binding_id}",
+                                                     timings=pose.timings))
+        timings = {**pose.timings, "wait": frame.started - frame.received, "convert": t_in - frame.started}
+        with self._cond:
+            if self._handover is not None:
+                self.skipped += 1
+            self._handover = _Tracked(frame, pose, avatar, timings, time.perf_counter())
+            self._cond.notify_all()
+        return FrameOutcome("tracking", f"tracking (keyframe {avatar.binding_id}); handed to the publish thread", timings=timings)
+
+    def _outcome(self, frame: LiveInput, outcome: FrameOutcome) -> FrameOutcome:
+        self._report(frame, outcome)
+        return outcome
+
+    def _publish_loop(self) -> None:
+        """Skin and publish the newest tracked pose (the publish thread)."""
+        while True:
+            with self._cond:
+                while self._handover is None and not self._stopping:
+                    self._cond.wait(0.5)
+                if self._stopping:
+                    return
+                tracked, self._handover = self._handover, None
+            try:
+                self._report(tracked.frame, self._skin_and_publish(tracked))
+            except Exception as e:  # a bug here must not end the publish thread
+                self._logger.error(f"publishing a tracked frame failed: {type(e).__name__}: {e}", throttle_duration_sec=5.0)
+
+    def _skin_and_publish(self, tracked: _Tracked) -> FrameOutcome:
+        pose, avatar = tracked.pose, tracked.avatar
         t0 = time.perf_counter()
         posed = skin_raw(avatar.canonical_raw, avatar.binding, pose.bone_transforms)
         t1 = time.perf_counter()
         skeleton = pose.skeleton
-        cloud_bytes = self._publish(frame, posed, pose.bone_transforms, pose.binding_id,
+        cloud_bytes = self._publish(tracked.frame, posed, pose.bone_transforms, pose.binding_id,
                                     None if skeleton is None else skeleton.joints, () if skeleton is None else skeleton.bones)
-        timings = {**pose.timings, "wait": frame.started - frame.received, "convert": t_in - frame.started,
-                   "skin": t1 - t0, "publish": time.perf_counter() - t1}
+        timings = {**tracked.timings, "handover": t0 - tracked.handed_over, "skin": t1 - t0, "publish": time.perf_counter() - t1}
         return FrameOutcome("tracking", f"tracking (keyframe {avatar.binding_id})", cloud_bytes, len(posed), timings)
 
     def _publish(self, frame: LiveInput, raw: np.ndarray, transforms: np.ndarray, binding_id: int,
@@ -177,7 +234,7 @@ class LiveMode:
         `frame`; nothing (0 bytes) when a newer frame is out already (the keyframe thread and the
         frame path both publish)."""
         header = Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id)
-        with self._cond:
+        with self._publish_lock:  # not `_cond`: the job thread must not wait for a publish
             if frame.received < self._last_published:
                 return 0
             self._last_published = frame.received

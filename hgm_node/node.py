@@ -12,7 +12,8 @@ mesh), `human_splats` (gsplat_msgs/SplatArray for RVizSplat, only when gsplat_ms
 docs/live_stream.md), and `human_gaussians` is the keyframe avatar re-posed in every frame.
 
 Threads: executor callbacks only validate headers and store the frame; one job thread converts
-pixels, calls the worker and publishes; the worker link's thread supervises the worker. So the
+pixels, calls the worker and publishes (in live mode it tracks, and `hgm_node.live`'s publish
+thread skins and publishes the previous frame meanwhile); the worker link's thread supervises the worker. So the
 executor never blocks, the latest frame always wins, and a dead worker leaves the node up.
 """
 
@@ -49,7 +50,7 @@ from hgm_node.conversions import (
     skeleton_to_markers,
 )
 from hgm_node.diagnostics import ERROR, OK, WARN, PipelineStats, diagnostic_array
-from hgm_node.live import LiveInput, LiveMode
+from hgm_node.live import FrameOutcome, LiveInput, LiveMode
 from hgm_node.params import NodeParams, declare_parameters
 from hgm_node.qos import DIAGNOSTICS_QOS, LATCHED_QOS, InputSubscription
 from hgm_node.record import McapSink, TopicRecorder
@@ -117,7 +118,7 @@ class HgmNode(Node):
             self._depth_sub = InputSubscription(self, Image, "depth", self._on_depth)
         if p.mode == "live":
             self._live = LiveMode(self, self._link, stream=self.get_fully_qualified_name(), stages=p.stages,
-                                  publish_avatar=self._publish_avatar, keyframe_period_s=p.keyframe_period_s,
+                                  publish_avatar=self._publish_avatar, report=self._live_outcome, keyframe_period_s=p.keyframe_period_s,
                                   retry_s=p.keyframe_retry_s)
         self._continuous = p.trigger == "continuous" or p.mode == "live"  # live mode tracks every frame
         if p.trigger == "service" or p.mode == "live":
@@ -287,10 +288,12 @@ class HgmNode(Node):
 
     def _run_live(self, frame: LiveInput) -> None:
         try:
-            outcome = self._live.process(frame)
+            self._live.process(frame)  # what becomes of the frame comes to _live_outcome
         except WorkerError as e:
             self._job_failed(e)
-            return
+
+    def _live_outcome(self, frame: LiveInput, outcome: FrameOutcome) -> None:
+        """Live mode's per-frame report (the job thread's, or the publish thread's once published)."""
         total = time.monotonic() - frame.received
         with self._cond:
             self._stats.keyframes, self._stats.track_state = self._live.keyframes, outcome.state

@@ -17,6 +17,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from builtin_interfaces.msg import Time  # noqa: E402
 from geometry_msgs.msg import PoseArray  # noqa: E402
 from sensor_msgs.msg import CompressedImage, PointCloud2  # noqa: E402
 from std_srvs.srv import Trigger  # noqa: E402
@@ -196,6 +197,85 @@ def test_a_new_worker_knows_no_keyframe_and_gets_one(tmp_path):
             assert len({read_binding(io.BytesIO(bytes(m.data))).binding_id for m in g.bindings}) >= 2
     finally:
         g.close()
+
+
+def test_publishing_overlaps_the_next_track_job_and_only_the_newest_pose_waits():
+    """`LiveMode` with a real worker (`BlobLiveHandler` in this process) and a publisher that takes
+    0.3 s: `process` hands each pose over and returns at once (the next frame is tracked while the
+    last one is published), a pose not yet taken is replaced by a newer one (never a queue), and the
+    newest frame always comes out, in order, at its own position."""
+    import random
+
+    from std_msgs.msg import Header
+
+    from hgm_core.serve.client import WorkerClient
+    from hgm_node.live import LiveInput, LiveMode
+    from hgm_node.worker_link import WorkerLink
+    from tests.handlers import BlobLiveHandler, running_worker
+
+    def frame(x: int, sec: int) -> LiveInput:
+        now = time.monotonic()
+        return LiveInput(blob_rgb(x), np.array([[60.0, 0, 32], [0, 60, 24], [0, 0, 1]]), None, None,
+                         Header(stamp=Time(sec=sec), frame_id="cam"), now, now)
+
+    published: list[tuple[int, float, float, float]] = []  # (stamp sec, start, end, mean x of the avatar)
+
+    def slow_publish(raw, joints, bones, header) -> int:
+        start = time.monotonic()
+        time.sleep(0.3)
+        published.append((header.stamp.sec, start, time.monotonic(), float(raw[:, 0].mean())))
+        return raw.nbytes
+
+    reports: list[tuple[int, str]] = []
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=random.SystemRandom().randint(1, 101))
+    node = rclpy.create_node("live_handover", context=context)
+    handler = BlobLiveHandler()
+    live = link = None
+    try:
+        with running_worker(handler, track=handler.track) as worker:
+            link = WorkerLink(worker.endpoint, timeout_s=10.0)
+            link.start()
+            assert link.wait_ready(10.0)
+            live = LiveMode(node, link, stream="cam", stages="prior", publish_avatar=slow_publish,
+                            report=lambda f, o: reports.append((f.header.stamp.sec, o.state)))
+            deadline = time.monotonic() + 20
+            while live.avatar is None or not published:  # the first keyframe (and its own avatar, published)
+                assert live.process(frame(10, 1)).state == "waiting" or live.avatar is not None
+                assert time.monotonic() < deadline, "no keyframe"
+                time.sleep(0.05)
+            time.sleep(0.5)  # the warm-up frames are out
+            skipped, calls = live.skipped, []
+            for i in range(10):  # a 10 Hz camera; the publisher manages 3 Hz
+                t0 = time.monotonic()
+                assert live.process(frame(12 + 2 * i, 100 + i)).state == "tracking"
+                calls.append((t0, time.monotonic()))
+                time.sleep(max(0.0, t0 + 0.1 - time.monotonic()))
+            assert max(c1 - c0 for c0, c1 in calls) < 0.15  # no frame waited for a publish
+            while not published or published[-1][0] != 109:  # the newest frame always comes out
+                assert time.monotonic() < deadline + 10, f"frame 109 never published: {published}"
+                time.sleep(0.05)
+            with WorkerClient(worker.endpoint) as client:  # the handler's own avatar where the square is
+                where = {x: float(client.reconstruct(blob_rgb(x), K=frame(x, 0).K).gaussians[:, 0].mean()) for x in (12, 30)}
+    finally:
+        if live is not None:
+            live.close()
+        if link is not None:
+            link.close()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+    tracked = [p for p in published if p[0] >= 100]
+    secs = [p[0] for p in tracked]
+    assert secs == sorted(secs) and len(secs) == len(set(secs))
+    assert live.skipped - skipped == 10 - len(tracked) and 2 <= len(tracked) <= 6
+    assert [s for s, state in reports if s >= 100] == secs and {state for s, state in reports if s >= 100} == {"tracking"}
+    # Tracking went on while a frame was being published.
+    assert any(start < c0 and c1 < end for _, start, end, _ in tracked for c0, c1 in calls)
+    for sec, _, _, x in tracked:
+        square = 12 + 2 * (sec - 100)
+        if square in where:
+            assert x == pytest.approx(where[square], abs=1e-4)
+        assert x == pytest.approx(expected_x(square), abs=1e-3)
 
 
 @pytest.mark.slow
