@@ -143,7 +143,9 @@ def test_make_sample_takes_a_packed_subject(pack):
 
 def test_pack_folder_index_and_resume(layout, pack, capsys):
     assert is_pack(pack) and not is_pack(layout)
+    (pack / ".0002.tmp123.npz").write_bytes(b"")  # a subject still being written by another process
     assert packed_subjects(pack) == ["0000", "0001"]
+    (pack / ".0002.tmp123.npz").unlink()
     index = json.loads((pack / "dataset.json").read_text())
     assert index["generator"] == "hgm pack" and index["seed"] == 1000 and index["size"] == SIZE
     assert index["subjects"] == ["0000", "0001"] and index["source"] == str(layout.resolve())
