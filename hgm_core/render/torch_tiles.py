@@ -9,9 +9,10 @@ the camera count, and there is no Python loop over tiles or splats.
 1. Project once (`project_gaussians`) and sort each camera's splats by depth.
 2. Intersections (gsplat's `isect_tiles`): every kept splat is repeated once per tile its box
    covers, then the list is stable-sorted by tile, so each tile's splats stay front to back.
-3. Tiles are grouped by their splat count (powers of two) and padded to the group's largest count
-   K: padding wastes less than half of a group, and big groups are split so one chunk of
-   `[B, K, tile * tile]` stays under `max_chunk` elements.
+3. Tiles are sorted by their splat count and cut into chunks, each padded to its largest count K:
+   on the CPU, where every element costs, no tile in a chunk has half of K or less; on CUDA, where
+   each kernel launch costs, as few chunks as the size bound (`max_chunk` elements of
+   `[B, K, tile * tile]`) allows.
 4. Per chunk: gather the splats, alpha `[B, K, P]` (padding has opacity 0, so alpha 0), composite
    front to back with the reference's semantics, and scatter the tiles back into the images.
 
@@ -20,6 +21,8 @@ Two host syncs per call (the intersection count and the per-tile counts, to size
 
 from __future__ import annotations
 
+import bisect
+import math
 from dataclasses import dataclass
 
 import torch
@@ -32,10 +35,16 @@ from hgm_core.render.reference import composite, splat_alpha
 
 TILE = 4
 """Default tile side in pixels. Small tiles fit a splat's footprint tightly: on the training render
-(18k Gaussians, 4 x 96^2) 4-pixel tiles do 7.2 M splat-pixel pairs against 41 M for 16-pixel ones,
-and the extra intersections (336 k vs 134 k) cost only gathers (`bench/render.py`)."""
-MAX_CHUNK = 1 << 24
-"""Default bound on the elements of one chunk's `[B, K, P]` alpha (a few such tensors are live at once)."""
+(18k Gaussians, 4 x 96^2, CPU chunking) 4-pixel tiles evaluate 7.7 M splat-pixel pairs, 8-pixel
+ones 16 M, 16-pixel ones 47 M (dense: 664 M); the extra intersections (336 k vs 134 k for 16) cost
+only gathers. On this CPU the forward took 0.30 s with 4, 0.77 s with 8 and 2.6 s with 16."""
+CPU_GROWTH = 2.0
+"""On the CPU a chunk's tiles hold more than half of its padded count K: padding at most doubles the work."""
+CPU_MAX_CHUNK = 1 << 24
+"""On the CPU one chunk's `[B, K, P]` alpha has at most this many elements (a few such tensors live at once)."""
+ACCEL_MAX_CHUNK = 1 << 26
+"""Elsewhere (CUDA) the bound on one chunk: 0.25 GiB per float32 `[B, K, P]` tensor. The training
+render fits one chunk (23 M elements; 1.2 GB of float32 autograd state)."""
 
 
 @dataclass(frozen=True)
@@ -98,22 +107,37 @@ def tile_lists(proj: Projected, width: int, height: int, tile: int) -> TileLists
     return TileLists(ranked[src[perm]], torch.cumsum(counts, 0) - counts, counts, tiles_x, tiles_y)
 
 
-def plan_chunks(counts: list[int], tile: int, max_chunk: int) -> list[tuple[list[int], int]]:
-    """Group the non-empty tiles into chunks `(tile ids, K)` of `len(ids) * K * tile**2 <= max_chunk`.
+def plan_chunks(sorted_counts: list[int], tile: int, max_chunk: int, growth: float) -> list[tuple[int, int, int]]:
+    """Cut tiles sorted by splat count (descending) into chunks `(start, stop, K)` of that order.
 
-    Tiles are grouped by the power of two above their count and padded to the group's largest
-    count K, so padding never doubles the work. (A single tile larger than the bound is its own chunk.)
+    A chunk's tiles are padded to its first (largest) count K; every tile in it has more than
+    `K / growth` splats (so padding at most multiplies the work by `growth`), and
+    `(stop - start) * K * tile**2 <= max_chunk` unless a single tile is larger. Empty tiles are left out.
     """
-    groups: dict[int, list[int]] = {}
-    for t, n in enumerate(counts):
-        if n > 0:
-            groups.setdefault((n - 1).bit_length(), []).append(t)
     chunks = []
-    for ids in groups.values():
-        k = max(counts[t] for t in ids)
-        per_chunk = max(1, max_chunk // (k * tile * tile))
-        chunks += [(ids[i : i + per_chunk], k) for i in range(0, len(ids), per_chunk)]
+    start = 0
+    while start < len(sorted_counts) and sorted_counts[start] > 0:
+        k = sorted_counts[start]
+        # First tile with at most K / growth splats (the list is descending, so bisect on -count).
+        stop = bisect.bisect_left(sorted_counts, -k / growth, lo=start, key=lambda n: -n)
+        stop = min(stop, start + max(1, max_chunk // (k * tile * tile)))
+        chunks.append((start, stop, k))
+        start = stop
     return chunks
+
+
+def default_plan(device: torch.device) -> tuple[float, int]:
+    """`(growth, max_chunk)` for `device`: the CPU pays per element, so it pads little and works in
+    small chunks; CUDA pays per kernel launch, so it renders all tiles in as few chunks as memory allows."""
+    return (CPU_GROWTH, CPU_MAX_CHUNK) if device.type == "cpu" else (math.inf, ACCEL_MAX_CHUNK)
+
+
+def chunk_tiles(
+    lists: TileLists, tile: int, max_chunk: int, growth: float
+) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+    """Tile ids `[T]` sorted by splat count (descending) and the chunks `plan_chunks` cuts them into."""
+    sorted_counts, order = torch.sort(lists.counts, descending=True, stable=True)
+    return order, plan_chunks(sorted_counts.tolist(), tile, max_chunk, growth)  # the call's 2nd host sync
 
 
 def _tile_pixels(tiles: torch.Tensor, lists: TileLists, tile: int, dtype: torch.dtype) -> torch.Tensor:
@@ -135,7 +159,7 @@ def _render_chunk(
     valid = slot < lists.counts[tiles][:, None]  # [B, K]
     # Padding points at the tile's first splat (a real one, so its numbers are finite) with opacity 0.
     sid = lists.splats[lists.offsets[tiles][:, None] + torch.where(valid, slot, 0)]  # [B, K] flat c * N + n
-    opac = torch.where(valid, proj.opacities.reshape(-1)[sid], torch.zeros((), dtype=colors.dtype, device=sid.device))
+    opac = torch.where(valid, proj.opacities.reshape(-1)[sid], 0.0)
     alpha = splat_alpha(proj.means2d.reshape(-1, 2)[sid], proj.conics.reshape(-1, 3)[sid], opac,
                         _tile_pixels(tiles, lists, tile, colors.dtype))  # [B, K, P]
     rgb, acc, depth_sum, median = composite(alpha, colors[sid % N], proj.depths.reshape(-1)[sid])
@@ -151,27 +175,28 @@ def rasterize_torch_tiles(
     far: float,
     eps2d: float,
     tile: int = TILE,
-    max_chunk: int = MAX_CHUNK,
+    max_chunk: int | None = None,
+    growth: float | None = None,
 ) -> RenderOutput:
     """Tiled rendering in torch ops on the Gaussians' device; see `hgm_core.render.rasterize`.
 
-    `tile` is the tile side in pixels; `max_chunk` bounds the elements of one chunk's alpha.
+    `tile` is the tile side in pixels; `max_chunk` and `growth` shape the chunks (`plan_chunks`;
+    None: `default_plan` for the device).
     """
     if g.dtype not in (torch.float32, torch.float64):
         raise RenderError(f"the torch backend renders float32 or float64, got {g.dtype}")
-    if tile < 1 or max_chunk < 1:
-        raise RenderError(f"tile and max_chunk must be positive, got {tile} and {max_chunk}")
+    default_growth, default_chunk = default_plan(g.device)
+    max_chunk, growth = max_chunk or default_chunk, growth or default_growth
+    if tile < 1 or max_chunk < 1 or growth <= 1:
+        raise RenderError(f"need tile >= 1, max_chunk >= 1 and growth > 1; got {tile}, {max_chunk}, {growth}")
     proj = project_gaussians(g, cameras, near=near, far=far, eps2d=eps2d)
     H, W, C = cameras.height, cameras.width, len(cameras)
     lists = tile_lists(proj, W, H, tile)
-    ids, values = [], []
-    for tiles, k in plan_chunks(lists.counts.tolist(), tile, max_chunk):  # host sync 2
-        tiles_t = torch.tensor(tiles, device=g.device)
-        ids.append(tiles_t)
-        values.append(_render_chunk(proj, g.colors, lists, tiles_t, k, tile))
+    order, chunks = chunk_tiles(lists, tile, max_chunk, growth)
     canvas = torch.zeros(C * lists.tiles_y * lists.tiles_x, tile * tile, 6, dtype=g.dtype, device=g.device)
-    if ids:
-        canvas = canvas.index_copy(0, torch.cat(ids), torch.cat(values))
+    if chunks:
+        values = [_render_chunk(proj, g.colors, lists, order[start:stop], k, tile) for start, stop, k in chunks]
+        canvas = canvas.index_copy(0, order[: chunks[-1][1]], torch.cat(values))
     # [C, ty, tx, tile, tile, 6] -> [C, ty * tile, tx * tile, 6], cropped to the image.
     canvas = canvas.reshape(C, lists.tiles_y, lists.tiles_x, tile, tile, 6).permute(0, 1, 3, 2, 4, 5)
     canvas = canvas.reshape(C, lists.tiles_y * tile, lists.tiles_x * tile, 6)[:, :H, :W]
@@ -182,18 +207,20 @@ def rasterize_torch_tiles(
 
 
 def splat_pixel_pairs(g: Gaussians, cameras: Cameras, *, tile: int = TILE, near: float = 0.01, far: float = 1e10,
-                      eps2d: float = 0.3) -> dict[str, int]:
+                      eps2d: float = 0.3, device: torch.device | str | None = None) -> dict[str, int]:
     """How much alpha work one render does: splat-pixel pairs of the padded tiles against the dense
-    reference's (every splat that survives culling against every pixel of its camera).
+    reference's (every splat that survives culling against every pixel of its camera), with the
+    chunking `rasterize_torch_tiles` uses on `device` (default: the Gaussians').
 
     Returns `{"tiled": ..., "dense": ..., "intersections": ..., "chunks": ...}`.
     """
     with torch.no_grad():
         proj = project_gaussians(g, cameras, near=near, far=far, eps2d=eps2d)
         lists = tile_lists(proj, cameras.width, cameras.height, tile)
-    chunks = plan_chunks(lists.counts.tolist(), tile, MAX_CHUNK)
+    growth, max_chunk = default_plan(torch.device(device) if device is not None else g.device)
+    _, chunks = chunk_tiles(lists, tile, max_chunk, growth)
     return {
-        "tiled": sum(len(ids) * k * tile * tile for ids, k in chunks),
+        "tiled": sum((stop - start) * k * tile * tile for start, stop, k in chunks),
         "dense": int((proj.radii > 0).all(-1).sum()) * cameras.width * cameras.height,
         "intersections": int(lists.splats.numel()),
         "chunks": len(chunks),
