@@ -72,18 +72,22 @@ def test_early_termination_and_tiny_chunks_match_reference():
     assert_outputs_close(out, ref, atol=1e-10)
 
 
-def test_gradients_match_reference():
+@pytest.mark.parametrize("growth", [None, math.inf])  # the CPU's chunking and CUDA's (one chunk)
+def test_gradients_match_reference(growth):
     g0 = scene_with_outliers(150, 2)
     cams = skewed_cameras(2, 40, 32, seed=2)
     w = torch.rand(2, 32, 40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
 
-    def grads(backend):
+    def grads(tiled):
         params = {k: getattr(g0, k).clone().requires_grad_() for k in PARAMS}
-        out = rasterize(replace(g0, **params), cams, background=(0.1, 0.2, 0.3), backend=backend)
+        if tiled:
+            out = render(replace(g0, **params), cams, bg=(0.1, 0.2, 0.3), growth=growth)
+        else:
+            out = rasterize(replace(g0, **params), cams, background=(0.1, 0.2, 0.3), backend="reference")
         (torch.cat((out.rgb, out.alpha, out.depth), -1) * w).sum().backward()
         return {k: v.grad for k, v in params.items()}
 
-    ref, tiled = grads("reference"), grads("torch")
+    ref, tiled = grads(False), grads(True)
     for k in PARAMS:
         assert float(ref[k].abs().max()) > 0, k
         torch.testing.assert_close(tiled[k], ref[k], atol=1e-9, rtol=1e-7, msg=k)
