@@ -149,3 +149,23 @@ def test_cuda_prefers_torch_tiles_over_the_dense_reference(monkeypatch):
     assert with_gsplat.index("torch") < with_gsplat.index("reference")
     monkeypatch.setitem(sys.modules, "gsplat", None)  # import gsplat now raises ImportError
     assert available_backends(torch.device("cuda")) == ["torch", "reference"]
+
+
+def test_float32_person_gradients_match_numba():
+    """Deep per-tile stacks in float32 (up to 900 splats per 4 x 4 tile, median 271): finite
+    gradients, equal to the numba backend's analytic backward up to float32 rounding."""
+    from hgm_core.render.scenes import person_scene, turntable_cameras
+
+    g, cams = person_scene(6000), turntable_cameras(64, n_views=2)
+    w = torch.rand(2, 64, 64, 5, generator=torch.Generator().manual_seed(0))
+
+    def grads(backend):
+        params = {k: getattr(g, k).clone().requires_grad_() for k in PARAMS}
+        out = rasterize(replace(g, **params), cams, background=(1.0, 1.0, 1.0), backend=backend)
+        (torch.cat((out.rgb, out.alpha, out.depth), -1) * w).sum().backward()
+        return {k: v.grad for k, v in params.items()}
+
+    ref, tiled = grads("numba"), grads("torch")
+    for k in PARAMS:
+        assert bool(torch.isfinite(tiled[k]).all()), k
+        assert float((tiled[k] - ref[k]).norm() / ref[k].norm()) < 1e-4, k
