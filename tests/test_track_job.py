@@ -7,6 +7,7 @@ real `LivePipeline` on the bundled sample photo.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -178,3 +179,64 @@ def test_track_stamp_round_trip_and_refusals():
         assert e.value.kind == "bad_request" and "stamp" in str(e.value)
     with pytest.raises(ProtocolError):
         encode_track_request("t4", blob_image(10), stream="cam", stamp=float("nan"))
+
+
+def test_broker_keeps_a_stream_on_the_worker_holding_its_tracker(tmp_path):
+    """Two live workers behind a broker: a stream's track jobs reach the worker that made its
+    keyframe (the other would answer "lost"), also while a new keyframe runs; the new keyframe's
+    result moves the stream to its worker; when that worker stops, the stream's track job is "lost"
+    (no keyframe on the survivor; or tracked from an older one) and the next keyframe ties it to the survivor."""
+    from hgm_core.serve.broker import Broker, BrokerConfig
+    from hgm_core.serve.worker import WorkerConfig
+
+    broker = Broker(BrokerConfig(heartbeat_interval_s=0.2, heartbeat_liveness=5))
+    thread = threading.Thread(target=broker.serve, args=(f"ipc://{tmp_path}/front.sock", f"ipc://{tmp_path}/back.sock"), daemon=True)
+    thread.start()
+    assert broker.ready.wait(10)
+    handlers = [BlobLiveHandler(keyframe_sleep_s=1.0), BlobLiveHandler(keyframe_sleep_s=1.0)]
+    config = WorkerConfig(heartbeat_interval_s=0.2)
+    try:
+        with running_worker(handlers[0], config, connect=broker.backend_endpoint, track=handlers[0].track) as w0, \
+                running_worker(handlers[1], config, connect=broker.backend_endpoint, track=handlers[1].track) as w1, \
+                WorkerClient(broker.frontend_endpoint, timeout_s=10) as client:
+            while client.health()["workers"] < 2:
+                time.sleep(0.05)
+            first = client.reconstruct(blob_image(10), K=K, stream="cam", bind=True).keyframe.binding.binding_id
+            holder = next(i for i, h in enumerate(handlers) if h.keyframes.get("cam") == first)
+            poses = [client.track(blob_image(10 + i), K=K, stream="cam") for i in range(8)]
+            assert [(p.state, p.binding_id) for p in poses] == [("tracking", first)] * 8
+
+            # A new keyframe runs (1 s, on whichever worker is idle): tracking goes on meanwhile.
+            done = threading.Event()
+            results = {}
+
+            def keyframe():
+                results["key"] = client.reconstruct(blob_image(20), K=K, stream="cam", bind=True).keyframe
+                done.set()
+
+            threading.Thread(target=keyframe, daemon=True).start()
+            during = []
+            while not done.is_set():
+                during.append(client.track(blob_image(20), K=K, stream="cam"))
+            assert len(during) >= 5 and all(p.state == "tracking" and p.binding_id == first for p in during[:-1])
+            second = results["key"].binding.binding_id
+            assert client.track(blob_image(22), K=K, stream="cam").binding_id == second
+            holder = next(i for i, h in enumerate(handlers) if h.keyframes.get("cam") == second)
+
+            # The holder stops: the broker drops it, the stream is lost, then keyframed on the survivor.
+            (w0, w1)[holder].stop()
+            deadline = time.monotonic() + 10
+            while client.health()["workers"] > 1:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+            # "lost", or (when the survivor made the first keyframe) a pose of that older keyframe,
+            # which the node does not skin with (it holds the second) and answers with a keyframe.
+            lost = client.track(blob_image(22), K=K, stream="cam")
+            assert ("lost", "no keyframe") == (lost.state, lost.reason[:11]) if handlers[1 - holder].keyframes.get("cam") is None \
+                else (lost.state, lost.binding_id) == ("tracking", first)
+            third = client.reconstruct(blob_image(24), K=K, stream="cam", bind=True).keyframe.binding.binding_id
+            assert handlers[1 - holder].keyframes["cam"] == third
+            assert client.track(blob_image(26), K=K, stream="cam").binding_id == third
+    finally:
+        broker.stop()
+        thread.join(10)

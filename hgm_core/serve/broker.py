@@ -9,6 +9,15 @@ error, and the same job (same arrays and options) sent again is refused at once 
 more workers. Health requests are answered by the broker itself. Any message, however malformed,
 gets an error reply or is dropped; none can stop the broker.
 
+Live streams keep their worker (tracker affinity): a keyframe (`bind` reconstruct job) of a stream
+ties the stream to the worker that got it, because that worker alone holds the stream's tracker.
+The stream's track jobs then go to that worker only, also while it runs a reconstruction (a worker
+tracks on a lane of its own), one at a time, waiting in the queue for it meanwhile. The tie is made
+when the keyframe's result comes back (until then the previous keyframe's worker tracks on); a track job of
+a stream with no live worker goes to any idle one, which answers "lost" (no keyframe there), and
+the client's next keyframe ties the stream anew. A worker holds at most one job per lane
+(reconstruct, track) and announces READY when it holds none.
+
 Between broker and worker each message carries one leading frame: the broker's job key for a job
 and its reply, empty for READY / heartbeat. Workers need no other knowledge of the broker.
 """
@@ -53,6 +62,8 @@ class BrokerConfig:
         max_attempts: workers a job may lose before it is quarantined and the client gets an
             "internal" error (a job that kills every worker must not take the whole pool down);
             a client's retry of the job counts on.
+        max_streams: live streams whose worker is remembered (the least recently keyframed is
+            forgotten first; its track jobs then go to any worker, which answers "lost").
     """
 
     max_message_bytes: int = 256 << 20
@@ -60,6 +71,7 @@ class BrokerConfig:
     heartbeat_interval_s: float = 1.0
     heartbeat_liveness: int = 3
     max_attempts: int = QUARANTINE_STRIKES
+    max_streams: int = 1024
 
 
 @dataclass
@@ -71,6 +83,9 @@ class _Job:
     deadline: float | None
     fingerprint: bytes
     worker: bytes | None = None
+    kind: str = "reconstruct"  # or "track": the worker lane it runs on
+    stream: str = ""
+    bind: bool = False
 
 
 @dataclass
@@ -78,7 +93,11 @@ class _WorkerState:
     expires: float
     stages: tuple[str, ...] = ()
     pid: int | None = None
-    job: bytes | None = None
+    job: bytes | None = None  # the reconstruct lane's job
+    track: bytes | None = None  # the track lane's job
+
+    def holds(self, job: _Job) -> bytes | None:
+        return self.track if job.kind == "track" else self.job
 
 
 class Broker:
@@ -95,6 +114,7 @@ class Broker:
         self._idle: deque[bytes] = deque()
         self._queue: deque[_Job] = deque()
         self._inflight: dict[bytes, _Job] = {}
+        self._streams: OrderedDict[str, bytes] = OrderedDict()  # live stream -> the worker holding its keyframe
         self._keys = itertools.count(1)
         self._quarantine = Quarantine(self.config.max_attempts)
         self._done = 0
@@ -142,6 +162,7 @@ class Broker:
             "queued": len(self._queue),
             "max_queue": self.config.max_queue,
             "in_flight": len(self._inflight),
+            "streams": len(self._streams),
             "jobs_done": self._done,
             "jobs_requeued": self._requeued,
             "jobs_quarantined": len(self._quarantine),
@@ -214,7 +235,9 @@ class Broker:
         deadline_ms = msg.header.get("deadline_ms")
         deadline = time.monotonic() + deadline_ms / 1000 if deadline_ms is not None else None
         key = next(self._keys).to_bytes(8, "big")
-        self._queue.append(_Job(key, envelope, body, rid, deadline, digest))
+        stream = msg.header.get("stream")
+        self._queue.append(_Job(key, envelope, body, rid, deadline, digest, kind=msg.kind,
+                                stream=stream if isinstance(stream, str) else "", bind=msg.header.get("bind") is True))
 
     def _on_worker(self, frames: list) -> None:
         # [worker routing id, job key or empty, header, arrays...]
@@ -233,7 +256,9 @@ class Broker:
                 state = self._workers[wid] = _WorkerState(now)
                 log.info("worker joined (pid %s); %d worker(s)", header.get("info", {}).get("pid"), len(self._workers))
             elif state.job is not None:  # READY while holding a job: that job is lost
-                self._lose_job(state)
+                self._lose_job(state, state.job)
+            # (A track job sent while the worker was busy may cross its READY: it is not lost, and
+            # one that never comes back is dropped at its deadline, `_purge`.)
             info = header.get("info", {})
             stages, pid = info.get("stages"), info.get("pid")
             state.stages = tuple(s for s in stages if isinstance(s, str)) if isinstance(stages, list) else ()
@@ -251,7 +276,14 @@ class Broker:
                 log.info("dropping a stale reply for job %s", route.hex())
                 return
             del self._inflight[route]
-            state.job = None
+            if job.kind == "track":
+                state.track = None
+            else:
+                state.job = None
+            if job.bind and job.stream and header["kind"] == "result":
+                # Tied on the keyframe's result, not its dispatch: meanwhile the stream's track jobs
+                # still reach the worker tracking from its previous keyframe.
+                self._tie_stream(job.stream, wid)
             self._done += 1
             self._front.send_multipart(job.envelope + body, copy=False)
 
@@ -263,18 +295,53 @@ class Broker:
         while self._queue and self._queue[0].deadline is not None and now > self._queue[0].deadline:
             job = self._queue.popleft()
             self._front.send_multipart(job.envelope + encode_error(job.request_id, "timeout", "no worker took the job before its deadline"))
+        for key, job in list(self._inflight.items()):
+            # A track job whose reply never came (it crossed the worker's READY and was lost): the
+            # client has given up at its deadline; free the lane for the stream's next frame.
+            if job.kind == "track" and job.deadline is not None and now > job.deadline + self._patience:
+                del self._inflight[key]
+                state = self._workers.get(job.worker)
+                if state is not None and state.track == key:
+                    state.track = None
 
     def _dispatch(self, now: float) -> None:
-        while self._queue and self._idle:
+        waiting: deque[_Job] = deque()  # jobs whose worker is not free yet, in their order
+        while self._queue:
             job = self._queue.popleft()
             if job.deadline is not None and now > job.deadline:
                 self._front.send_multipart(job.envelope + encode_error(job.request_id, "timeout", "job expired in the broker queue"))
                 continue
-            wid = self._idle.popleft()
-            job.worker = wid
-            self._workers[wid].job = job.key
-            self._inflight[job.key] = job
-            self._send_worker(wid, [job.key, self._with_remaining_deadline(job, now)] + job.frames[1:])
+            wid = self._streams.get(job.stream) if job.kind == "track" else None
+            if wid is not None:  # the worker holding the stream's tracker, idle or not
+                if self._workers[wid].track is not None:
+                    waiting.append(job)
+                    continue
+                if wid in self._idle:
+                    self._idle.remove(wid)
+            elif self._idle:
+                wid = self._idle.popleft()
+            else:
+                waiting.append(job)
+                continue
+            self._send_job(wid, job, now)
+        self._queue = waiting
+
+    def _send_job(self, wid: bytes, job: _Job, now: float) -> None:
+        state = self._workers[wid]
+        job.worker = wid
+        if job.kind == "track":
+            state.track = job.key
+        else:
+            state.job = job.key
+        self._inflight[job.key] = job
+        self._send_worker(wid, [job.key, self._with_remaining_deadline(job, now)] + job.frames[1:])
+
+    def _tie_stream(self, stream: str, wid: bytes) -> None:
+        """`stream`'s keyframe (and tracker) now lives on worker `wid`."""
+        self._streams.pop(stream, None)
+        self._streams[stream] = wid
+        while len(self._streams) > self.config.max_streams:
+            self._streams.popitem(last=False)
 
     def _with_remaining_deadline(self, job: _Job, now: float) -> bytes:
         # The worker drops work it cannot start in time; it must count from the client's deadline.
@@ -295,12 +362,22 @@ class Broker:
         state = self._workers.pop(wid, None)
         if wid in self._idle:
             self._idle.remove(wid)
-        if state is not None and state.job is not None:
-            self._lose_job(state)
+        for stream in [s for s, w in self._streams.items() if w == wid]:  # their trackers died with it
+            del self._streams[stream]
+        if state is not None:
+            for key in (state.job, state.track):
+                if key is not None:
+                    self._lose_job(state, key)
 
-    def _lose_job(self, state: _WorkerState) -> None:
-        job = self._inflight.pop(state.job)
-        state.job, job.worker = None, None
+    def _lose_job(self, state: _WorkerState, key: bytes) -> None:
+        job = self._inflight.pop(key, None)
+        if job is None:  # a track job already given up (`_purge`)
+            return
+        if job.kind == "track":
+            state.track = None
+        else:
+            state.job = None
+        job.worker = None
         reason = self._quarantine.strike(job.fingerprint, "its worker")
         if reason is not None:
             log.error("job %s %s", job.request_id, reason)
