@@ -24,6 +24,9 @@ in the camera frame and Procrustes-aligned; jitter = mean joint acceleration and
 truth's) for the tracker started from a cold keyframe fit of frame 0, from the true body, unfiltered,
 and on still-image landmarks; beside, on the first `--baseline-frames` frames, a cold full fit per
 frame and today's warm-started fits (`BodyTracker`).
+Appearance drift (`--drift-only`, written to bench/results/live_drift.json): live mode's drift
+check (`hgm_node.appearance`) per tracked frame of the sequence, as rendered and with the person's
+colours changed, against `--drift-threshold` and `--drift-frames` (the node's parameters).
 One torch thread; the CPU is shared, `load_average` records how busy it was. Writes JSON to stdout
 and bench/results/live.json.
 """
@@ -413,6 +416,57 @@ def measure_tracking(body: AnnyBody, seq, baseline_frames: int, gaussians: int) 
     }
 
 
+def measure_drift(seq, threshold: float, frames_in_a_row: int) -> dict:
+    """The node's appearance drift check (`hgm_node.appearance`, live mode's `drift_threshold`) on
+    the sequence as the live pipeline tracks it (keyframe: frame 0 at the prior level, then one
+    track job per frame, skinned as the node skins): the drift per frame (appearance error minus the
+    keyframe's own) on the frames as rendered, and on the same frames with the person's colours
+    changed inside the ground-truth mask (red and blue swapped; inverted); how many frames of
+    each are over `threshold`, and whether `frames_in_a_row` over it would have asked for a keyframe."""
+    from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+    from hgm_core.pipeline.live import LivePipeline
+    from hgm_core.types import CameraInfo, ReconstructionRequest
+    from hgm_node.appearance import appearance_error
+
+    width, height = seq.size
+    camera = CameraInfo(np.asarray(seq.K), width, height)
+    live = LivePipeline(Reconstructor.from_config(ReconstructorConfig().override({"coarse.checkpoint": None})))
+    first = seq.image(0)
+    recon = live.run(ReconstructionRequest(first, camera=camera, stream="drift", bind=True))
+    key = recon.keyframe
+    base = appearance_error(recon.gaussians.to_raw().numpy(), first, seq.K)
+    out = {"threshold": threshold, "frames_in_a_row": frames_in_a_row, "keyframe_error": base}
+    recolours = {"as_rendered": None, "red_blue_swapped": lambda rgb: rgb[:, ::-1], "inverted": lambda rgb: 255 - rgb}
+    for name, recolour in recolours.items():
+        live.run(ReconstructionRequest(first, camera=camera, stream="drift", bind=True))  # the tracker restarts from frame 0
+        drifts, times = [], []
+        for f in tqdm(range(1, len(seq)), desc=f"drift {name}", leave=False):
+            image = seq.image(f)
+            if recolour is not None:  # the person's clothes and skin change colour
+                mask = seq.mask(f)
+                image = image.copy()
+                image[mask] = recolour(image[mask])
+            pose = live.track(ReconstructionRequest(image, camera=camera, stream="drift", stamp=f / seq.fps))
+            if pose.state != "tracking":
+                drifts.append(None)
+                continue
+            posed = skin_raw(key.canonical_raw, key.binding, pose.bone_transforms)
+            t0 = time.perf_counter()
+            error = appearance_error(posed, image, seq.K)
+            times.append(time.perf_counter() - t0)
+            drifts.append(None if error is None or base is None else error - base)
+        values = np.array([d for d in drifts if d is not None])
+        run = longest = 0
+        for d in drifts:
+            run = run + 1 if d is not None and d > threshold else 0
+            longest = max(longest, run)
+        out[name] = {"frames": len(drifts), "checked": len(values),
+                     "drift_p5_p50_p95": np.percentile(values, [5, 50, 95]).round(4).tolist() if len(values) else None,
+                     "over_threshold": int((values > threshold).sum()), "longest_run_over": longest,
+                     "asks_for_keyframe": longest >= frames_in_a_row, "check_ms_p50": 1e3 * float(np.median(times)) if times else None}
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--gaussians", type=int, default=30000, help="synthetic avatar size")
@@ -423,6 +477,9 @@ def main() -> None:
     parser.add_argument("--sequence", type=Path, default=None,
                         help="a sequence folder (hgm datagen --sequence); default: subject 5 of seed 9090, rendered once into the cache")
     parser.add_argument("--frames", type=int, default=60, help="frames of the default sequence (default: 60)")
+    parser.add_argument("--drift-only", action="store_true", help="only the appearance drift check")
+    parser.add_argument("--drift-threshold", type=float, default=0.06, help="the drift check's threshold (hgm_node's drift_threshold)")
+    parser.add_argument("--drift-frames", type=int, default=5, help="drifted frames in a row that ask for a keyframe")
     parser.add_argument("--baseline-frames", type=int, default=20,
                         help="first frames fitted by the per-frame cold and warm full fits (default: 20; ~1 s each)")
     add_out_argument(parser)
@@ -433,6 +490,11 @@ def main() -> None:
                     "load_average_start": os.getloadavg()},
         "body_model": body.name,
     }
+    if args.drift_only:
+        report["drift"] = measure_drift(_sequence(args.sequence, args.frames), args.drift_threshold, args.drift_frames)
+        report["machine"]["load_average_end"] = os.getloadavg()
+        write_results("live_drift", report, args.out)
+        return
     if not args.track_only:
         avatars = {"synthetic": synthetic_avatar(body, args.gaussians)}
         if not args.no_sample:

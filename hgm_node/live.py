@@ -29,6 +29,7 @@ from std_msgs.msg import Header
 from hgm_core.io.live_stream import BindingArrays, encode_frame, skin_raw, write_binding
 from hgm_core.serve.client import JobResult, WorkerError
 from hgm_core.types import TrackedPose
+from hgm_node.appearance import appearance_error
 from hgm_node.conversions import gaussians_to_pointcloud2
 from hgm_node.qos import LATCHED_QOS
 
@@ -56,10 +57,13 @@ class LiveInput:
 
 @dataclass(frozen=True)
 class LiveAvatar:
-    """What the node skins with: the keyframe's canonical raw rows `[N, 14]` and their binding."""
+    """What the node skins with: the keyframe's canonical raw rows `[N, 14]` and their binding; and
+    the appearance error of the keyframe's own avatar on its frame (`hgm_node.appearance`; None
+    without intrinsics), against which the tracked frames' drift is measured."""
 
     canonical_raw: np.ndarray
     binding: BindingArrays
+    appearance: float | None = None
 
     @property
     def binding_id(self) -> int:
@@ -104,17 +108,25 @@ class LiveMode:
             for "lost"/"waiting", from the publish thread once a tracked frame is out (not for a pose
             a newer one replaced before it was published).
         keyframe_period_s: also re-keyframe this often (0: never just for age).
+        drift_threshold / drift_frames: re-keyframe when the appearance error of `drift_frames`
+            published frames in a row exceeds the keyframe's own by `drift_threshold` (0: never);
+            checked on the publish thread after the frame is out, for frames with intrinsics.
         retry_s: least time between a failed keyframe and the next attempt.
         logger: the node's logger (`get_logger()`).
     """
 
     def __init__(self, node: Node, link, *, stream: str, stages: str, publish_avatar: Callable,
                  report: Callable[[LiveInput, FrameOutcome], None] | None = None,
-                 keyframe_period_s: float = 0.0, retry_s: float = 1.0, logger=None) -> None:
+                 keyframe_period_s: float = 0.0, drift_threshold: float = 0.0, drift_frames: int = 5,
+                 retry_s: float = 1.0, logger=None) -> None:
         self._link, self._stream, self._stages = link, stream, stages
         self._publish_avatar = publish_avatar
         self._report = report or (lambda frame, outcome: None)
         self._period_s, self._retry_s = keyframe_period_s, retry_s
+        self._drift_threshold, self._drift_frames = drift_threshold, drift_frames
+        self._drifted = 0  # published frames in a row whose appearance drifted (publish thread)
+        self._drift_binding = 0  # the keyframe they were counted against
+        self.last_drift: float | None = None  # the last checked frame's appearance error minus the keyframe's
         self._logger = logger or node.get_logger()
         self._pub_canonical = node.create_publisher(PointCloud2, "human_avatar/canonical", LATCHED_QOS)
         self._pub_binding = node.create_publisher(CompressedImage, "human_avatar/binding", LATCHED_QOS)
@@ -225,7 +237,11 @@ class LiveMode:
         skeleton = pose.skeleton
         cloud_bytes = self._publish(tracked.frame, posed, pose.bone_transforms, pose.binding_id,
                                     None if skeleton is None else skeleton.joints, () if skeleton is None else skeleton.bones)
-        timings = {**tracked.timings, "handover": t0 - tracked.handed_over, "skin": t1 - t0, "publish": time.perf_counter() - t1}
+        t2 = time.perf_counter()
+        timings = {**tracked.timings, "handover": t0 - tracked.handed_over, "skin": t1 - t0, "publish": t2 - t1}
+        if self._drift_threshold > 0:
+            self._check_drift(tracked.frame, posed, avatar)
+            timings["appearance"] = time.perf_counter() - t2
         return FrameOutcome("tracking", f"tracking (keyframe {avatar.binding_id})", cloud_bytes, len(posed), timings)
 
     def _publish(self, frame: LiveInput, raw: np.ndarray, transforms: np.ndarray, binding_id: int,
@@ -241,6 +257,21 @@ class LiveMode:
             cloud_bytes = self._publish_avatar(raw, joints, bones, header)
             self._pub_bones.publish(CompressedImage(header=header, format=BONES_FORMAT, data=encode_frame(transforms, binding_id)))
         return cloud_bytes
+
+    def _check_drift(self, frame: LiveInput, posed: np.ndarray, avatar: LiveAvatar) -> None:
+        """Count frames whose appearance drifted from the keyframe's; enough in a row ask for a keyframe."""
+        if avatar.appearance is None or frame.K is None or avatar.binding_id != self.avatar.binding_id:
+            return
+        error = appearance_error(posed, frame.image, frame.K)
+        if error is None:
+            return
+        if avatar.binding_id != self._drift_binding:  # a new keyframe: a new count
+            self._drifted, self._drift_binding = 0, avatar.binding_id
+        self.last_drift = error - avatar.appearance
+        self._drifted = self._drifted + 1 if self.last_drift > self._drift_threshold else 0
+        if self._drifted >= self._drift_frames:
+            self._drifted = 0
+            self.request_keyframe(f"appearance drift: colour error {error:.3f}, {avatar.appearance:.3f} at the keyframe")
 
     # -- keyframes (their own thread) ---------------------------------------------------------------
 
@@ -284,8 +315,9 @@ class LiveMode:
         self._pub_canonical.publish(gaussians_to_pointcloud2(key.canonical_raw, canonical_header))
         self._pub_binding.publish(CompressedImage(header=Header(stamp=frame.header.stamp, frame_id=frame.header.frame_id),
                                                   format=BINDING_FORMAT, data=binding_file.getvalue()))
+        appearance = None if frame.K is None else appearance_error(np.asarray(result.gaussians), frame.image, frame.K)
         with self._cond:
-            self._avatar = LiveAvatar(np.array(key.canonical_raw), key.binding)
+            self._avatar = LiveAvatar(np.array(key.canonical_raw), key.binding, appearance)
             if self._fresh == fresh:
                 self._wanted = None
             self._keyframed_at = time.monotonic()

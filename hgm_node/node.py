@@ -119,6 +119,7 @@ class HgmNode(Node):
         if p.mode == "live":
             self._live = LiveMode(self, self._link, stream=self.get_fully_qualified_name(), stages=p.stages,
                                   publish_avatar=self._publish_avatar, report=self._live_outcome, keyframe_period_s=p.keyframe_period_s,
+                                  drift_threshold=p.drift_threshold, drift_frames=p.drift_frames,
                                   retry_s=p.keyframe_retry_s)
         self._continuous = p.trigger == "continuous" or p.mode == "live"  # live mode tracks every frame
         if p.trigger == "service" or p.mode == "live":

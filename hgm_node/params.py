@@ -32,6 +32,13 @@ class NodeParams:
                                       "~/capture and when tracking is lost)", min_value=0.0)
     keyframe_retry_s: float = _param(1.0, "live mode: least time between a failed keyframe and the next attempt",
                                      min_value=0.0)
+    drift_threshold: float = _param(0.06, "live mode: a new keyframe when the posed avatar's colours differ from the "
+                                    "frame's by this much more than the keyframe's own did (mean absolute RGB "
+                                    "difference in [0, 1], median over the avatar's footprint; hgm_node.appearance) "
+                                    "for drift_frames frames in a row (0.06: drifts of 0.02-0.035 while nothing changes, 0.15-0.39 "
+                                    "with inverted clothes colours, bench/live.py --drift-only); 0: no drift check. Needs camera_info",
+                                    min_value=0.0)
+    drift_frames: int = _param(5, "live mode: consecutive drifted frames that ask for a keyframe", min_value=1)
     trigger: str = _param("continuous", "'continuous': reconstruct the latest frame whenever the worker is free "
                           "(latest frame wins); 'service': only on a ~/capture call (std_srvs/Trigger)", choices=TRIGGERS)
     min_interval_s: float = _param(0.0, "continuous mode: least time between two job starts", min_value=0.0)

@@ -8,6 +8,7 @@ centroid. The test process is the camera and subscribes to the node's outputs.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import threading
 import time
@@ -199,24 +200,61 @@ def test_a_new_worker_knows_no_keyframe_and_gets_one(tmp_path):
         g.close()
 
 
-def test_publishing_overlaps_the_next_track_job_and_only_the_newest_pose_waits():
-    """`LiveMode` with a real worker (`BlobLiveHandler` in this process) and a publisher that takes
-    0.3 s: `process` hands each pose over and returns at once (the next frame is tracked while the
-    last one is published), a pose not yet taken is replaced by a newer one (never a queue), and the
-    newest frame always comes out, in order, at its own position."""
+@contextlib.contextmanager
+def live_mode_in_process(publish_avatar, **kwargs):
+    """A `LiveMode` on an rclpy node of this process, linked to a real worker serving
+    `BlobLiveHandler` in this process; yields `(live, worker endpoint)`."""
     import random
 
-    from std_msgs.msg import Header
-
-    from hgm_core.serve.client import WorkerClient
-    from hgm_node.live import LiveInput, LiveMode
+    from hgm_node.live import LiveMode
     from hgm_node.worker_link import WorkerLink
     from tests.handlers import BlobLiveHandler, running_worker
 
-    def frame(x: int, sec: int) -> LiveInput:
-        now = time.monotonic()
-        return LiveInput(blob_rgb(x), np.array([[60.0, 0, 32], [0, 60, 24], [0, 0, 1]]), None, None,
-                         Header(stamp=Time(sec=sec), frame_id="cam"), now, now)
+    context = rclpy.Context()
+    rclpy.init(context=context, domain_id=random.SystemRandom().randint(1, 101))
+    node = rclpy.create_node("live_in_process", context=context)
+    handler = BlobLiveHandler()
+    live = link = None
+    try:
+        with running_worker(handler, track=handler.track) as worker:
+            link = WorkerLink(worker.endpoint, timeout_s=10.0)
+            link.start()
+            assert link.wait_ready(10.0)
+            live = LiveMode(node, link, stream="cam", stages="prior", publish_avatar=publish_avatar, **kwargs)
+            yield live, worker.endpoint
+    finally:
+        if live is not None:
+            live.close()
+        if link is not None:
+            link.close()
+        node.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+
+def live_input(rgb: np.ndarray, sec: int, K: np.ndarray = np.array([[60.0, 0, 32], [0, 60, 24], [0, 0, 1]])):
+    """A converted camera frame stamped `sec`, as the node's job thread hands it to `LiveMode`."""
+    from std_msgs.msg import Header
+
+    from hgm_node.live import LiveInput
+
+    now = time.monotonic()
+    return LiveInput(rgb, K, None, None, Header(stamp=Time(sec=sec), frame_id="cam"), now, now)
+
+
+def first_keyframe(live, rgb: np.ndarray, K: np.ndarray | None = None, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while live.avatar is None:
+        live.process(live_input(rgb, 1) if K is None else live_input(rgb, 1, K))
+        assert time.monotonic() < deadline, "no keyframe"
+        time.sleep(0.05)
+
+
+def test_publishing_overlaps_the_next_track_job_and_only_the_newest_pose_waits():
+    """`LiveMode` with a real worker and a publisher that takes 0.3 s: `process` hands each pose
+    over and returns at once (the next frame is tracked while the last one is published), a pose
+    not yet taken is replaced by a newer one (never a queue), and the newest frame always comes
+    out, in order, at its own position."""
+    from hgm_core.serve.client import WorkerClient
 
     published: list[tuple[int, float, float, float]] = []  # (stamp sec, start, end, mean x of the avatar)
 
@@ -227,43 +265,22 @@ def test_publishing_overlaps_the_next_track_job_and_only_the_newest_pose_waits()
         return raw.nbytes
 
     reports: list[tuple[int, str]] = []
-    context = rclpy.Context()
-    rclpy.init(context=context, domain_id=random.SystemRandom().randint(1, 101))
-    node = rclpy.create_node("live_handover", context=context)
-    handler = BlobLiveHandler()
-    live = link = None
-    try:
-        with running_worker(handler, track=handler.track) as worker:
-            link = WorkerLink(worker.endpoint, timeout_s=10.0)
-            link.start()
-            assert link.wait_ready(10.0)
-            live = LiveMode(node, link, stream="cam", stages="prior", publish_avatar=slow_publish,
-                            report=lambda f, o: reports.append((f.header.stamp.sec, o.state)))
-            deadline = time.monotonic() + 20
-            while live.avatar is None or not published:  # the first keyframe (and its own avatar, published)
-                assert live.process(frame(10, 1)).state == "waiting" or live.avatar is not None
-                assert time.monotonic() < deadline, "no keyframe"
-                time.sleep(0.05)
-            time.sleep(0.5)  # the warm-up frames are out
-            skipped, calls = live.skipped, []
-            for i in range(10):  # a 10 Hz camera; the publisher manages 3 Hz
-                t0 = time.monotonic()
-                assert live.process(frame(12 + 2 * i, 100 + i)).state == "tracking"
-                calls.append((t0, time.monotonic()))
-                time.sleep(max(0.0, t0 + 0.1 - time.monotonic()))
-            assert max(c1 - c0 for c0, c1 in calls) < 0.15  # no frame waited for a publish
-            while not published or published[-1][0] != 109:  # the newest frame always comes out
-                assert time.monotonic() < deadline + 10, f"frame 109 never published: {published}"
-                time.sleep(0.05)
-            with WorkerClient(worker.endpoint) as client:  # the handler's own avatar where the square is
-                where = {x: float(client.reconstruct(blob_rgb(x), K=frame(x, 0).K).gaussians[:, 0].mean()) for x in (12, 30)}
-    finally:
-        if live is not None:
-            live.close()
-        if link is not None:
-            link.close()
-        node.destroy_node()
-        rclpy.try_shutdown(context=context)
+    with live_mode_in_process(slow_publish, report=lambda f, o: reports.append((f.header.stamp.sec, o.state))) as (live, endpoint):
+        first_keyframe(live, blob_rgb(10))
+        time.sleep(0.8)  # the keyframe's avatar and the warm-up frames are out
+        skipped, calls = live.skipped, []
+        for i in range(10):  # a 10 Hz camera; the publisher manages 3 Hz
+            t0 = time.monotonic()
+            assert live.process(live_input(blob_rgb(12 + 2 * i), 100 + i)).state == "tracking"
+            calls.append((t0, time.monotonic()))
+            time.sleep(max(0.0, t0 + 0.1 - time.monotonic()))
+        assert max(c1 - c0 for c0, c1 in calls) < 0.15  # no frame waited for a publish
+        deadline = time.monotonic() + 10
+        while not published or published[-1][0] != 109:  # the newest frame always comes out
+            assert time.monotonic() < deadline, f"frame 109 never published: {published}"
+            time.sleep(0.05)
+        with WorkerClient(endpoint) as client:  # the handler's own avatar where the square is
+            where = {x: float(client.reconstruct(blob_rgb(x), K=live_input(blob_rgb(x), 0).K).gaussians[:, 0].mean()) for x in (12, 30)}
     tracked = [p for p in published if p[0] >= 100]
     secs = [p[0] for p in tracked]
     assert secs == sorted(secs) and len(secs) == len(set(secs))
@@ -276,6 +293,58 @@ def test_publishing_overlaps_the_next_track_job_and_only_the_newest_pose_waits()
         if square in where:
             assert x == pytest.approx(where[square], abs=1e-4)
         assert x == pytest.approx(expected_x(square), abs=1e-3)
+
+
+class _Log:
+    """Keeps `LiveMode`'s log lines (in place of the node's logger)."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def info(self, message: str, **kw) -> None:
+        self.lines.append(message)
+
+    warning = error = info
+
+
+def test_appearance_drift_asks_for_a_keyframe():
+    """The person changes colour in place (tracking goes on): after `drift_frames` drifted frames a
+    keyframe is taken for "appearance drift", and its avatar has the new colours; unchanged frames
+    never drift. A 96 px square in a 320 x 240 frame (the drift check compares 8 px cells)."""
+    K = np.array([[300.0, 0, 160], [0, 300, 120], [0, 0, 1]])
+
+    def person(x: int, rgb: tuple[int, int, int]) -> np.ndarray:
+        image = np.full((240, 320, 3), 10, np.uint8)
+        image[60:156, x : x + 96] = rgb
+        return image
+
+    log = _Log()
+    published: list[tuple[int, np.ndarray]] = []
+    with live_mode_in_process(lambda raw, *a: published.append((a[-1].stamp.sec, raw)) or 0, drift_threshold=0.1, drift_frames=3,
+                              logger=log) as (live, _):
+        first_keyframe(live, person(100, (200, 150, 100)), K)
+        sec = 10
+        for _ in range(8):  # the same person moving: no drift
+            live.process(live_input(person(100 + sec % 5, (200, 150, 100)), sec, K))
+            sec += 1
+            time.sleep(0.05)
+        time.sleep(0.2)
+        assert live.keyframes == 1 and live.last_drift is not None and abs(live.last_drift) < 0.02
+        deadline = time.monotonic() + 20
+        while live.keyframes < 2:  # a new shirt
+            live.process(live_input(person(100 + sec % 5, (60, 200, 240)), sec, K))
+            sec += 1
+            time.sleep(0.05)
+            assert time.monotonic() < deadline, f"no drift keyframe; last drift {live.last_drift}; log {log.lines}"
+        for _ in range(4):
+            live.process(live_input(person(100, (60, 200, 240)), sec, K))
+            sec += 1
+            time.sleep(0.05)
+        time.sleep(0.2)
+    assert any("(appearance drift: colour error" in line for line in log.lines), log.lines
+    assert abs(live.last_drift) < 0.02  # the new keyframe looks like the frames again
+    colours = 0.5 + 0.28209479 * published[-1][1][:, 3:6]
+    np.testing.assert_allclose(colours.mean(0), np.array([60, 200, 240]) / 255.0, atol=1e-3)
 
 
 @pytest.mark.slow
