@@ -240,3 +240,71 @@ def test_broker_keeps_a_stream_on_the_worker_holding_its_tracker(tmp_path):
     finally:
         broker.stop()
         thread.join(10)
+
+
+def test_isolated_worker_tracks_in_its_compute_child(monkeypatch):
+    """`hgm serve --isolate`'s worker (a `ComputeSpec`): the child serves keyframes and track jobs,
+    tracking on while a keyframe runs; when the child dies, track jobs get errors ("unavailable", or
+    "internal" for the one it died with) until it is restarted, then "lost" (the new child has no tracker) until the next keyframe. A child whose
+    handler cannot track refuses track jobs."""
+    import os
+    import signal
+
+    from pathlib import Path
+
+    from hgm_core.serve.isolate import ComputeSpec
+
+    monkeypatch.chdir(Path(__file__).resolve().parents[1])  # the compute child imports `tests.handlers`
+
+    def healthy(client: WorkerClient) -> dict:
+        for _ in range(1200):
+            try:
+                if (health := client.health())["ok"] and health["compute"]["ready"]:
+                    return health
+            except WorkerError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the compute child did not start")
+
+    spec = ComputeSpec("tests.handlers:BlobLiveHandler", {"keyframe_sleep_s": 1.0}, start_timeout_s=120)
+    with running_worker(spec) as worker, WorkerClient(worker.endpoint, timeout_s=30, retries=0) as client:
+        health = healthy(client)
+        assert health["track"] is True and health["compute"]["pid"] != os.getpid()
+        key = client.reconstruct(blob_image(10), K=K, stream="cam", bind=True).keyframe
+        pose = client.track(blob_image(30), K=K, stream="cam")
+        assert (pose.state, pose.binding_id) == ("tracking", key.binding.binding_id)
+        assert pose.bone_transforms[0, 0, 3] - key.bone_transforms[0, 0, 3] == pytest.approx(20 / 60 * 2.0, abs=1e-4)
+
+        slow = threading.Thread(target=client.reconstruct, args=(blob_image(12),), kwargs={"K": K, "stream": "cam", "bind": True})
+        slow.start()
+        t0, during = time.monotonic(), []
+        while slow.is_alive():
+            during.append(client.track(blob_image(14), K=K, stream="cam"))
+        slow.join()
+        assert time.monotonic() - t0 >= 0.9 and len(during) >= 5 and all(p.state == "tracking" for p in during)
+
+        os.kill(health["compute"]["pid"], signal.SIGKILL)
+        answers = []
+        deadline = time.monotonic() + 120
+        while not answers or answers[-1] != "lost":
+            try:
+                pose = client.track(blob_image(16), K=K, stream="cam")
+                answers.append(pose.state)
+                assert pose.state == "lost" and "no keyframe" in pose.reason
+            except WorkerError as e:  # "internal" when the kill lands while the job is in the child
+                assert e.kind in ("unavailable", "internal"), e
+                answers.append(e.kind)
+                time.sleep(0.05)
+            assert time.monotonic() < deadline, answers
+        assert answers[0] in ("unavailable", "internal")
+        health = client.health()
+        assert health["compute"]["starts"] == 2 and health["compute"]["crashes"] >= 1
+        key = client.reconstruct(blob_image(18), K=K, stream="cam", bind=True).keyframe
+        assert client.track(blob_image(20), K=K, stream="cam").binding_id == key.binding.binding_id
+
+    with running_worker(ComputeSpec("tests.handlers:PixelSplatHandler", start_timeout_s=120)) as worker, \
+            WorkerClient(worker.endpoint, timeout_s=30, retries=0) as client:
+        assert healthy(client)["track"] is False
+        with pytest.raises(WorkerError) as e:
+            client.track(blob_image(10), stream="cam")
+        assert e.value.kind == "stage_unavailable"

@@ -170,8 +170,9 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
         from hgm_core.serve.isolate import ComputeSpec
 
         config = _reconstructor_config(args).to_dict()
-        handler, available = ComputeSpec("hgm_core.serve.cli:isolated_handler", {"config": config}, threads=args.threads), STAGES
-        track = None  # track jobs need the keyframe's tracker in the serving process
+        # The child runs the live pipeline: keyframes on its main thread, track jobs on another.
+        handler, available = ComputeSpec("hgm_core.serve.cli:live_handler", {"config": config}, threads=args.threads), STAGES
+        track = None  # served by the child (the worker's track lane forwards them)
         describe = None  # the child describes itself when it is ready
     else:
         from hgm_core.pipeline.live import LivePipeline
@@ -213,17 +214,10 @@ def _load_reconstructor(args: argparse.Namespace):
         raise CliError(f"cannot load the reconstructor: {type(e).__name__}: {e}") from None
 
 
-def isolated_handler(config: dict):
-    """The compute child's handler under `hgm serve --isolate` (`ComputeSpec.factory`): the
-    reconstructor of `config` (`ReconstructorConfig.to_dict()`)."""
-    from hgm_core.pipeline import Reconstructor, ReconstructorConfig
-
-    return Reconstructor.from_config(ReconstructorConfig.from_dict(config)).run
-
-
 def live_handler(config: dict):
-    """A Ray replica's handler under `hgm serve --ray` (`ComputeSpec.factory`): the live pipeline
-    (keyframes and track jobs) over the reconstructor of `config` (`ReconstructorConfig.to_dict()`)."""
+    """The compute's handler under `hgm serve --isolate` (the child process) and `hgm serve --ray`
+    (a replica) (`ComputeSpec.factory`): the live pipeline (keyframes; its owner's `track` serves
+    track jobs) over the reconstructor of `config` (`ReconstructorConfig.to_dict()`)."""
     from hgm_core.pipeline import Reconstructor, ReconstructorConfig
     from hgm_core.pipeline.live import LivePipeline
 

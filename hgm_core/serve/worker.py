@@ -14,7 +14,8 @@ tracking of the same or another stream. Every request is validated (`hgm_core.se
 before it is queued; a malformed or oversized request, a handler exception, or a bug in the worker
 itself becomes an error reply — never a dead worker. Given a `ComputeSpec` instead of a handler, the
 worker runs the handler in a child process it supervises (`hgm_core.serve.isolate`): a native crash
-of the compute then costs the job that caused it an "internal" reply, not the worker.
+of the compute then costs the job that caused it an "internal" reply, not the worker. The child
+serves track jobs too when its handler can (a `LivePipeline`'s), on a socket and thread of their own.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import Callable
 import zmq
 
 from hgm_core.serve import curve
-from hgm_core.serve.isolate import ChildCompute, ComputeDied, ComputeSpec
+from hgm_core.serve.isolate import ChildCompute, ComputeDied, ComputeNotReady, ComputeSpec
 from hgm_core.serve.protocol import PROTOCOL_VERSION, Message, ProtocolError, decode, decode_header, encode, encode_error, encode_header, new_id
 from hgm_core.serve.quarantine import Quarantine, fingerprint
 from hgm_core.serve.schema import Handler, TrackHandler, decode_request, run_job
@@ -67,6 +68,10 @@ class WorkerConfig:
     reconnect_max_s: float = 16.0
 
 
+TRACK_TIMEOUT_S = 30.0
+"""How long an isolated worker waits for its child's answer to a track job without a deadline."""
+
+
 @dataclass
 class _Job:
     envelope: list
@@ -80,6 +85,10 @@ class _Job:
     @property
     def request_id(self) -> str:
         return self.message.id
+
+
+_RESTART_CHILD = object()
+"""Put on the compute lane's queue: restart the compute child (it died during a track job)."""
 
 
 class Worker:
@@ -138,7 +147,9 @@ class Worker:
         auth = curve.start_authenticator(ctx, self.curve_server) if bind and self.curve_server else None
         if isinstance(self.handler, ComputeSpec):
             self._child = ChildCompute(self.handler, ctx)
-        lanes = [(self._jobs, "compute")] + ([(self._track_jobs, "track")] if self.track is not None else [])
+        # An isolated worker has a track lane whether or not its child tracks (it says so when ready).
+        tracking = self.track is not None or self._child is not None
+        lanes = [(self._jobs, "compute")] + ([(self._track_jobs, "track")] if tracking else [])
         pipes, computes = [], []
         for jobs, name in lanes:  # one result pipe per compute thread (a PAIR has one peer)
             pipe_addr = f"inproc://hgm-worker-{name}-{id(self)}"
@@ -184,7 +195,7 @@ class Worker:
             "role": "worker",
             "protocol": PROTOCOL_VERSION,
             "stages": list(self.config.stages),
-            "track": self.track is not None,
+            "track": self._tracks(),
             "busy": self._pending > 0,
             "queued": max(0, self._pending - 1),
             "queue_depth": self.config.queue_depth,
@@ -197,6 +208,10 @@ class Worker:
             "pipeline": self._description(),
             **compute,
         }
+
+    def _tracks(self) -> bool:
+        """Whether track jobs are served: by `track`, or by a compute child that said so."""
+        return self.track is not None or (self._child is not None and self._child.tracks)
 
     def _description(self) -> dict | None:
         if self._child is not None:
@@ -310,9 +325,9 @@ class Worker:
             if msg.kind not in ("reconstruct", "track"):
                 raise ProtocolError("bad_request", f"kind {msg.kind!r} is not a request", rid)
             request = decode_request(msg, max_pixels=self.config.max_pixels, stages=self.config.stages)
-            if msg.kind == "track" and self.track is None:
-                raise ProtocolError("stage_unavailable", "this worker does not track (no track handler; "
-                                    "`hgm serve --isolate` serves reconstruct jobs only)", rid)
+            if msg.kind == "track" and not self._tracks():
+                raise ProtocolError("stage_unavailable", "this worker does not track (no track handler, or its compute "
+                                    "process has none or is not ready)", rid)
             if self._pending > self.config.queue_depth:
                 raise ProtocolError("busy", f"queue full ({self.config.queue_depth} waiting)", rid)
         except ProtocolError as e:
@@ -341,7 +356,7 @@ class Worker:
                     job = jobs.get_nowait()
                 except queue.Empty:
                     break
-                if job is not None:
+                if isinstance(job, _Job):
                     sock.send_multipart(job.envelope + encode_error(job.request_id, "unavailable", "worker is shutting down"))
 
     # -- compute thread ---------------------------------------------------------------------------
@@ -354,6 +369,9 @@ class Worker:
             if self._child is not None and jobs is self._jobs:
                 self._start_child()
             while (job := jobs.get()) is not None:
+                if job is _RESTART_CHILD:  # the track lane saw the child die
+                    self._start_child()
+                    continue
                 try:
                     reply = self._run(job)
                 except Exception as e:  # last resort: the compute thread must outlive any job
@@ -385,20 +403,31 @@ class Worker:
 
     def _compute(self, job: _Job) -> list:
         """The job's reply frames, from the handler in this process or from the compute child."""
-        if job.kind == "track":
-            return run_job(self.track, job.request_id, job.request, kind="track")
+        track = job.kind == "track"
         if self._child is None:
-            return run_job(self.handler, job.request_id, job.request)
+            return run_job(self.track if track else self.handler, job.request_id, job.request, kind=job.kind)
         digest = fingerprint(job.message)
         if (reason := self._quarantine.reason(digest)) is not None:
             return encode_error(job.request_id, "internal", reason)
         try:
+            if track:  # the track lane's own socket to the child, within the job's deadline
+                timeout = TRACK_TIMEOUT_S if job.expires is None else max(0.1, job.expires - time.monotonic())
+                return self._child.track(job.frames, job.request_id, timeout)
             return self._child.run(job.frames)
+        except TimeoutError as e:
+            return encode_error(job.request_id, "timeout", str(e))
+        except ComputeNotReady as e:  # a track job while the child (re)starts: not this job's fault
+            if not self._child.alive:
+                self._jobs.put(_RESTART_CHILD)
+            return encode_error(job.request_id, "unavailable", str(e))
         except ComputeDied as e:
             log.error("job %s: %s", job.request_id, e)
             reason = self._quarantine.strike(digest, "the compute process")
-            self._start_child()
-            return encode_error(job.request_id, "internal", reason or f"{e} while running this job; it was restarted")
+            if track:
+                self._jobs.put(_RESTART_CHILD)  # the compute lane owns the child and restarts it
+            else:
+                self._start_child()
+            return encode_error(job.request_id, "internal", reason or f"{e} while running this job; it is restarted")
 
     def _start_child(self) -> None:
         try:
