@@ -298,7 +298,7 @@ class LiveMode:
             self._failed(f"keyframe ({reason}) failed: {e}")
             return
         if result.keyframe is None:
-            self._failed("the worker's result has no keyframe (a worker without live support, e.g. `hgm serve --isolate`)")
+            self._failed("the worker's result has no keyframe (a worker without live support)")
             return
         self._install(result, frame, fresh)
         self.last_keyframe_s = time.monotonic() - t0
