@@ -7,13 +7,13 @@ The scene is what one training sample renders: a person of 18,000 Gaussians (`pe
 and numpy (numba is timed when it imports and the device is the CPU), so it runs as is on a bare
 GPU machine. Figures are medians after a warm-up (synchronised on CUDA); JSON to stdout and `--out`.
 
-- `torch`: forward (no grad) and forward + backward for tiles of 2, 4 and 8 pixels with the
-  device's chunking (`default_plan`), and tile 4 with the other device's chunking; per setting the
+- `torch`: forward (no grad) and forward + backward with the device's `TilePlan` at tiles of 2, 4
+  and 8 pixels, and with the other device's plan as it is; per setting the
   splat-pixel pairs, intersections and chunks (`splat_pixel_pairs`), kernels per call (on CUDA the
   profiler's kernel count; on the CPU its leaf aten ops that do work, about one launch each on
   CUDA) and the memory a forward + backward holds (CUDA: peak allocated; CPU: bytes saved for backward).
 - `numba` (CPU only): the tiled CPU backend on the same call.
-- `dense`: the dense reference against the torch backend (tile 4, default chunking) on the same
+- `dense`: the dense reference against the torch backend (the device's default plan) on the same
   views — all four on CUDA, the first one on the CPU (~25 s and ~4 GB per dense forward here; its
   forward + backward is run on CUDA only): `agreement` (max |difference| of rgb, alpha, depth;
   share of pixels whose median depth differs by more than 1e-4), `reference` and
@@ -36,7 +36,7 @@ import torch  # noqa: E402
 
 from hgm_core.render import rasterize  # noqa: E402
 from hgm_core.render.scenes import person_scene, turntable_cameras  # noqa: E402
-from hgm_core.render.torch_tiles import CPU_GROWTH, CPU_MAX_CHUNK, ACCEL_MAX_CHUNK, rasterize_torch_tiles, splat_pixel_pairs  # noqa: E402
+from hgm_core.render.torch_tiles import ACCEL_PLAN, CPU_PLAN, rasterize_torch_tiles, splat_pixel_pairs  # noqa: E402
 from _results import add_out_argument, measure, write_results  # noqa: E402
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
@@ -108,21 +108,25 @@ def held_memory_mb(fn, g, device: torch.device) -> float:
 
 def torch_backend(g, cams, device: torch.device, runs: int) -> dict:
     """The torch backend per tile size and chunking (see the module docstring)."""
-    other = "cuda" if device.type == "cpu" else "cpu"
-    plans = {device.type: {}, other: {"growth": float("inf"), "max_chunk": ACCEL_MAX_CHUNK} if other == "cuda"
-             else {"growth": CPU_GROWTH, "max_chunk": CPU_MAX_CHUNK}}
     bg = torch.ones(3, device=device)
     out = {}
-    for tile, plan in ((2, device.type), (4, device.type), (8, device.type), (4, other)):
-        def render(x, tile=tile, kw=plans[plan]):
-            return rasterize_torch_tiles(x, cams, bg, near=0.01, far=1e10, eps2d=0.3, tile=tile, **kw)
+    for name, base in (("cpu", CPU_PLAN), ("cuda", ACCEL_PLAN)):
+        for tile in (2, 4, 8):
+            plan = replace(base, tile=tile)
+            if device.type != name and tile != base.tile:
+                continue  # the other device's plan with its own tile only
 
-        fwd, fwd_bwd = forward_fn(render), forward_backward_fn(render)
-        entry = {"forward_ms": timed_ms(fwd, g, runs, device), "forward_backward_ms": timed_ms(fwd_bwd, g, max(3, runs // 2), device)}
-        entry["work"] = splat_pixel_pairs(g, cams, tile=tile, device=plan)
-        entry["kernels_forward"], entry["kernels_forward_backward"] = kernels(fwd, g, device), kernels(fwd_bwd, g, device)
-        entry["forward_backward_memory_mb"] = held_memory_mb(fwd_bwd, g, device)
-        out[f"tile {tile}, {plan} chunking"] = entry
+            def render(x, plan=plan):
+                return rasterize_torch_tiles(x, cams, bg, near=0.01, far=1e10, eps2d=0.3, plan=plan)
+
+            fwd, fwd_bwd = forward_fn(render), forward_backward_fn(render)
+            out[f"{name} plan, tile {tile}"] = entry = {
+                "forward_ms": timed_ms(fwd, g, runs, device),
+                "forward_backward_ms": timed_ms(fwd_bwd, g, max(3, runs // 2), device),
+                "work": splat_pixel_pairs(g, cams, plan=plan),
+            }
+            entry["kernels_forward"], entry["kernels_forward_backward"] = kernels(fwd, g, device), kernels(fwd_bwd, g, device)
+            entry["forward_backward_memory_mb"] = held_memory_mb(fwd_bwd, g, device)
     return out
 
 
@@ -154,7 +158,7 @@ def agreement(g, views) -> dict:
 
 
 def dense_comparison(g, cams, device: torch.device, runs: int, dense_runs: int) -> dict:
-    """Reference vs torch backend (tile 4, default chunking) on the same views: all four on CUDA,
+    """Reference vs torch backend (the device's default plan) on the same views: all four on CUDA,
     the first on the CPU (~25 s per dense forward here)."""
     views = cams if device.type == "cuda" else cams[0]
     out = {"agreement": agreement(g, views), "reference": reference(g, views, device, dense_runs)}

@@ -13,7 +13,9 @@ from hgm_core.camera import orbit_cameras
 from hgm_core.gaussians import Gaussians
 from hgm_core.render import available_backends, rasterize
 from hgm_core.render.output import RenderError
-from hgm_core.render.torch_tiles import plan_chunks, rasterize_torch_tiles, splat_pixel_pairs, tile_lists
+from hgm_core.render.torch_tiles import (
+    ACCEL_PLAN, CPU_PLAN, TilePlan, plan_chunks, rasterize_torch_tiles, splat_pixel_pairs, tile_lists,
+)
 from tests.conftest import random_gaussians
 from tests.test_render import assert_outputs_close, scene_with_outliers, skewed_cameras
 
@@ -26,14 +28,15 @@ def render(g, cams, bg=(0.2, 0.6, 0.9), **kw):
 
 
 @pytest.mark.parametrize(
-    "seed, n_cams, width, height, tile, growth",
-    [(0, 1, 37, 29, 4, None), (1, 2, 48, 40, 16, None), (2, 3, 33, 50, 8, math.inf), (3, 2, 21, 19, 5, 1.2)],
+    "seed, n_cams, width, height, plan",
+    [(0, 1, 37, 29, CPU_PLAN), (1, 2, 48, 40, TilePlan(16, 2.0, 1 << 24)), (2, 3, 33, 50, ACCEL_PLAN),
+     (3, 2, 21, 19, TilePlan(5, 1.2, 1 << 24)), (4, 2, 30, 26, TilePlan(8, math.inf, 1 << 26))],
 )
-def test_matches_dense_reference_float64(seed, n_cams, width, height, tile, growth):
+def test_matches_dense_reference_float64(seed, n_cams, width, height, plan):
     g = scene_with_outliers(400, seed)  # a tenth far off-screen or behind the cameras
     cams = skewed_cameras(n_cams, width, height, seed=seed)
     ref = rasterize(g, cams, background=(0.2, 0.6, 0.9), backend="reference")
-    out = render(g, cams, tile=tile, growth=growth)
+    out = render(g, cams, plan=plan)
     assert out.rgb.shape == (n_cams, height, width, 3) and out.median_depth.shape == (n_cams, height, width, 1)
     assert float(ref.alpha.max()) > 0.9 and float(ref.alpha.min()) == 0.0  # covered and empty pixels both occur
     assert float(ref.median_depth.max()) > 0  # the median rule is exercised
@@ -67,13 +70,13 @@ def test_early_termination_and_tiny_chunks_match_reference():
     )
     cams = orbit_cameras(40, 40, n_views=2, radius=1.5).to(dtype=torch.float64)
     ref = rasterize(g, cams, background=(0.2, 0.6, 0.9), backend="reference")
-    out = render(g, cams, tile=8, max_chunk=8 * 8 * 80, growth=1.5)
+    out = render(g, cams, plan=TilePlan(tile=8, growth=1.5, max_chunk=8 * 8 * 80))
     assert float(1 - out.alpha.max()) < 1e-3  # the centre really saturates
     assert_outputs_close(out, ref, atol=1e-10)
 
 
-@pytest.mark.parametrize("growth", [None, math.inf])  # the CPU's chunking and CUDA's (one chunk)
-def test_gradients_match_reference(growth):
+@pytest.mark.parametrize("plan", [CPU_PLAN, ACCEL_PLAN])  # the CPU's chunking and CUDA's (one chunk)
+def test_gradients_match_reference(plan):
     g0 = scene_with_outliers(150, 2)
     cams = skewed_cameras(2, 40, 32, seed=2)
     w = torch.rand(2, 32, 40, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -81,7 +84,7 @@ def test_gradients_match_reference(growth):
     def grads(tiled):
         params = {k: getattr(g0, k).clone().requires_grad_() for k in PARAMS}
         if tiled:
-            out = render(replace(g0, **params), cams, bg=(0.1, 0.2, 0.3), growth=growth)
+            out = render(replace(g0, **params), cams, bg=(0.1, 0.2, 0.3), plan=plan)
         else:
             out = rasterize(replace(g0, **params), cams, background=(0.1, 0.2, 0.3), backend="reference")
         (torch.cat((out.rgb, out.alpha, out.depth), -1) * w).sum().backward()
@@ -101,6 +104,8 @@ def test_empty_scene_and_bad_input():
     g = random_gaussians(10)
     with pytest.raises(RenderError, match="float32 or float64"):
         rasterize(g.to(dtype=torch.float16), cams.to(dtype=torch.float16), backend="torch")
+    with pytest.raises(RenderError, match="growth > 1"):
+        TilePlan(tile=4, growth=1.0, max_chunk=1 << 20)
 
 
 def test_tile_lists_are_front_to_back_and_complete():
@@ -136,9 +141,9 @@ def test_person_scene_does_far_less_work_than_dense():
     from hgm_core.render.scenes import person_scene, turntable_cameras
 
     g, cams = person_scene(18000), turntable_cameras(96, n_views=4)
-    cpu, cuda = splat_pixel_pairs(g, cams), splat_pixel_pairs(g, cams, device="cuda")
+    cpu, cuda = splat_pixel_pairs(g, cams), splat_pixel_pairs(g, cams, plan=ACCEL_PLAN)
     assert cpu["dense"] > 5e8
-    assert cpu["intersections"] * 4 * 4 <= cpu["tiled"] < cpu["dense"] / 50  # padding only adds
+    assert cpu["intersections"] * CPU_PLAN.tile**2 <= cpu["tiled"] < cpu["dense"] / 50  # padding only adds
     # CUDA pads more for fewer launches, still far below dense.
     assert cuda["chunks"] < cpu["chunks"] and cpu["tiled"] <= cuda["tiled"] < cuda["dense"] / 20
 

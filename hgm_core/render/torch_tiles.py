@@ -9,10 +9,10 @@ the camera count, and there is no Python loop over tiles or splats.
 1. Project once (`project_gaussians`) and sort each camera's splats by depth.
 2. Intersections (gsplat's `isect_tiles`): every kept splat is repeated once per tile its box
    covers, then the list is stable-sorted by tile, so each tile's splats stay front to back.
-3. Tiles are sorted by their splat count and cut into chunks, each padded to its largest count K:
-   on the CPU, where every element costs, no tile in a chunk has half of K or less; on CUDA, where
-   each kernel launch costs, as few chunks as the size bound (`max_chunk` elements of
-   `[B, K, tile * tile]`) allows.
+3. Tiles are sorted by their splat count and cut into chunks, each padded to its largest count K
+   (`TilePlan`): on the CPU, where every element costs, no tile in a chunk has half of K or less;
+   on CUDA, where each kernel launch costs, as few chunks as the size bound (`max_chunk` elements
+   of `[B, K, tile * tile]`) allows.
 4. Per chunk: gather the splats, alpha `[B, K, P]` (padding has opacity 0, so alpha 0), composite
    front to back with the reference's semantics, and scatter the tiles back into the images.
 
@@ -33,18 +33,43 @@ from hgm_core.render.output import ALPHA_MIN, RenderError, RenderOutput
 from hgm_core.render.projection import Projected, project_gaussians
 from hgm_core.render.reference import composite, splat_alpha
 
-TILE = 4
-"""Default tile side in pixels. Small tiles fit a splat's footprint tightly: on the training render
-(18k Gaussians, 4 x 96^2, CPU chunking) 4-pixel tiles evaluate 7.7 M splat-pixel pairs, 8-pixel
-ones 16 M, 16-pixel ones 47 M (dense: 664 M); the extra intersections (336 k vs 134 k for 16) cost
-only gathers. On this CPU the forward took 0.30 s with 4, 0.77 s with 8 and 2.6 s with 16."""
-CPU_GROWTH = 2.0
-"""On the CPU a chunk's tiles hold more than half of its padded count K: padding at most doubles the work."""
-CPU_MAX_CHUNK = 1 << 24
-"""On the CPU one chunk's `[B, K, P]` alpha has at most this many elements (a few such tensors live at once)."""
-ACCEL_MAX_CHUNK = 1 << 26
-"""Elsewhere (CUDA) the bound on one chunk: 0.25 GiB per float32 `[B, K, P]` tensor. The training
-render fits one chunk (23 M elements; 1.2 GB of float32 autograd state)."""
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How the torch backend cuts its work (see `plan_chunks`).
+
+    Attributes:
+        tile: tile side in pixels.
+        growth: a chunk's tiles all hold more than `K / growth` splats, K the chunk's padded count
+            (padding at most multiplies the work by `growth`; `inf`: pad to the largest count).
+        max_chunk: bound on the elements of one chunk's `[B, K, tile * tile]` alpha.
+    """
+
+    tile: int
+    growth: float
+    max_chunk: int
+
+    def __post_init__(self):
+        if self.tile < 1 or self.growth <= 1 or self.max_chunk < 1:
+            raise RenderError(f"a tile plan needs tile >= 1, growth > 1 and max_chunk >= 1, got {self}")
+
+
+CPU_PLAN = TilePlan(tile=4, growth=2.0, max_chunk=1 << 24)
+"""The CPU pays per element, so: small tiles, padding below 2x, 16 M-element chunks. On the training
+render (18k Gaussians, 4 x 96^2; `bench/render_torch.py`, one thread) tiles of 2, 4 and 8 pixels
+evaluate 4.5 M, 7.7 M and 16 M splat-pixel pairs (dense: 664 M) and took 0.33 / 0.33 / 0.53 s
+forward, 0.76 / 0.78 / 1.9 s forward + backward; 4 keeps the intersection list at 336 k (2: 790 k)."""
+ACCEL_PLAN = TilePlan(tile=2, growth=math.inf, max_chunk=1 << 26)
+"""CUDA pays per kernel launch, so: one chunk padded to the largest count while it stays under
+64 M elements (0.25 GiB per float32 tensor). The training render then takes ~690 kernels for forward
++ backward (the CPU plan: ~2,300), and 2-pixel tiles move ~13 GB through memory against ~18 GB for
+4-pixel ones (profiler operand sizes; an estimate, not yet timed on a GPU: `bench/render_torch.py
+--device cuda` does)."""
+
+
+def default_plan(device: torch.device) -> TilePlan:
+    """`CPU_PLAN` on the CPU, `ACCEL_PLAN` elsewhere (CUDA)."""
+    return CPU_PLAN if device.type == "cpu" else ACCEL_PLAN
 
 
 @dataclass(frozen=True)
@@ -126,18 +151,10 @@ def plan_chunks(sorted_counts: list[int], tile: int, max_chunk: int, growth: flo
     return chunks
 
 
-def default_plan(device: torch.device) -> tuple[float, int]:
-    """`(growth, max_chunk)` for `device`: the CPU pays per element, so it pads little and works in
-    small chunks; CUDA pays per kernel launch, so it renders all tiles in as few chunks as memory allows."""
-    return (CPU_GROWTH, CPU_MAX_CHUNK) if device.type == "cpu" else (math.inf, ACCEL_MAX_CHUNK)
-
-
-def chunk_tiles(
-    lists: TileLists, tile: int, max_chunk: int, growth: float
-) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
+def chunk_tiles(lists: TileLists, plan: TilePlan) -> tuple[torch.Tensor, list[tuple[int, int, int]]]:
     """Tile ids `[T]` sorted by splat count (descending) and the chunks `plan_chunks` cuts them into."""
     sorted_counts, order = torch.sort(lists.counts, descending=True, stable=True)
-    return order, plan_chunks(sorted_counts.tolist(), tile, max_chunk, growth)  # the call's 2nd host sync
+    return order, plan_chunks(sorted_counts.tolist(), plan.tile, plan.max_chunk, plan.growth)  # the call's 2nd host sync
 
 
 def _tile_pixels(tiles: torch.Tensor, lists: TileLists, tile: int, dtype: torch.dtype) -> torch.Tensor:
@@ -150,6 +167,13 @@ def _tile_pixels(tiles: torch.Tensor, lists: TileLists, tile: int, dtype: torch.
     return torch.stack((px, py), -1).reshape(-1, tile * tile, 2).to(dtype) + 0.5
 
 
+def _take(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """`values[index]` for `values [M, ...]` and any-shaped `index`, as `index_select`: its backward is an
+    atomic `index_add_`, while advanced indexing's sorts the indices first (on CUDA that sort was 90%
+    of a training step's render backward: 0.9 of 1.0 s for 16 samples x 4 views)."""
+    return values.index_select(0, index.reshape(-1)).reshape(*index.shape, *values.shape[1:])
+
+
 def _render_chunk(
     proj: Projected, colors: torch.Tensor, lists: TileLists, tiles: torch.Tensor, k: int, tile: int
 ) -> torch.Tensor:
@@ -159,10 +183,10 @@ def _render_chunk(
     valid = slot < lists.counts[tiles][:, None]  # [B, K]
     # Padding points at the tile's first splat (a real one, so its numbers are finite) with opacity 0.
     sid = lists.splats[lists.offsets[tiles][:, None] + torch.where(valid, slot, 0)]  # [B, K] flat c * N + n
-    opac = torch.where(valid, proj.opacities.reshape(-1)[sid], 0.0)
-    alpha = splat_alpha(proj.means2d.reshape(-1, 2)[sid], proj.conics.reshape(-1, 3)[sid], opac,
+    opac = torch.where(valid, _take(proj.opacities.reshape(-1), sid), 0.0)
+    alpha = splat_alpha(_take(proj.means2d.reshape(-1, 2), sid), _take(proj.conics.reshape(-1, 3), sid), opac,
                         _tile_pixels(tiles, lists, tile, colors.dtype))  # [B, K, P]
-    rgb, acc, depth_sum, median = composite(alpha, colors[sid % N], proj.depths.reshape(-1)[sid])
+    rgb, acc, depth_sum, median = composite(alpha, _take(colors, sid % N), _take(proj.depths.reshape(-1), sid))
     return torch.cat((rgb, acc[..., None], depth_sum[..., None], median[..., None]), -1)
 
 
@@ -174,25 +198,20 @@ def rasterize_torch_tiles(
     near: float,
     far: float,
     eps2d: float,
-    tile: int = TILE,
-    max_chunk: int | None = None,
-    growth: float | None = None,
+    plan: TilePlan | None = None,
 ) -> RenderOutput:
     """Tiled rendering in torch ops on the Gaussians' device; see `hgm_core.render.rasterize`.
 
-    `tile` is the tile side in pixels; `max_chunk` and `growth` shape the chunks (`plan_chunks`;
-    None: `default_plan` for the device).
+    `plan`: tile size and chunking (default: `default_plan` of the Gaussians' device).
     """
     if g.dtype not in (torch.float32, torch.float64):
         raise RenderError(f"the torch backend renders float32 or float64, got {g.dtype}")
-    default_growth, default_chunk = default_plan(g.device)
-    max_chunk, growth = max_chunk or default_chunk, growth or default_growth
-    if tile < 1 or max_chunk < 1 or growth <= 1:
-        raise RenderError(f"need tile >= 1, max_chunk >= 1 and growth > 1; got {tile}, {max_chunk}, {growth}")
+    plan = plan or default_plan(g.device)
+    tile = plan.tile
     proj = project_gaussians(g, cameras, near=near, far=far, eps2d=eps2d)
     H, W, C = cameras.height, cameras.width, len(cameras)
     lists = tile_lists(proj, W, H, tile)
-    order, chunks = chunk_tiles(lists, tile, max_chunk, growth)
+    order, chunks = chunk_tiles(lists, plan)
     canvas = torch.zeros(C * lists.tiles_y * lists.tiles_x, tile * tile, 6, dtype=g.dtype, device=g.device)
     if chunks:
         values = [_render_chunk(proj, g.colors, lists, order[start:stop], k, tile) for start, stop, k in chunks]
@@ -206,21 +225,21 @@ def rasterize_torch_tiles(
     return RenderOutput(rgb, acc, depth, median)
 
 
-def splat_pixel_pairs(g: Gaussians, cameras: Cameras, *, tile: int = TILE, near: float = 0.01, far: float = 1e10,
-                      eps2d: float = 0.3, device: torch.device | str | None = None) -> dict[str, int]:
+def splat_pixel_pairs(g: Gaussians, cameras: Cameras, *, plan: TilePlan | None = None, near: float = 0.01,
+                      far: float = 1e10, eps2d: float = 0.3) -> dict[str, int]:
     """How much alpha work one render does: splat-pixel pairs of the padded tiles against the dense
-    reference's (every splat that survives culling against every pixel of its camera), with the
-    chunking `rasterize_torch_tiles` uses on `device` (default: the Gaussians').
+    reference's (every splat that survives culling against every pixel of its camera), with `plan`
+    (default: `default_plan` of the Gaussians' device).
 
     Returns `{"tiled": ..., "dense": ..., "intersections": ..., "chunks": ...}`.
     """
+    plan = plan or default_plan(g.device)
     with torch.no_grad():
         proj = project_gaussians(g, cameras, near=near, far=far, eps2d=eps2d)
-        lists = tile_lists(proj, cameras.width, cameras.height, tile)
-    growth, max_chunk = default_plan(torch.device(device) if device is not None else g.device)
-    _, chunks = chunk_tiles(lists, tile, max_chunk, growth)
+        lists = tile_lists(proj, cameras.width, cameras.height, plan.tile)
+    _, chunks = chunk_tiles(lists, plan)
     return {
-        "tiled": sum((stop - start) * k * tile * tile for start, stop, k in chunks),
+        "tiled": sum((stop - start) * k * plan.tile**2 for start, stop, k in chunks),
         "dense": int((proj.radii > 0).all(-1).sum()) * cameras.width * cameras.height,
         "intersections": int(lists.splats.numel()),
         "chunks": len(chunks),
