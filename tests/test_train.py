@@ -125,3 +125,27 @@ def test_train_steps_resume_and_validation_record(layouts, tmp_path):
         assert {f.get_tensor(k).dtype for k in f.keys() if f.get_tensor(k).is_floating_point()} == {torch.float16}
     assert next(HGM.from_pretrained(out).parameters()).dtype == torch.float32
     assert "| baseline (body colours) |" in (out / "README.md").read_text()
+
+
+def test_batches_workers_packs_and_no_validation(layouts, tmp_path):
+    # The GPU recipe on the CPU: a person-window pack, two samples per step made by a worker process,
+    # no validation layout; then a second run warm-starts from the first one's state.
+    from hgm_core.data.pack import open_pack, pack_subjects, update_index
+
+    pack = tmp_path / "pack"
+    index = open_pack(layouts[0], pack, size=128, margin=0.12, jpeg_quality=92)
+    list(pack_subjects(layouts[0], pack, ["0000", "0001"], index))
+    update_index(pack)
+    c = TrainConfig(train_data=(str(pack),), train_seeds=(1000,), aim_input=True, supervision_views=2, supervision_crop=32,
+                    lpips_views=0, batch_size=2, max_steps=2, warmup_steps=1)
+    state = train(c, tmp_path / "run", resume=False, workers=1)
+    assert state.step == 2 and state.gpu_seconds == 0.0
+    assert not (tmp_path / "run" / "best").exists() and not (tmp_path / "run" / "val.jsonl").exists()
+    more = dataclasses.replace(c, init_from=str(tmp_path / "run"), batch_size=1, max_steps=1)
+    train(more, tmp_path / "run2", resume=False)
+    init = json.loads((tmp_path / "run2" / "init.json").read_text())
+    assert init["step"] == 2 and init["gpu_hours"] == 0.0
+    with pytest.raises(TrainConfigError, match="batch_size"):
+        dataclasses.replace(c, batch_size=0)
+    with pytest.raises(TrainConfigError, match="aim_input"):
+        train(dataclasses.replace(c, aim_input=False), tmp_path / "run3", resume=False)

@@ -54,7 +54,8 @@ class TrainConfig:
     Data:
         train_data: render layouts (hgm datagen output or THuman2.0 renders) to train on; layouts
             still being generated are rescanned every `rescan_minutes`.
-        val_data: the fixed held-out layout; val_subjects: how many of its subjects (first by id).
+        val_data: the fixed held-out layout or pack ("" = no validation); val_subjects: how many of its
+            subjects (first by id).
         cache_dir: where subjects are cached at `image_size` (`hgm_core.data.cache`).
         image_size: cache, network-input and supervision resolution (must equal the preset's input size).
         input_views / input_view_probs: ring views that serve as the input view (0 = front; 1 and 11
@@ -66,6 +67,7 @@ class TrainConfig:
             person (`sample.crop_supervision`) at this many pixels; 0 = whole frames. The person
             covers a small part of a frame, so a whole-frame loss is mostly white background.
         crop_margin: the window's margin around the person's box, as a share of its longer side.
+        batch_size: samples per optimiser step, one forward pass (1 on a CPU; more on a GPU).
     Model:
         preset, num_views: `hgm_core.model.config_for(preset, num_views=...)`.
     Loss (paper: L2 RGB + LPIPS-VGG + L2 mask, weight 1 each):
@@ -94,6 +96,7 @@ class TrainConfig:
     aim_input: bool = False
     supervision_crop: int = 0
     crop_margin: float = 0.1
+    batch_size: int = 1
     rescan_minutes: float = 5.0
     preset: str = "tiny"
     num_views: int = 1
@@ -128,6 +131,7 @@ class TrainConfig:
         need(not self.aim_input or self.num_views == 1, "aim_input needs a one-view network (num_views 1)")
         need(self.supervision_crop == 0 or self.supervision_crop >= 32, "supervision_crop must be 0 (whole frames) or >= 32")
         need(self.crop_margin >= 0, "crop_margin must be >= 0")
+        need(self.batch_size >= 1, "batch_size must be >= 1")
         need(self.lr > 0 and self.max_steps > 0, "lr and max_steps must be > 0")
         for s in (*self.train_seeds, *(() if self.val_seed is None else (self.val_seed,))):
             need(s not in RESERVED_SEEDS, f"seed {s} is reserved for evaluation ({RESERVED_SEEDS}); never train or validate on it")

@@ -48,8 +48,8 @@ def psnr(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor | None = None) -> 
     return torch.where(mse > 0, -10 * torch.log10(mse.clamp_min(1e-300)), torch.full_like(mse, math.inf))
 
 
-def _gaussian_window(size: int, sigma: float, dtype: torch.dtype) -> torch.Tensor:
-    x = torch.arange(size, dtype=dtype) - (size - 1) / 2
+def _gaussian_window(size: int, sigma: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    x = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
     return g / g.sum()
 
@@ -59,7 +59,7 @@ def ssim(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5)
     _check_images(x, y)
     x, y = x.double(), y.double()
     c = x.shape[1]
-    g = _gaussian_window(window, sigma, x.dtype)
+    g = _gaussian_window(window, sigma, x.dtype, x.device)
     k = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
 
     def filt(t: torch.Tensor) -> torch.Tensor:

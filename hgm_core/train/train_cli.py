@@ -7,8 +7,11 @@
               --aim-input --supervision-crop 64           # a new run warm-started from another's weights
     hgm train --run runs/tiny_1view --export hgm_core/assets/checkpoints/tiny_1view   # fp16 + card
 
+    hgm train --run runs/gpu --train-data data/pack/train_s1000_w128 --train-seeds 1000 --aim-input \
+              --device cuda --batch-size 16 --workers 12   # a GPU: batches, samples made by 12 processes
+
 Flags override the defaults of `TrainConfig`; `--config FILE` starts from a saved config.json. A
-resumed run uses its own config.json.
+resumed run uses its own config.json. Without --val-data the run is not validated (no `best/`).
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="aim the input camera at the body's box centre, as inference does")
     p.add_argument("--supervision-crop", type=int, default=None, metavar="PX",
                    help="score supervision views on person windows of PX x PX (0 = whole frames)")
+    p.add_argument("--batch-size", type=int, default=None, help="samples per step (default 1; more on a GPU)")
+    p.add_argument("--workers", type=int, default=0, help="processes that make samples (default 0: this process)")
+    p.add_argument("--device", default="cpu", help="where to train: auto, cpu, cuda or cuda:N (default cpu)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop (validated and saved) after this many minutes of wall time (default 0: no limit)")
     p.add_argument("--threads", type=int, default=1, help="torch + numba threads (default 1)")
 
 
@@ -63,12 +71,15 @@ def config_from_args(args: argparse.Namespace):
         "init_from": str(args.init_from) if args.init_from else None,
         "aim_input": args.aim_input,
         "supervision_crop": args.supervision_crop,
+        "batch_size": args.batch_size,
     }
     return replace(base, **{k: v for k, v in flags.items() if v is not None})
 
 
 def run(args: argparse.Namespace) -> int:
     from hgm_core.cli import CliError
+    from hgm_core.data.pack import is_pack
+    from hgm_core.device import DeviceUnavailableError, resolve_device
     from hgm_core.runtime import set_compute_threads
     from hgm_core.train.config import TrainConfig, TrainConfigError
     from hgm_core.train.trainer import TrainError, train
@@ -88,10 +99,16 @@ def run(args: argparse.Namespace) -> int:
             config = TrainConfig.load(args.run / "config.json")
         else:
             config = config_from_args(args)
-            if not config.train_data or not config.val_data or not config.cache_dir:
-                raise CliError("need --train-data, --val-data and --cache (or --config)")
-        state = train(config, args.run, resume=args.resume)
-    except (TrainError, TrainConfigError, FileNotFoundError) as e:
+        if not config.train_data:
+            raise CliError("need --train-data (or --config)")
+        layouts = [r for r in (*config.train_data, config.val_data) if r and not is_pack(Path(r))]
+        if layouts and not config.cache_dir:
+            raise CliError(f"render layouts {layouts} need --cache (a folder for subjects at training resolution)")
+        if not config.val_data:
+            print("no --val-data: this run is not validated (no best/; weights in state.pt)")
+        state = train(config, args.run, resume=args.resume, device=resolve_device(args.device), workers=args.workers,
+                      max_minutes=args.max_minutes)
+    except (TrainError, TrainConfigError, FileNotFoundError, DeviceUnavailableError, ValueError) as e:
         raise CliError(str(e)) from e
     print(f"trained to step {state.step} ({state.cpu_seconds / 3600:.2f} CPU-hours); best validation score "
           f"{state.best_score:.2f} (PSNR + fg PSNR - 100 LPIPS); run in {args.run}")

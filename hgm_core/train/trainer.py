@@ -7,6 +7,12 @@ A run folder holds
     best/              `save_pretrained` of the best validation so far (`selection_score`)
     val.jsonl          one line per validation: step, CPU seconds, model and baseline metrics
     val_latest.png     the latest validation grid (input | GT, network, baseline at views 3, 6, 9)
+
+Data are render layouts (cached at the training resolution, `hgm_core.data.cache`) or person-window
+packs (`hgm_core.data.pack`). On a GPU (`device`), `batch_size` samples share one forward pass and
+`workers` processes make the samples; each worker draws from its own seed (the run's seed, the step
+the stream started at, the worker's index), so a resumed run continues with a fresh, reproducible stream.
+A run without `val_data` skips validation (no `best/`; its weights are in `state.pt`).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import torch
 
 from hgm_core.data.cache import complete_subjects, load_cached_subject
 from hgm_core.model import HGM, ModelCard, config_for, to_gaussians
+from hgm_core.model.config import HGMConfig
 from hgm_core.render import rasterize
 from hgm_core.train.config import RESERVED_SEEDS, TrainConfig, TrainConfigError
 from hgm_core.train.sample import Sample, crop_supervision, draw_views, make_sample
@@ -67,50 +74,101 @@ def layout_seed(root: Path) -> int | None:
 
 
 def check_layout_seeds(config: TrainConfig) -> None:
-    """Refuse layouts generated from a reserved evaluation seed, or training data equal to the validation data."""
-    for root in (*config.train_data, config.val_data):
+    """Refuse layouts generated from a reserved evaluation seed, training data equal to the validation
+    data, and person-window packs without the aimed input view."""
+    for root in (r for r in (*config.train_data, config.val_data) if r):
         seed = layout_seed(Path(root))
         if seed in RESERVED_SEEDS:
             raise TrainConfigError(f"{root} was generated with seed {seed}, reserved for evaluation {RESERVED_SEEDS}")
-    if Path(config.val_data).resolve() in {Path(r).resolve() for r in config.train_data}:
+    if config.val_data and Path(config.val_data).resolve() in {Path(r).resolve() for r in config.train_data}:
         raise TrainConfigError("the validation layout is also a training layout")
+    from hgm_core.data.pack import is_pack
+
+    packs = [r for r in (*config.train_data, config.val_data) if r and is_pack(Path(r))]
+    if packs and not config.aim_input:
+        # A person window's principal point is off its centre; only the aimed input view resamples it
+        # into the centred camera the network's rays assume.
+        raise TrainConfigError(f"person-window packs {packs} need aim_input (--aim-input)")
 
 
 class SubjectPool:
-    """Training subjects of several layouts, rescanned while a layout is still being generated."""
+    """Training subjects of several layouts or packs, rescanned while one is still being generated."""
 
     def __init__(self, roots: tuple[str, ...], image_size: int, cache_dir: Path) -> None:
+        from hgm_core.data.pack import is_pack
+
         self.roots = [Path(r) for r in roots]
+        self.packs = {root: is_pack(root) for root in self.roots}
         self.image_size, self.cache_dir = image_size, Path(cache_dir)
         self.items: list[tuple[Path, str]] = []
         self.rescan()
 
     def rescan(self) -> int:
-        self.items = [(root, sid) for root in self.roots for sid in complete_subjects(root)]
+        from hgm_core.data.pack import packed_subjects
+
+        self.items = [(root, sid) for root in self.roots
+                      for sid in (packed_subjects(root) if self.packs[root] else complete_subjects(root))]
         return len(self.items)
+
+    def load(self, root: Path, sid: str) -> dict[str, np.ndarray]:
+        from hgm_core.data.pack import load_packed_subject
+
+        if self.packs[root]:
+            return load_packed_subject(root, sid)
+        return load_cached_subject(root, sid, self.image_size, self.cache_dir)
 
     def draw(self, rng: np.random.Generator) -> dict[str, np.ndarray]:
         if not self.items:
             raise TrainError(f"no complete subjects in {[str(r) for r in self.roots]}")
-        root, sid = self.items[int(rng.integers(len(self.items)))]
-        return load_cached_subject(root, sid, self.image_size, self.cache_dir)
+        return self.load(*self.items[int(rng.integers(len(self.items)))])
 
 
-def training_sample(pool: SubjectPool, config: TrainConfig, rng: np.random.Generator) -> Sample:
+def training_sample(pool: SubjectPool, config: TrainConfig, model_config: HGMConfig, rng: np.random.Generator) -> Sample:
     subject = pool.draw(rng)
     p = np.asarray(config.input_view_probs, np.float64)
     n = len(subject["extrinsics"])
     input_view = int(config.input_views[int(rng.choice(len(p), p=p / p.sum()))]) % n
     views = draw_views(n, input_view, config.supervision_views, rng)
-    sample = make_sample(subject, input_view, views, config.num_views, config.body_noise, rng, aim=config.aim_input)
+    sample = make_sample(subject, input_view, views, config.num_views, config.body_noise, rng, aim=config.aim_input,
+                         input_size=model_config.input_size, fill=model_config.input_fill)
     return crop_supervision(sample, config.supervision_crop, config.crop_margin) if config.supervision_crop else sample
+
+
+class SampleStream(torch.utils.data.IterableDataset):
+    """An endless stream of training samples for a `DataLoader` with worker processes (see the
+    module docstring for the seeds); `start_step` makes a resumed run draw a new stream."""
+
+    def __init__(self, pool: SubjectPool, config: TrainConfig, model_config: HGMConfig, start_step: int) -> None:
+        super().__init__()
+        self.pool, self.config, self.model_config, self.start_step = pool, config, model_config, start_step
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        rng = np.random.default_rng([self.config.seed, self.start_step, info.id if info else 0])
+        while True:
+            yield training_sample(self.pool, self.config, self.model_config, rng)
+
+
+def sample_batches(pool: SubjectPool, config: TrainConfig, model_config: HGMConfig, rng: np.random.Generator,
+                   workers: int, start_step: int):
+    """Endless lists of `config.batch_size` samples: made in this process from `rng` (reproducible
+    across a resume) or, with `workers` > 0, by a `DataLoader`'s worker processes."""
+    if workers == 0:
+        while True:
+            yield [training_sample(pool, config, model_config, rng) for _ in range(config.batch_size)]
+    loader = torch.utils.data.DataLoader(SampleStream(pool, config, model_config, start_step), batch_size=None,
+                                         num_workers=workers, prefetch_factor=4, persistent_workers=True)
+    stream = iter(loader)
+    while True:
+        yield [next(stream) for _ in range(config.batch_size)]
 
 
 # --------------------------------------------------------------------------------------------- one step
 
 
 def render_sets(out_body: torch.Tensor, out_merged: torch.Tensor, sample: Sample):
-    """Render the avatar (body set + merged set, activated `[N, 14]` each) from the sample's cameras."""
+    """Render the avatar (body set + merged set, activated `[N, 14]` each) from the sample's cameras
+    (on the Gaussians' device: `rasterize` picks the backend)."""
     g = to_gaussians(torch.cat((out_body, out_merged)))
     return rasterize(g, sample.cameras, background=(1.0, 1.0, 1.0), backend="auto")
 
@@ -148,29 +206,40 @@ def loss_terms(rgb: torch.Tensor, alpha: torch.Tensor, sample: Sample, config: T
     return terms
 
 
-def train_step(model: HGM, optimizer: torch.optim.Optimizer, sample: Sample, config: TrainConfig, lpips_model,
+def train_step(model: HGM, optimizer: torch.optim.Optimizer, samples: list[Sample], config: TrainConfig, lpips_model,
                rng: np.random.Generator) -> StepResult:
-    """Forward, render, loss, backward and one optimiser step; timings per phase (data time is the caller's)."""
+    """Forward (the samples as one batch), render, loss (mean over the samples), backward and one
+    optimiser step; timings per phase (data time is the caller's). The samples are on the model's device."""
     times = StepTimes()
-    t = time.perf_counter()
-    out = model(sample.images, sample.vertices, sample.K, sample.c2w)
-    times.forward = time.perf_counter() - t
-    t = time.perf_counter()
-    r = render_sets(out.body[0], out.merged[0], sample)
-    times.render = time.perf_counter() - t
-    t = time.perf_counter()
-    terms = loss_terms(r.rgb, r.alpha, sample, config, lpips_model, rng)
+    device = samples[0].images.device
+
+    def clock() -> float:  # CUDA runs asynchronously: wait for it so each phase gets its own time
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        return time.perf_counter()
+
+    t = clock()
+    out = model(*(torch.cat([getattr(s, k) for s in samples]) for k in ("images", "vertices", "K", "c2w")))
+    times.forward = clock() - t
+    t = clock()
+    renders = [render_sets(out.body[i], out.merged[i], s) for i, s in enumerate(samples)]
+    times.render = clock() - t
+    t = clock()
     weights = {"rgb": config.lambda_rgb, "mask": config.lambda_mask, "lpips": config.lambda_lpips}
-    loss = sum(weights[k] * v for k, v in terms.items())
-    times.loss = time.perf_counter() - t
-    t = time.perf_counter()
+    parts: dict[str, torch.Tensor] = {}
+    for r, s in zip(renders, samples):
+        for k, v in loss_terms(r.rgb, r.alpha, s, config, lpips_model, rng).items():
+            parts[k] = parts.get(k, 0) + v / len(samples)
+    loss = sum(weights[k] * v for k, v in parts.items())
+    times.loss = clock() - t
+    t = clock()
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     if config.grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
     optimizer.step()
-    times.backward = time.perf_counter() - t
-    return StepResult(float(loss.detach()), {k: float(v.detach()) for k, v in terms.items()}, times)
+    times.backward = clock() - t
+    return StepResult(float(loss.detach()), {k: float(v.detach()) for k, v in parts.items()}, times)
 
 
 def build_optimizer(model: HGM, config: TrainConfig) -> torch.optim.Optimizer:
@@ -189,6 +258,8 @@ def learning_rate(step: int, config: TrainConfig) -> float:
 class RunState:
     step: int = 0
     cpu_seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    """Wall seconds of steps taken on a CUDA device (a borrowed GPU's time, beside the CPU-hours)."""
     best_score: float = -float("inf")
 
 
@@ -206,7 +277,7 @@ def save_state(run_dir: Path, model: HGM, optimizer: torch.optim.Optimizer, stat
                rng: np.random.Generator) -> None:
     """Atomically write weights, optimiser, step, RNG states and bookkeeping to `run_dir/state.pt`."""
     blob = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": state.step,
-            "cpu_seconds": state.cpu_seconds, "best_score": state.best_score, "numpy_rng": rng.bit_generator.state,
+            "cpu_seconds": state.cpu_seconds, "gpu_seconds": state.gpu_seconds, "best_score": state.best_score, "numpy_rng": rng.bit_generator.state,
             "torch_rng": torch.get_rng_state(), "python_rng": random.getstate(), "model_config": model.config.to_dict()}
     tmp = run_dir / (STATE_NAME + ".tmp")
     torch.save(blob, tmp)
@@ -224,7 +295,7 @@ def load_state(run_dir: Path, model: HGM, optimizer: torch.optim.Optimizer, rng:
     torch.set_rng_state(blob["torch_rng"])
     random.setstate(blob["python_rng"])
     # States from before the selection score kept the best foreground PSNR instead: start the best over.
-    return RunState(blob["step"], blob["cpu_seconds"], blob.get("best_score", -float("inf")))
+    return RunState(blob["step"], blob["cpu_seconds"], blob.get("gpu_seconds", 0.0), blob.get("best_score", -float("inf")))
 
 
 def init_weights(model: HGM, source: Path) -> dict:
@@ -240,7 +311,8 @@ def init_weights(model: HGM, source: Path) -> dict:
         if blob["model_config"] != model.config.to_dict():
             raise TrainError(f"{source / STATE_NAME} was saved with another model config")
         model.load_state_dict(blob["model"])
-        return {"source": str(source), "step": blob["step"], "cpu_hours": blob["cpu_seconds"] / 3600}
+        return {"source": str(source), "step": blob["step"], "cpu_hours": blob["cpu_seconds"] / 3600,
+                "gpu_hours": blob.get("gpu_seconds", 0.0) / 3600}
     if (source / "model.safetensors").exists():
         from hgm_core.model import read_checkpoint_config
         from hgm_core.model.checkpoint import CheckpointError
@@ -260,6 +332,7 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, i
               f"Supervision: {f'{config.supervision_crop}^2 person windows' if config.supervision_crop else 'whole frames'}.")
     if init:
         before = f", {init['cpu_hours']:.2f} CPU-hours" if init.get("cpu_hours") is not None else ""
+        before += f", {init['gpu_hours']:.2f} GPU-hours" if init.get("gpu_hours") else ""
         recipe += (f" Warm-started from {init['source']} at step {init['step']}{before}; steps and CPU-hours above count "
                    "this run only.")
     metrics = {f"val_{k}": v for k, v in m.items()} | {f"val_baseline_{k}": v for k, v in b.items()}
@@ -270,7 +343,8 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, i
                        f"({val['subjects']} subjects); seeds {list(RESERVED_SEEDS)} reserved for evaluation"),
         steps=state.step,
         metrics=metrics,
-        notes=(f"{state.cpu_seconds / 3600:.2f} CPU-hours (one thread). Input: GT body with fitting-like noise "
+        notes=(f"{state.cpu_seconds / 3600:.2f} CPU-hours (one thread)"
+               + (f" and {state.gpu_seconds / 3600:.2f} GPU-hours" if state.gpu_seconds else "") + ". Input: GT body with fitting-like noise "
                f"({config.body_noise}). Loss: L2 RGB + L2 mask + LPIPS-VGG ({config.lpips_views} view/step), "
                f"{config.supervision_views} views/step. Validation: view 0 in, views 1-11 scored at "
                f"{config.image_size}^2, fixed noisy bodies; baseline = body vertices coloured from the input." + recipe),
@@ -280,8 +354,11 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, i
 # --------------------------------------------------------------------------------------------- loop
 
 
-def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
-    """Train until `config.max_steps`, checkpointing and validating on the way (see the module docstring)."""
+def train(config: TrainConfig, run_dir: Path, resume: bool, device: torch.device | str = "cpu", workers: int = 0,
+          max_minutes: float = 0.0) -> RunState:
+    """Train until `config.max_steps` on `device`, checkpointing and validating on the way; `workers`
+    sample-making processes (0 = in this process); `max_minutes` > 0 stops (validated and saved) after
+    that much wall time, e.g. a borrowed machine's lease. See the module docstring."""
     from tqdm import tqdm
 
     from hgm_core.train.lpips import LPIPS
@@ -301,6 +378,7 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
     else:
         config.save(config_path)
 
+    device = torch.device(device)
     torch.manual_seed(config.seed)
     rng = np.random.default_rng(config.seed)
     model = HGM(config_for(config.preset, num_views=config.num_views)).train()
@@ -313,15 +391,19 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
         state = RunState()
         if config.init_from:
             (run_dir / INIT_NAME).write_text(json.dumps(init_weights(model, Path(config.init_from))) + "\n")
+    model.to(device)
+    optimizer.load_state_dict(optimizer.state_dict())  # moves a resumed Adam state onto the parameters' device
     cpu_base = state.cpu_seconds - time.process_time()  # every CPU second of this process counts, validation too
-    lpips_model = LPIPS.load()
+    lpips_model = LPIPS.load().to(device)
     pool = SubjectPool(config.train_data, config.image_size, Path(config.cache_dir))
-    val_ids = sorted(complete_subjects(Path(config.val_data)))[: config.val_subjects]
-    val_subjects = [load_cached_subject(Path(config.val_data), s, config.image_size, Path(config.cache_dir)) for s in val_ids]
+    val_pool = SubjectPool((config.val_data,), config.image_size, Path(config.cache_dir)) if config.val_data else None
+    val_subjects = [val_pool.load(*item) for item in sorted(val_pool.items)[: config.val_subjects]] if val_pool else []
 
     baseline: dict = {}
 
     def run_validation() -> None:
+        if val_pool is None:
+            return
         state.cpu_seconds = cpu_base + time.process_time()
         result, grid = validate(model, val_subjects, config.body_noise, lpips_model, with_baseline=not baseline,
                                 aim=config.aim_input)
@@ -342,19 +424,22 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
 
     if state.step == 0:
         run_validation()
-    last_ckpt = last_val = last_scan = time.monotonic()
+    last_ckpt = last_val = last_scan = started = time.monotonic()
     bar = tqdm(total=config.max_steps, initial=state.step, desc="train", unit="step", dynamic_ncols=True)
-    recent: list[tuple[float, float]] = []  # (loss, step seconds) since the last checkpoint
-    while state.step < config.max_steps:
+    recent: list[tuple[float, StepTimes]] = []  # (loss, step times) since the last checkpoint
+    batches = sample_batches(pool, config, model.config, rng, workers, state.step)
+    while state.step < config.max_steps and not (max_minutes > 0 and time.monotonic() - started > 60 * max_minutes):
         t = time.perf_counter()
-        sample = training_sample(pool, config, rng)
+        samples = [s.to(device) for s in next(batches)]
         data_s = time.perf_counter() - t
         for g in optimizer.param_groups:
             g["lr"] = learning_rate(state.step, config)
-        result = train_step(model, optimizer, sample, config, lpips_model, rng)
+        result = train_step(model, optimizer, samples, config, lpips_model, rng)
         result.times.data = data_s
         state.step += 1
         state.cpu_seconds = cpu_base + time.process_time()
+        if device.type == "cuda":
+            state.gpu_seconds += time.perf_counter() - t
         bar.update(1)
         bar.set_postfix(loss=f"{result.loss:.4f}", rgb=f"{result.parts['rgb']:.4f}", s_step=f"{result.times.total:.2f}")
         now = time.monotonic()
@@ -364,14 +449,15 @@ def train(config: TrainConfig, run_dir: Path, resume: bool) -> RunState:
         if now - last_val > 60 * config.val_minutes:
             run_validation()
             last_val = time.monotonic()
-        recent.append((result.loss, result.times.total))
+        recent.append((result.loss, result.times))
         if now - last_ckpt > 60 * config.checkpoint_minutes or state.step == config.max_steps:
             save_state(run_dir, model, optimizer, state, rng)
             last_ckpt = time.monotonic()
             # One line per checkpoint: the bar is hidden when the log is not a terminal (a background run).
+            phases = {k: np.median([getattr(r[1], k) for r in recent]) for k in ("data", "forward", "render", "loss", "backward")}
             tqdm.write(f"checkpoint at step {state.step} ({state.cpu_seconds / 3600:.2f} CPU-h): mean loss "
-                       f"{np.mean([r[0] for r in recent]):.4f}, {np.median([r[1] for r in recent]):.2f} s/step over the "
-                       f"last {len(recent)} steps")
+                       f"{np.mean([r[0] for r in recent]):.4f}, {np.median([r[1].total for r in recent]):.3f} s/step over the "
+                       f"last {len(recent)} steps (" + ", ".join(f"{k} {v:.3f}" for k, v in phases.items()) + ")")
             recent.clear()
     bar.close()
     run_validation()
