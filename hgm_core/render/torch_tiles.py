@@ -180,7 +180,7 @@ def _render_chunk(
     """Composite tiles `[B]` with their first `k` splats each: `[B, P, 6]` = rgb, alpha, sum(w z), median."""
     C, N = proj.depths.shape
     slot = torch.arange(k, device=tiles.device)
-    valid = slot <= lists.counts[tiles][:, None]
+    valid = slot < lists.counts[tiles][:, None]  # [B, K]
     # Padding points at the tile's first splat (a real one, so its numbers are finite) with opacity 0.
     sid = lists.splats[lists.offsets[tiles][:, None] + torch.where(valid, slot, 0)]  # [B, K] flat c * N + n
     opac = torch.where(valid, _take(proj.opacities.reshape(-1), sid), 0.0)
