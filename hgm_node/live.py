@@ -182,7 +182,7 @@ class LiveMode:
         Returns the outcome so far: "tracking" here means handed over. Timings (seconds) reported
         once published: the track job's, plus "wait" (received -> taken by the job thread),
         "convert" (taken -> here: pixels and intrinsics), "handover" (track reply -> publish
-        thread), "skin" and "publish"."""
+        thread), "skin", "publish" and, with the drift check, "appearance"."""
         t_in = time.monotonic()
         with self._cond:
             self._input = frame
@@ -197,6 +197,8 @@ class LiveMode:
         if pose.state == "lost":
             self.request_keyframe(f"tracking lost: {pose.reason}")
             return self._outcome(frame, FrameOutcome("lost", f"tracking lost ({pose.reason}); new keyframe requested", timings=pose.timings))
+        if pose.binding_id != avatar.binding_id and (current := self.avatar) is not None and current.binding_id == pose.binding_id:
+            avatar = current  # the keyframe's result landed here while the frame was being tracked
         if pose.binding_id != avatar.binding_id:
             # The worker tracks from a keyframe this node does not hold: usually one whose result is
             # on its way (then this request is a no-op), else one whose reply was lost: ask again.

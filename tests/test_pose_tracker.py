@@ -117,6 +117,24 @@ def test_lost_on_an_empty_frame_and_recovers(anny: AnnyBody) -> None:
     assert float((back.joints - joints(anny, seq[5])).norm(dim=-1).mean()) < 0.05
 
 
+def test_a_stale_start_is_recovered_from_the_landmarks_not_lost(anny: AnnyBody) -> None:
+    """The first frame after a keyframe taken seconds ago: the person has turned by 1.5 rad, moved the
+    limbs and stepped 0.6 m aside. A few steps from the keyframe's pose cannot explain that; the
+    tracker starts again from the landmarks in the same frame instead of reporting "lost" (which
+    costs a keyframe)."""
+    K = default_intrinsics(*SIZE)
+    seq = motion(anny, 11)
+    turned = roma.rotvec_to_rotmat(torch.tensor([0.0, 1.5, 0.0])) @ roma.rotvec_to_rotmat(seq[5].global_orient[0])
+    far = BodyParams(roma.rotmat_to_rotvec(turned)[None], seq[5].transl + torch.tensor([[0.6, 0.0, 0.0]]), seq[5].pose, seq[5].shape)
+    tracker = PoseTracker(anny)
+    tracker.start(seq[0])
+    result = tracker.track(oracle_perception(anny, far, K), 0.0)
+    assert result.state == TRACKING and result.reinitialised, result.reason
+    assert float((result.joints - joints(anny, far)).norm(dim=-1).mean()) < 0.05
+    following = tracker.track(oracle_perception(anny, far, K), 1 / 15)  # and tracking goes on from there
+    assert following.state == TRACKING and not following.reinitialised
+
+
 def test_lost_when_the_torso_is_hidden_or_the_pose_cannot_explain_the_landmarks(anny: AnnyBody) -> None:
     K = default_intrinsics(*SIZE)
     seq = motion(anny, 3)

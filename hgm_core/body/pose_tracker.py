@@ -24,8 +24,9 @@ Per frame (`track`), from the frame's BlazePose landmarks only (no mask, no mesh
    3D landmarks (limb depth), the anatomical joint limits, and a pull to the previous frame (it
    damps the landmarks' noise where the image constrains the pose weakly). Jacobians by finite
    differences, all 64 perturbed bodies in one batch.
-4. Check: a mean 2D error above `max_keypoint_error` person sizes is "lost" (a wild pose is never
-   returned).
+4. Check: a mean 2D error above `max_keypoint_error` person sizes after the steps from the last
+   pose re-initialises from the landmarks (step 2) and solves again; above it still is "lost" (a
+   wild pose is never returned).
 5. Filter: a One-Euro filter per parameter group (orientation on the rotation group, translation,
    joint angles) against landmark jitter, then joints and the 104 bone transforms of the filtered
    body (the skinning input, `hgm_core.body.skinning.pose`).
@@ -117,7 +118,8 @@ class TrackResult:
         bone_transforms: `[104, 4, 4]` float32 placed bone poses (`BodyModel.bone_transforms` layout,
             the input of `skinning.pose` and of the compact stream's frames), None when lost.
         keypoint_error: visibility-weighted mean 2D error of the solved (unfiltered) body, person sizes (NaN if not solved).
-        reinitialised: this frame started from the analytic initialisation instead of the previous frame.
+        reinitialised: this frame was solved from the analytic initialisation (after a loss, or
+            because the steps from the previous frame's pose did not explain the landmarks).
         timings: seconds per step ("init", "solve", "filter", "output", "total").
     """
 
@@ -258,6 +260,14 @@ class PoseTracker:
         theta = self._initialise(tg, K) if reinit else self._theta.clone()
         t1 = time.perf_counter()
         theta, error = self._solve(theta, tg, K, cfg.reinit_iterations if reinit else cfg.iterations, temporal=not reinit)
+        if not error <= cfg.max_keypoint_error and not reinit:
+            # The body moved too far for a few steps from the last pose (a fast move, dropped
+            # frames, or the first frame after a keyframe taken seconds ago): start again from the
+            # landmarks before calling it lost, so a stale start never costs a keyframe.
+            reinit = True
+            for f in self._filters:
+                f.reset()
+            theta, error = self._solve(self._initialise(tg, K), tg, K, cfg.reinit_iterations, temporal=False)
         t2 = time.perf_counter()
         if not error <= cfg.max_keypoint_error:
             return self._lose("residual", t0, error)
