@@ -1,8 +1,8 @@
 """The node's live mode end to end: frame stamp -> posed avatar, over real ROS 2 and a real worker.
 
-    .venv/bin/python bench/live_node.py [--seconds 20] [--rate 15] [--modes live,reconstruct] [--sequence DIR]
+    .venv/bin/python bench/live_node.py [--seconds 20] [--rate 15] [--modes live,reconstruct] [--sequence DIR] [--isolate]
 
-One real worker (`hgm serve`, prior level, 1 thread) and, per mode, one `hgm_node` process
+One real worker (`hgm serve`, prior level, 1 thread; `--isolate`: its compute in a child process) and, per mode, one `hgm_node` process
 (`mode:=live` or the `reconstruct` baseline: every job reconstructs its frame); this process is the
 camera: 640x480 rgb8 frames at `--rate` Hz (reliable, so no large frame is lost to best effort) of
 the bundled sample photo sliding left and right (±60 px at 0.25 Hz), or with `--sequence` the
@@ -244,6 +244,7 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=15.0, help="camera frame rate (Hz)")
     parser.add_argument("--modes", default="live,reconstruct", help="node modes to run, in order")
     parser.add_argument("--sequence", type=Path, default=None, help="play this 640x480 `hgm datagen --sequence` folder")
+    parser.add_argument("--isolate", action="store_true", help="the worker runs its compute in a child process (hgm serve --isolate)")
     add_out_argument(parser)
     args = parser.parse_args()
     if args.sequence is not None:
@@ -256,13 +257,14 @@ def main() -> None:
         tmp = Path(tmp)
         endpoint = f"ipc://{tmp}/worker.sock"
         worker = subprocess.Popen([sys.executable, "-m", "hgm_core", "serve", "--bind", endpoint, "--checkpoint", "none",
-                                   "--threads", "1", "--log-level", "WARNING"], cwd=REPO)
+                                   "--threads", "1", "--log-level", "WARNING", *(["--isolate"] if args.isolate else [])], cwd=REPO)
         try:
             with WorkerClient(endpoint, timeout_s=5) as client:
                 deadline = time.monotonic() + 300
                 while True:
                     try:
-                        if client.health(timeout_s=2.0).get("ok"):
+                        health = client.health(timeout_s=2.0)
+                        if health.get("ok") and health.get("compute", {}).get("ready", True):
                             break
                     except WorkerError:
                         pass
@@ -279,6 +281,7 @@ def main() -> None:
             _stop(worker)
     report = {
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "worker": {"isolate": args.isolate},
         "frame": {"width": WIDTH, "height": HEIGHT, "rate_hz": args.rate, "seconds": args.seconds,
                   "source": str(args.sequence) if args.sequence else "sample photo, sliding"},
         "modes": modes,

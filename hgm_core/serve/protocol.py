@@ -76,9 +76,15 @@ track request arrays: as reconstruct (image required; K, mask, depth optional, s
 track result arrays (state "tracking"): bone_transforms float32 [J, 4, 4] rigid world transforms
     of the binding's J joints in the camera frame (skin the canonical avatar with them:
     docs/live_stream.md); optional joints float32 [S, 3] with `skeleton`. State "lost" has no arrays.
-    A worker serves track jobs on a compute thread of their own, beside a running reconstruction.
+    A worker serves track jobs on a compute thread of their own, beside a running reconstruction
+    (an isolated worker's compute child on a thread and socket of their own). A broker sends a
+    stream's track jobs to the worker whose keyframe result of that stream came last, one at a
+    time, also while that worker reconstructs; a track job of a stream with no live worker goes
+    to any worker (which answers "lost" when it holds no keyframe of the stream).
 health reply: kind "result" without arrays; `info` holds at least {"ok": bool, "protocol": 1,
-    "role": "worker" | "broker", "stages": [...], "busy": bool}; a worker's also "track": bool.
+    "role": "worker" | "broker", "stages": [...], "busy": bool}; a worker's also "track": bool
+    (an isolated worker's: once its compute child said it tracks); a broker's also "streams": int
+    (live streams tied to a worker).
 
 Size limits: a message whose frames add up to more than the server's maximum gets a too_large
 reply; a single frame over that maximum is refused by ZeroMQ itself (ZMQ_MAXMSGSIZE), which closes
@@ -88,8 +94,9 @@ Error kinds: bad_request (malformed message), protocol (unsupported version), to
 bytes or image pixels over the server's limits), busy (queue full), bad_input, no_person,
 crop_too_small, stage_unavailable (the pipeline's documented failures: `PipelineError.kind`),
 internal (a bug or crash on the server, or a job quarantined after it crashed the compute
-twice), timeout (the job outlived its deadline), unavailable (the server is shutting down); the
-list is `hgm_core.types.ERROR_KINDS`.
+twice), timeout (the job outlived its deadline), unavailable (the server is shutting down, or an
+isolated worker's compute child is restarting: try the next frame); the list is
+`hgm_core.types.ERROR_KINDS`.
 
 Envelopes: a ROUTER prepends the peer's routing id; servers reply with the same envelope (including
 the empty delimiter frame a REQ socket adds). Between broker and worker, every message carries one

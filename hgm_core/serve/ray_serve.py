@@ -13,8 +13,8 @@ Routing: a job of a named stream carries the stream as Ray Serve's multiplexed m
 stream's keyframes, track jobs and warm-started fits keep reaching the replica that holds its
 state. The affinity is Ray's and soft: Ray learns a replica's streams shortly (~0.1 s) after
 their first job starts there, and routes to another replica while that one is full
-(`max_ongoing_requests`) or gone; a track job there answers "lost" and the client re-keyframes,
-as behind a broker. A job without a stream goes to the less busy of two replicas.
+(`max_ongoing_requests`) or gone; a track job there answers "lost" and the client re-keyframes
+(as behind a broker whose tied worker died). A job without a stream goes to the less busy of two replicas.
 
 Failures: handler errors come back as typed error replies (`schema.run_job`). A replica that dies
 while it holds a job (killed, or a native crash in the compute) makes the deployment handle raise
