@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from hgm_core.camera import CANONICAL_CAM_RADIUS
 from hgm_core.cli import CliError
 from hgm_core.data import pack_cli
 from hgm_core.data.cache import CACHE_KEYS, build_cached_subject
@@ -57,7 +58,8 @@ def _box(mask: np.ndarray) -> np.ndarray:
 def test_contract_matches_the_cache(layout, pack):
     cached = build_cached_subject(layout, "0000", SIZE)
     packed = load_packed_subject(pack, "0000")
-    assert tuple(packed) == CACHE_KEYS
+    assert tuple(packed) == CACHE_KEYS + ("depth",)  # our layouts have depth maps; the cache does not keep them
+    assert packed["depth"].shape == (VIEWS, SIZE, SIZE) and packed["depth"].dtype == np.float32
     for key in CACHE_KEYS:
         assert packed[key].dtype == cached[key].dtype, key
         assert packed[key].shape == cached[key].shape, key
@@ -139,6 +141,32 @@ def test_make_sample_takes_a_packed_subject(pack):
     assert sample.images.shape == (1, 1, 3, SIZE, SIZE) and sample.target_rgb.shape == (3, SIZE, SIZE, 3)
     aimed = make_sample(subject, 0, [0, 2], 1, None, rng, aim=True)
     assert torch.isfinite(aimed.vertices).all() and aimed.cameras.width == SIZE
+
+
+def test_depth_windows_match_the_body_in_the_canonical_frame(pack):
+    # Depth targets in canonical units: where the GT body's z-buffer and the depth window both have a
+    # surface they agree within clothing thickness, whatever the crop, aim and view; nothing outside the mask.
+    from hgm_core.camera import project_points
+    from hgm_core.data.reader import canonical_transform
+
+    subject = load_packed_subject(pack, "0000")
+    has_depth = subject["depth"] > 0  # depth is sampled at pixel centres, coverage over the pixel: edges differ
+    assert (has_depth & (subject["masks"] == 0)).sum() < 0.05 * has_depth.sum()
+    for aim in (False, True):
+        sample = crop_supervision(make_sample(subject, 0, [0, 1, 2, 3], 1, None, np.random.default_rng(0), aim=aim), 48, 0.1)
+        for c in range(4):
+            view = sample.cameras.viewmats[c].double()
+            points = sample.vertices[0].double() @ view[:3, :3].T + view[:3, 3]
+            pix = torch.floor(project_points(points, sample.cameras.K[c].double(), min_depth=1e-6)).long()
+            inside = (pix >= 0).all(-1) & (pix < 48).all(-1)
+            zbuf = torch.full((48 * 48,), np.inf, dtype=torch.float64).scatter_reduce(
+                0, pix[inside, 1] * 48 + pix[inside, 0], points[inside, 2], reduce="amin")
+            target = sample.target_depth[c, ..., 0].double().reshape(-1)
+            both = torch.isfinite(zbuf) & (target > 0)
+            assert both.sum() > 50
+            # canonical units: 1.5 / ring distance per metre; clothes sit ~1-5 cm off the body
+            metre = CANONICAL_CAM_RADIUS / float(subject["distance"])
+            assert float((zbuf[both] - target[both]).abs().median()) < 0.06 * metre
 
 
 def test_pack_folder_index_and_resume(layout, pack, capsys):

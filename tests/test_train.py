@@ -137,7 +137,7 @@ def test_batches_workers_packs_and_no_validation(layouts, tmp_path):
     list(pack_subjects(layouts[0], pack, ["0000", "0001"], index))
     update_index(pack)
     c = TrainConfig(train_data=(str(pack),), train_seeds=(1000,), aim_input=True, supervision_views=2, supervision_crop=32,
-                    lpips_views=0, batch_size=2, max_steps=2, warmup_steps=1)
+                    lpips_views=0, batch_size=2, max_steps=2, warmup_steps=1, lambda_depth=1.0)
     state = train(c, tmp_path / "run", resume=False, workers=1)
     assert state.step == 2 and state.gpu_seconds == 0.0
     assert not (tmp_path / "run" / "best").exists() and not (tmp_path / "run" / "val.jsonl").exists()

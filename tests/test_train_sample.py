@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
+import pytest
 import torch
 
 from hgm_core.camera import Cameras, flip_camera_axes, look_at
@@ -116,3 +118,29 @@ def test_warm_start_from_a_run_or_a_checkpoint(tmp_path):
         init_weights(HGM(config_for("tiny", num_views=2)), tmp_path)
     with pytest.raises(TrainError, match="nothing to warm-start"):
         init_weights(HGM(config_for("tiny")), tmp_path / "nowhere")
+
+
+def test_depth_term_scores_pixels_covered_in_the_target_and_the_render():
+    from hgm_core.camera import Cameras
+    from hgm_core.train.config import TrainConfig
+    from hgm_core.train.sample import Sample
+    from hgm_core.train.trainer import loss_terms
+
+    S = 4
+    mask = torch.ones(1, S, S, 1)
+    mask[0, 0] = 0.0  # first row: background in the target
+    target_depth = torch.where(mask > 0, torch.ones_like(mask), torch.zeros_like(mask))
+    sample = Sample(images=torch.zeros(1, 1, 3, S, S), K=torch.eye(3)[None, None], c2w=torch.eye(4)[None, None],
+                    vertices=torch.zeros(1, 1, 3), cameras=Cameras(torch.eye(3)[None], torch.eye(4)[None], S, S), views=[0],
+                    target_rgb=torch.ones(1, S, S, 3), target_mask=mask, target_depth=target_depth)
+    alpha = torch.full((1, S, S, 1), 0.9)
+    alpha[0, 1, 0] = 0.2  # not covered by the render: the mask term's business
+    depth = torch.full((1, S, S, 1), 1.25, requires_grad=True)
+    config = TrainConfig(lpips_views=0, lambda_depth=1.0)
+    terms = loss_terms(torch.ones(1, S, S, 3), alpha, depth, sample, config, None, np.random.default_rng(0))
+    assert terms["depth"].item() == pytest.approx(0.25)
+    terms["depth"].backward()
+    assert (depth.grad[0, 0] == 0).all() and depth.grad[0, 1, 0] == 0 and depth.grad[0, 2, 2] > 0
+    no_depth = loss_terms(torch.ones(1, S, S, 3), alpha, depth, dataclasses.replace(sample, target_depth=None), config, None,
+                          np.random.default_rng(0))
+    assert "depth" not in no_depth

@@ -21,6 +21,8 @@ holds only plain arrays (no pickled objects):
     body_origin              float64 [3]                 the body code's origin (metres)
     body_code                uint8 [B]                   `encode_body`; empty when the layout has no body
     body_count               int64 []                    vertices in the body
+    depth_png, depth_offsets uint8 [B], int64 [V + 1]    (when the layout has depth maps) 16-bit PNGs of the
+                                                         windows' depth, `data.render.encode_depth` (2^15 / z)
 
 `load_packed_subject` decodes one into exactly the `cache.CACHE_KEYS` dict of `load_cached_subject`
 (with the windows' images and intrinsics), so `train.sample.make_sample` consumes it unchanged.
@@ -39,7 +41,8 @@ import numpy as np
 from hgm_core.data.reader import DatasetLayoutError, ReaderConfig, count_views, list_subjects, load_view, subject_distance
 
 GENERATOR = "hgm pack"
-PACK_VERSION = 1
+PACK_VERSION = 2
+"""2: depth windows (nearest-sampled, so no depth is blended across the silhouette) when the layout has them."""
 INDEX_NAME = "dataset.json"
 BODY_STEP_M = 1e-3
 """Body quantisation step: millimetres (rounding error <= 0.5 mm)."""
@@ -65,9 +68,10 @@ def person_window(mask: np.ndarray, margin: float) -> tuple[int, int, int]:
     return (x0 + x1 - side) // 2, (y0 + y1 - side) // 2, side
 
 
-def cut_window(image: np.ndarray, window: tuple[int, int, int], size: int, fill: float) -> np.ndarray:
+def cut_window(image: np.ndarray, window: tuple[int, int, int], size: int, fill: float, nearest: bool = False) -> np.ndarray:
     """`image [H, W, ...]` float32 cut to `window` (`fill` past the image edge) and resampled to
-    `size`² (area averaging when shrinking, bilinear when enlarging) -> `[size, size, ...]` float32."""
+    `size`² (area averaging when shrinking, bilinear when enlarging; `nearest`: the nearest pixel,
+    for values that must not be blended such as depth) -> `[size, size, ...]` float32."""
     import cv2
 
     x0, y0, side = window
@@ -76,7 +80,7 @@ def cut_window(image: np.ndarray, window: tuple[int, int, int], size: int, fill:
     sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
     if sx1 > sx0 and sy1 > sy0:
         out[sy0 - y0:sy1 - y0, sx0 - x0:sx1 - x0] = image[sy0:sy1, sx0:sx1]
-    interp = cv2.INTER_AREA if size < side else cv2.INTER_LINEAR
+    interp = cv2.INTER_NEAREST if nearest else cv2.INTER_AREA if size < side else cv2.INTER_LINEAR
     return cv2.resize(out, (size, size), interpolation=interp)
 
 
@@ -134,10 +138,12 @@ def pack_subject(root: Path, sid: str, size: int = 128, margin: float = 0.12, jp
     """Every view of subject `sid` of layout `root` as a person window (see the module docstring for the keys)."""
     import cv2
 
+    from hgm_core.data.render import decode_depth, encode_depth
+
     n = count_views(root, sid)
     if n == 0:
         raise DatasetLayoutError(f"{root} has no views of subject {sid!r}")
-    jpegs, pngs, E, K, windows = [], [], [], [], []
+    jpegs, pngs, depths, E, K, windows = [], [], [], [], [], []
     for v in range(n):
         rgb, mask, ext, intr = load_view(root, sid, v)
         window = person_window(mask, margin)
@@ -149,6 +155,14 @@ def pack_subject(root: Path, sid: str, size: int = 128, margin: float = 0.12, jp
             raise PackError(f"could not encode subject {sid} view {v}")
         jpegs.append(jpg.tobytes())
         pngs.append(png.tobytes())
+        depth_file = Path(root) / "depth" / f"{sid}_{v:03d}" / "1.0.png"
+        if depth_file.exists():
+            depth = decode_depth(cv2.imread(str(depth_file), cv2.IMREAD_UNCHANGED)).astype(np.float32)
+            ok_d, dpng = cv2.imencode(".png", encode_depth(cut_window(depth, window, size, 0.0, nearest=True)),
+                                      [cv2.IMWRITE_PNG_COMPRESSION, 9])
+            if not ok_d:
+                raise PackError(f"could not encode subject {sid} view {v}'s depth")
+            depths.append(dpng.tobytes())
         E.append(ext)
         K.append(window_intrinsics(intr, window, size))
         windows.append(window)
@@ -157,10 +171,13 @@ def pack_subject(root: Path, sid: str, size: int = 128, margin: float = 0.12, jp
     origin, code = encode_body(body)
     rgb_jpeg, rgb_offsets = _concat(jpegs)
     mask_png, mask_offsets = _concat(pngs)
-    return {"rgb_jpeg": rgb_jpeg, "rgb_offsets": rgb_offsets, "mask_png": mask_png, "mask_offsets": mask_offsets,
+    item = {"rgb_jpeg": rgb_jpeg, "rgb_offsets": rgb_offsets, "mask_png": mask_png, "mask_offsets": mask_offsets,
             "extrinsics": np.stack(E), "intrinsics": np.stack(K), "windows": np.asarray(windows, np.int64),
             "distance": np.float64(subject_distance(root, sid, ReaderConfig().distance)),
             "body_origin": origin, "body_code": code, "body_count": np.int64(len(body))}
+    if len(depths) == n:  # all or nothing: a layout without depth maps packs none
+        item["depth_png"], item["depth_offsets"] = _concat(depths)
+    return item
 
 
 def subject_path(pack: Path, sid: str) -> Path:
@@ -179,8 +196,11 @@ def write_packed_subject(pack: Path, sid: str, item: dict[str, np.ndarray]) -> i
 
 def decode_packed(item: dict[str, np.ndarray] | np.lib.npyio.NpzFile) -> dict[str, np.ndarray]:
     """A packed subject's arrays -> the `cache.CACHE_KEYS` dict (images uint8 [V, S, S, 3] RGB,
-    masks uint8 [V, S, S], extrinsics, intrinsics, distance, body float32 [Nv, 3])."""
+    masks uint8 [V, S, S], extrinsics, intrinsics, distance, body float32 [Nv, 3]), plus `depth`
+    float32 [V, S, S] (metres along each camera's axis, 0 = no surface) when the pack has depth."""
     import cv2
+
+    from hgm_core.data.render import decode_depth
 
     rgb, ro, masks, mo = item["rgb_jpeg"], item["rgb_offsets"], item["mask_png"], item["mask_offsets"]
     images = [cv2.imdecode(rgb[ro[v]:ro[v + 1]], cv2.IMREAD_COLOR) for v in range(len(ro) - 1)]
@@ -188,9 +208,16 @@ def decode_packed(item: dict[str, np.ndarray] | np.lib.npyio.NpzFile) -> dict[st
     if any(x is None for x in images + coverage):
         raise PackError("a packed view does not decode")
     images = [cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB) for bgr in images]  # 10x faster than a reversed-stride copy
-    return {"images": np.stack(images), "masks": np.stack(coverage),
-            "extrinsics": item["extrinsics"], "intrinsics": item["intrinsics"], "distance": item["distance"][()],
-            "body": decode_body(item["body_origin"], item["body_code"], int(item["body_count"]))}
+    out = {"images": np.stack(images), "masks": np.stack(coverage),
+           "extrinsics": item["extrinsics"], "intrinsics": item["intrinsics"], "distance": item["distance"][()],
+           "body": decode_body(item["body_origin"], item["body_code"], int(item["body_count"]))}
+    if "depth_png" in item:
+        dp, do = item["depth_png"], item["depth_offsets"]
+        depth = [cv2.imdecode(dp[do[v]:do[v + 1]], cv2.IMREAD_UNCHANGED) for v in range(len(do) - 1)]
+        if any(x is None for x in depth):
+            raise PackError("a packed depth window does not decode")
+        out["depth"] = np.stack([decode_depth(d) for d in depth]).astype(np.float32)
+    return out
 
 
 def load_packed_subject(root: Path, sid: str) -> dict[str, np.ndarray]:

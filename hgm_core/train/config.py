@@ -71,7 +71,9 @@ class TrainConfig:
     Model:
         preset, num_views: `hgm_core.model.config_for(preset, num_views=...)`.
     Loss (paper: L2 RGB + LPIPS-VGG + L2 mask, weight 1 each):
-        lambda_rgb, lambda_mask, lambda_lpips: weights; lpips_views: views per step given to LPIPS,
+        lambda_rgb, lambda_mask, lambda_lpips: weights; lambda_depth: L1 depth on the covered pixels
+            (canonical units; needs data with depth maps, e.g. packs of our layouts; 0 = off);
+            lpips_views: views per step given to LPIPS,
             each on a `lpips_crop` square window on the person (VGG on a whole 128^2 view costs
             more than the rest of a CPU step; the other views still get the L2 terms).
     Optimiser:
@@ -103,6 +105,7 @@ class TrainConfig:
     lambda_rgb: float = 1.0
     lambda_mask: float = 1.0
     lambda_lpips: float = 1.0
+    lambda_depth: float = 0.0
     lpips_views: int = 1
     lpips_crop: int = 64
     lr: float = 3e-4

@@ -39,6 +39,8 @@ class Sample:
         vertices: `[1, Nv, 3]` (perturbed) canonical body vertices.
         cameras: C supervision cameras (canonical, S x S); views: their ring indices.
         target_rgb: `[C, S, S, 3]` in [0, 1] on white; target_mask: `[C, S, S, 1]` in [0, 1].
+        target_depth: `[C, S, S, 1]` surface depth along each camera's axis in canonical units (0 =
+            no surface), or None when the data has no depth maps (packs of layouts with depth have).
     """
 
     images: torch.Tensor
@@ -49,10 +51,12 @@ class Sample:
     views: list[int]
     target_rgb: torch.Tensor
     target_mask: torch.Tensor
+    target_depth: torch.Tensor | None = None
 
     def to(self, device: torch.device | str) -> "Sample":
         """The same sample with every tensor (and the cameras) on `device`."""
-        tensors = {k: getattr(self, k).to(device) for k in ("images", "K", "c2w", "vertices", "target_rgb", "target_mask")}
+        names = ("images", "K", "c2w", "vertices", "target_rgb", "target_mask", "target_depth")
+        tensors = {k: getattr(self, k).to(device) for k in names if getattr(self, k) is not None}
         return dataclasses.replace(self, cameras=self.cameras.to(device), **tensors)
 
 
@@ -79,7 +83,7 @@ def perturb_body(vertices: np.ndarray, noise: BodyNoise, rng: np.random.Generato
 
 
 def aim_input(image: np.ndarray, K: np.ndarray, body: np.ndarray, c2w_gl: np.ndarray, distance: float, size: int,
-              fill: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+              fill: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]:
     """Re-aim a one-view sample's input camera at the body's box centre, as inference does.
 
     Args:
@@ -89,9 +93,9 @@ def aim_input(image: np.ndarray, K: np.ndarray, body: np.ndarray, c2w_gl: np.nda
             with ring `distance`); c2w_gl: `[C, 4, 4]` other cameras in that frame.
         size, fill: the network's input size and `input_fill` (`model.predict.network_view`).
     Returns:
-        the virtual view's image `[size, size, 3]` float32 in [0, 1] and intrinsics `[3, 3]`, and the
+        the virtual view's image `[size, size, 3]` float32 in [0, 1] and intrinsics `[3, 3]`, the
         body `[Nv, 3]` and cameras `[C, 4, 4]` in the virtual camera's canonical frame (input camera
-        `[I | (0, 0, 1.5)]`).
+        `[I | (0, 0, 1.5)]`), and that frame's units per unit of the ring's canonical frame.
     """
     ring = CanonicalFrame(distance / CANONICAL_CAM_RADIUS)  # the canonical frame `canonical_transform` made
     body_optical = canonical_to_optical_points(torch.from_numpy(body), ring).numpy()
@@ -100,7 +104,7 @@ def aim_input(image: np.ndarray, K: np.ndarray, body: np.ndarray, c2w_gl: np.nda
     k = np.cbrt(np.linalg.det(M[:3, :3]))
     cams = M @ c2w_gl
     cams[:, :3, :3] /= k
-    return view.image, view.K, body @ M[:3, :3].T + M[:3, 3], cams
+    return view.image, view.K, body @ M[:3, :3].T + M[:3, 3], cams, float(k)
 
 
 def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int], num_input_views: int,
@@ -124,6 +128,7 @@ def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int
     if noise is not None:
         body = perturb_body(body, noise, rng)
     size = subject["images"].shape[1]
+    units_per_metre = CANONICAL_CAM_RADIUS / float(subject["distance"])  # `canonical_transform`'s scale
     Ks = torch.from_numpy(subject["intrinsics"][order]).float()
     images = torch.from_numpy(subject["images"][order]).float() / 255.0  # [V, S, S, 3]
     masks = torch.from_numpy(subject["masks"][order]).float()[..., None] / 255.0
@@ -132,8 +137,9 @@ def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int
     if aim:
         if k != 1:
             raise ValueError("aim needs a one-view sample")
-        rgb, K_in, body, c2w_gl[k:] = aim_input(subject["images"][input_view], subject["intrinsics"][input_view], body,
-                                                c2w_gl[k:], float(subject["distance"]), input_size or size, fill)
+        rgb, K_in, body, c2w_gl[k:], rescale = aim_input(subject["images"][input_view], subject["intrinsics"][input_view],
+                                                         body, c2w_gl[k:], float(subject["distance"]), input_size or size, fill)
+        units_per_metre *= rescale
         inputs_rgb, Ks[0] = torch.from_numpy(rgb)[None], torch.from_numpy(K_in).float()
         c2w_gl[0] = np.eye(4)
         c2w_gl[0, 2, 3] = CANONICAL_CAM_RADIUS
@@ -147,6 +153,8 @@ def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int
         views=list(views),
         target_rgb=images[k:],
         target_mask=masks[k:],
+        target_depth=(torch.from_numpy(subject["depth"][order[k:]]).float()[..., None] * units_per_metre
+                      if "depth" in subject else None),
     )
 
 
@@ -172,18 +180,22 @@ def person_box(mask: torch.Tensor, margin: float) -> tuple[int, int, int]:
 
 def crop_supervision(sample: Sample, size: int, margin: float) -> Sample:
     """`sample` with every supervision view cut to its person window (`person_box`) and resampled to
-    `size x size`: targets (white / mask 0 past the image edge) and cameras (intrinsics shifted and
-    scaled) alike. `size` keeps about the frame's pixel density for a person of average size."""
+    `size x size`: targets (white / mask 0 / no depth past the image edge; depth nearest-sampled, so
+    no depth is blended across the silhouette) and cameras (intrinsics shifted and scaled) alike.
+    `size` keeps about the frame's pixel density for a person of average size."""
     C, S = sample.target_rgb.shape[:2]
     boxes = [person_box(sample.target_mask[c, ..., 0], margin) for c in range(C)]
     pad = max([0] + [max(-x0, -y0, x0 + b - S, y0 + b - S) for x0, y0, b in boxes])
     rgb = F.pad(sample.target_rgb.permute(0, 3, 1, 2), (pad,) * 4, value=1.0)
     mask = F.pad(sample.target_mask.permute(0, 3, 1, 2), (pad,) * 4, value=0.0)
-    crops_rgb, crops_mask, Ks = [], [], []
+    depth = None if sample.target_depth is None else F.pad(sample.target_depth.permute(0, 3, 1, 2), (pad,) * 4, value=0.0)
+    crops_rgb, crops_mask, crops_depth, Ks = [], [], [], []
     for c, (x0, y0, b) in enumerate(boxes):
         window = (slice(None), slice(y0 + pad, y0 + pad + b), slice(x0 + pad, x0 + pad + b))
         crops_rgb.append(F.interpolate(rgb[c][window][None], size=(size, size), mode="bilinear", antialias=True, align_corners=False))
         crops_mask.append(F.interpolate(mask[c][window][None], size=(size, size), mode="bilinear", antialias=True, align_corners=False))
+        if depth is not None:
+            crops_depth.append(F.interpolate(depth[c][window][None], size=(size, size), mode="nearest-exact"))
         K = sample.cameras.K[c].clone()
         K[0, 2] -= x0
         K[1, 2] -= y0
@@ -191,4 +203,5 @@ def crop_supervision(sample: Sample, size: int, margin: float) -> Sample:
         Ks.append(K)
     cameras = Cameras(torch.stack(Ks), sample.cameras.viewmats, size, size)
     return dataclasses.replace(sample, cameras=cameras, target_rgb=torch.cat(crops_rgb).permute(0, 2, 3, 1).clamp(0, 1),
-                               target_mask=torch.cat(crops_mask).permute(0, 2, 3, 1).clamp(0, 1))
+                               target_mask=torch.cat(crops_mask).permute(0, 2, 3, 1).clamp(0, 1),
+                               target_depth=torch.cat(crops_depth).permute(0, 2, 3, 1) if crops_depth else None)

@@ -189,13 +189,20 @@ def person_crop(mask: torch.Tensor, size: int, rng: np.random.Generator) -> tupl
     return slice(y0, y0 + size), slice(x0, x0 + size)
 
 
-def loss_terms(rgb: torch.Tensor, alpha: torch.Tensor, sample: Sample, config: TrainConfig, lpips_model,
-               rng: np.random.Generator) -> dict[str, torch.Tensor]:
+def loss_terms(rgb: torch.Tensor, alpha: torch.Tensor, depth: torch.Tensor, sample: Sample, config: TrainConfig,
+               lpips_model, rng: np.random.Generator) -> dict[str, torch.Tensor]:
     """The paper's losses: L2 RGB, L2 mask and LPIPS-VGG on `lpips_views` random supervision views
-    (each on a `lpips_crop` window on the person: VGG is the dearest part of a CPU step).
+    (each on a `lpips_crop` window on the person: VGG is the dearest part of a CPU step); with
+    `lambda_depth` and depth targets also L1 depth on the pixels the person covers in the GT and
+    the render (the mask term covers the rest).
 
-    rgb `[C, S, S, 3]`, alpha `[C, S, S, 1]` (renders) against the sample's targets."""
+    rgb `[C, S, S, 3]`, alpha and depth `[C, S, S, 1]` (renders) against the sample's targets."""
     terms = {"rgb": ((rgb - sample.target_rgb) ** 2).mean(), "mask": ((alpha - sample.target_mask) ** 2).mean()}
+    if config.lambda_depth > 0 and sample.target_depth is not None:
+        # A single view cannot tell how deep the person is, and RGB + mask alone let the network
+        # answer with a flat sheet of pixel Gaussians behind a faded body set; depth pins the surface.
+        solid = ((sample.target_mask > 0.99) & (sample.target_depth > 0) & (alpha.detach() > 0.5)).to(depth.dtype)
+        terms["depth"] = ((depth - sample.target_depth).abs() * solid).sum() / solid.sum().clamp_min(1.0)
     if config.lpips_views and config.lambda_lpips > 0:
         crops_p, crops_t = [], []
         for i in rng.choice(rgb.shape[0], config.lpips_views, replace=False):
@@ -225,10 +232,10 @@ def train_step(model: HGM, optimizer: torch.optim.Optimizer, samples: list[Sampl
     renders = [render_sets(out.body[i], out.merged[i], s) for i, s in enumerate(samples)]
     times.render = clock() - t
     t = clock()
-    weights = {"rgb": config.lambda_rgb, "mask": config.lambda_mask, "lpips": config.lambda_lpips}
+    weights = {"rgb": config.lambda_rgb, "mask": config.lambda_mask, "lpips": config.lambda_lpips, "depth": config.lambda_depth}
     parts: dict[str, torch.Tensor] = {}
     for r, s in zip(renders, samples):
-        for k, v in loss_terms(r.rgb, r.alpha, s, config, lpips_model, rng).items():
+        for k, v in loss_terms(r.rgb, r.alpha, r.depth, s, config, lpips_model, rng).items():
             parts[k] = parts.get(k, 0) + v / len(samples)
     loss = sum(weights[k] * v for k, v in parts.items())
     times.loss = clock() - t
@@ -345,7 +352,8 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, i
         metrics=metrics,
         notes=(f"{state.cpu_seconds / 3600:.2f} CPU-hours (one thread)"
                + (f" and {state.gpu_seconds / 3600:.2f} GPU-hours" if state.gpu_seconds else "") + ". Input: GT body with fitting-like noise "
-               f"({config.body_noise}). Loss: L2 RGB + L2 mask + LPIPS-VGG ({config.lpips_views} view/step), "
+               f"({config.body_noise}). Loss: L2 RGB + L2 mask + LPIPS-VGG ({config.lpips_views} view/step)"
+               + (f" + {config.lambda_depth:g} x L1 depth" if config.lambda_depth else "") + ", "
                f"{config.supervision_views} views/step. Validation: view 0 in, views 1-11 scored at "
                f"{config.image_size}^2, fixed noisy bodies; baseline = body vertices coloured from the input." + recipe),
     )
