@@ -147,7 +147,6 @@ def test_depth_windows_match_the_body_in_the_canonical_frame(pack):
     # Depth targets in canonical units: where the GT body's z-buffer and the depth window both have a
     # surface they agree within clothing thickness, whatever the crop, aim and view; nothing outside the mask.
     from hgm_core.camera import project_points
-    from hgm_core.data.reader import canonical_transform
 
     subject = load_packed_subject(pack, "0000")
     has_depth = subject["depth"] > 0  # depth is sampled at pixel centres, coverage over the pixel: edges differ
