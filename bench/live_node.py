@@ -13,7 +13,10 @@ distinct frames became avatars per second after the first one (sustained rate), 
 frame of the full avatar (PointCloud2) and the compact frame. In live mode a `~/capture` call
 half-way asks for a keyframe; the node's log gives every keyframe's reason, duration and end, and
 the avatars that arrived while each ran show that tracking went on meanwhile.
-The node's own per-stage timings (diagnostics `latency.*`, sampled each second) give the profile.
+The node's own per-stage timings (diagnostics `latency.*`, sampled each second) give the profile
+(wall clock, so they grow with the machine's load), and the CPU seconds the node, the worker (with
+its compute child) and this camera process used while the frames were sent, also per published
+avatar, what the rate needs whatever the load.
 Writes JSON to stdout and bench/results/live_node.json.
 """
 
@@ -152,7 +155,23 @@ class Camera:
         rclpy.try_shutdown(context=self.context)
 
 
-def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], K: np.ndarray, rate_hz: float, seconds: float, tmp: Path) -> dict:
+def _cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process `pid` and its live descendants."""
+    import psutil
+
+    total = 0.0
+    root = psutil.Process(pid)
+    for p in [root, *root.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:  # gone meanwhile
+            pass
+    return total
+
+
+def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], K: np.ndarray, rate_hz: float, seconds: float, tmp: Path,
+             worker_pid: int) -> dict:
     domain = random.SystemRandom().randint(1, 101)
     params = {"mode": mode, "worker_endpoint": endpoint, "stages": "prior", "diagnostics_period_s": 1.0, "timeout_s": 60.0}
     args = [a for k, v in params.items() for a in ("-p", f"{k}:={v}")]
@@ -184,6 +203,7 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], K: np.ndarray, 
             cam.avatars.clear()
             cam.bones.clear()
             cam.diag_samples.clear()
+        cpu0 = {"node": _cpu_s(node.pid), "worker": _cpu_s(worker_pid), "camera": time.process_time()}
         sent: list[float] = []
         capture_at = None
         start = time.monotonic()
@@ -197,6 +217,7 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], K: np.ndarray, 
                 capture_at = time.time()
             next_t += period
             time.sleep(max(0.0, next_t - time.monotonic()))
+        cpu = {k: v - cpu0[k] for k, v in {"node": _cpu_s(node.pid), "worker": _cpu_s(worker_pid), "camera": time.process_time()}.items()}
         time.sleep(2.0)  # the last frames' avatars
         with cam.lock:
             avatars = dict(cam.avatars)
@@ -229,6 +250,9 @@ def run_mode(mode: str, endpoint: str, frames: list[np.ndarray], K: np.ndarray, 
             "bytes_per_frame": {"full_pointcloud2_cdr": int(statistics.median(b for _, b in avatars.values())) if avatars else None,
                                 "compact_bones_cdr": int(statistics.median(bones.values())) if bones else None},
             "keyframes": keyframes,
+            # CPU the processes used while the frames were sent (keyframes included), per avatar out.
+            "cpu_ms_per_avatar": {k: 1e3 * v / max(len(published_during), 1) for k, v in cpu.items()},
+            "cpu_s": cpu,
             "node_profile_ms_median": profile,
             "gaussians": int(diags[-1].get("last_gaussians", 0)) if diags else None,
         }
@@ -273,7 +297,7 @@ def main() -> None:
             modes = {}
             for m in args.modes.split(","):
                 try:
-                    modes[m] = run_mode(m, endpoint, frames, K, args.rate, args.seconds, tmp)
+                    modes[m] = run_mode(m, endpoint, frames, K, args.rate, args.seconds, tmp, worker.pid)
                 except SystemExit as e:  # keep the other mode's figures, and say why this one has none
                     log = tmp / f"node_{m}.log"
                     modes[m] = {"error": str(e), "node_log_tail": log.read_text()[-2000:] if log.exists() else ""}

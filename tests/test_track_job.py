@@ -161,6 +161,40 @@ def test_real_live_pipeline_tracks_the_sample_photo(tracker):
     assert lost.state == "lost" and lost.reason and lost.bone_transforms is None
 
 
+@pytest.mark.slow
+def test_real_live_pipeline_finds_a_person_who_jumped_in_the_same_frame():
+    """The person jumps across the image between two frames (a cut, a looped recording, dropped
+    frames): the video-mode estimator misses them where they were, runs again on the same frame, and
+    tracking goes on (re-initialised from the landmarks) instead of a "lost" frame and a keyframe."""
+    from PIL import Image
+
+    from hgm_core.paths import ASSETS_DIR
+    from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+    from hgm_core.pipeline.live import LivePipeline
+    from hgm_core.types import ReconstructionRequest
+
+    photo = np.asarray(Image.open(ASSETS_DIR / "sample" / "person.jpg").convert("RGB").resize((256, 256)))
+    h, w = photo.shape[:2]
+
+    def at(x: int) -> np.ndarray:
+        frame = np.full((h, 3 * w, 3), 255, np.uint8)
+        frame[:, x : x + w] = photo
+        return frame
+
+    live = LivePipeline(Reconstructor.from_config(ReconstructorConfig().override({"coarse.checkpoint": None})))
+    live.run(ReconstructionRequest(at(0), stream="cam", bind=True))
+    before = live.track(ReconstructionRequest(at(4), stream="cam", stamp=0.0))
+    assert before.state == "tracking"
+    jumped = live.track(ReconstructionRequest(at(w), stream="cam", stamp=1 / 15))
+    assert jumped.state == "tracking", jumped.reason
+    assert jumped.info["reinitialised"] and jumped.skeleton.joints[0, 0] - before.skeleton.joints[0, 0] > 0.3  # metres
+    assert live.track(ReconstructionRequest(at(w + 4), stream="cam", stamp=2 / 15)).state == "tracking"
+    # Nobody there: lost (after one look), and the person's return is found.
+    blank = live.track(ReconstructionRequest(np.full((h, 3 * w, 3), 255, np.uint8), stream="cam", stamp=3 / 15))
+    assert blank.state == "lost" and "no person" in blank.reason
+    assert live.track(ReconstructionRequest(at(2 * w - 20), stream="cam", stamp=4 / 15)).state == "tracking"
+
+
 def test_track_stamp_round_trip_and_refusals():
     """The frame's stamp reaches the pipeline's request; anything but a finite number is refused."""
     from hgm_core.serve.protocol import ProtocolError

@@ -13,6 +13,9 @@ landmarks lose the person) and the trackers' body model (none of them thread-saf
 track thread only, built when first needed, so a keyframe never waits for them. A tracker that
 reads landmarks only (`needs_mask` False: the `PoseTracker`) gets `perceive_landmarks` from an
 estimator without segmentation (no person mask per frame: ~4 ms less; a given mask is not used).
+When the person seen in the last frame is not found, the estimator runs again on the same frame
+(the video mode then runs its person detector), so a person who jumped is found in that frame
+instead of being "lost" for one frame (which costs a keyframe).
 
 Tracking a stream starts from its latest keyframe: the body fitted with the keyframe's avatar
 freezes shape and scale, so the bone transforms of every tracked pose skin that keyframe's
@@ -140,6 +143,7 @@ class _Stream:
     fit: BodyFit
     binding_id: int
     tracker: StreamTracker | None = None
+    person_seen: bool = True  # the person was found in the stream's last tracked frame
 
 
 class LivePipeline:
@@ -200,13 +204,25 @@ class LivePipeline:
         estimator = self._estimator(request.stream, needs_mask)
         t0 = time.perf_counter()
         config = self.reconstructor.config.perception
-        try:
+
+        def look() -> Perception | Landmarks:
             if needs_mask:
-                perception, missing = perceive(request.image, estimator, mask=request.mask, camera=request.camera, config=config), ""
-            else:
-                perception, missing = perceive_landmarks(request.image, estimator, camera=request.camera, config=config), ""
+                return perceive(request.image, estimator, mask=request.mask, camera=request.camera, config=config)
+            return perceive_landmarks(request.image, estimator, camera=request.camera, config=config)
+
+        try:
+            try:
+                perception, missing = look(), ""
+            except NoPersonError:
+                if not stream.person_seen:
+                    raise
+                # The video-mode estimator looks where the person was in the last frame; one who
+                # moved far since (a jump, dropped frames) is missed there, and the estimator's next
+                # call runs the person detector: make that call on this frame.
+                perception, missing = look(), ""
         except (NoPersonError, CropTooSmallError) as e:
             perception, missing = None, str(e)
+        stream.person_seen = perception is not None
         t1 = time.perf_counter()
         # The filter's clock: the frame's own stamp; without one, when the job started here (frames
         # reach the worker at the camera's spacing, give or take the network).
