@@ -19,6 +19,9 @@ from hgm_core.body.depth import depth_metres, depth_target, simulate_sensor
 from hgm_core.perception import LANDMARK_NAMES, default_intrinsics
 from tests.test_fit import IMAGE_SIZE, SHAPES, _errors, synthetic_case
 
+CONFIG = FitConfig(landmarks_3d_lean_deg=0.0)
+"""The case's 3D landmarks are the model's own keypoints (+ noise), not BlazePose's: no lean to undo."""
+
 
 def ray_cast_depth(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """`[H, W]` camera z (metres, 0 = no surface) of a camera-frame mesh, one ray per pixel centre."""
@@ -47,7 +50,7 @@ def case(anny_body: AnnyBody):
     depth = ray_cast_depth(gt.vertices[0].numpy(), anny_body.faces.numpy(), K, IMAGE_SIZE)
     sensor = simulate_sensor(depth, np.random.default_rng(0))
     return {"K": K, "gt": gt, "perception": perception, "depth": depth, "sensor": sensor,
-            "mono": fit_body(perception, K, anny_body)}  # fmt: skip
+            "mono": fit_body(perception, K, anny_body, config=CONFIG)}  # fmt: skip
 
 
 def _distance_error(fit, gt) -> float:
@@ -55,7 +58,7 @@ def _distance_error(fit, gt) -> float:
 
 
 def test_depth_makes_placement_metric(anny_body: AnnyBody, case, capsys) -> None:
-    fit = fit_body(case["perception"], case["K"], anny_body, depth=case["sensor"])
+    fit = fit_body(case["perception"], case["K"], anny_body, depth=case["sensor"], config=CONFIG)
     mono = case["mono"]
     e, pa = _errors(anny_body, fit, case["gt"])
     e_mono, _ = _errors(anny_body, mono, case["gt"])
@@ -82,13 +85,13 @@ def test_image_only_distance_uncertainty_covers_the_error(anny_body: AnnyBody, c
 
 def test_unusable_depth_leaves_the_image_only_fit(anny_body: AnnyBody, case) -> None:
     """Depth with nothing on the person (all holes) changes nothing; a float image in metres equals millimetres."""
-    empty = fit_body(case["perception"], case["K"], anny_body, depth=np.zeros(IMAGE_SIZE[::-1], np.uint16))
+    empty = fit_body(case["perception"], case["K"], anny_body, depth=np.zeros(IMAGE_SIZE[::-1], np.uint16), config=CONFIG)
     np.testing.assert_allclose(empty.vertices, case["mono"].vertices, atol=1e-6)
     assert empty.distance_sigma_m == case["mono"].distance_sigma_m
     metres = depth_metres(case["sensor"])
     np.testing.assert_allclose(metres, case["sensor"] / 1000.0, rtol=1e-6)
     with pytest.raises(ValueError, match="same size"):
-        fit_body(case["perception"], case["K"], anny_body, depth=np.ones((10, 10), np.float32))
+        fit_body(case["perception"], case["K"], anny_body, depth=np.ones((10, 10), np.float32), config=CONFIG)
 
 
 def test_depth_target_keeps_the_person_only(case) -> None:
@@ -126,7 +129,7 @@ def test_simulated_sensor(case) -> None:
 def test_depth_with_heavy_dropout(anny_body: AnnyBody, case) -> None:
     """A third of the depth missing in blobs: the placement still holds."""
     sparse = simulate_sensor(case["depth"], np.random.default_rng(2), dropout=0.35)
-    fit = fit_body(case["perception"], case["K"], anny_body, depth=sparse, config=FitConfig())
+    fit = fit_body(case["perception"], case["K"], anny_body, depth=sparse, config=CONFIG)
     assert abs(_distance_error(fit, case["gt"])) < 0.05
 
 
@@ -136,7 +139,7 @@ def test_feet_on_a_known_floor_fix_the_distance(anny_body: AnnyBody, case, capsy
     params = synthetic_case(anny_body, 0, anny_body.shape_from_phenotypes(SHAPES[0]), case["K"])[0]
     up = (roma.rotvec_to_rotmat(params.global_orient[0]) @ torch.tensor([0.0, 1.0, 0.0])).double().numpy()
     floor = float((gt.vertices[0].double().numpy() @ up).min())  # the feet stand on it
-    fit = fit_body(case["perception"], case["K"], anny_body, ground=np.array([*up, -floor]))
+    fit = fit_body(case["perception"], case["K"], anny_body, ground=np.array([*up, -floor]), config=CONFIG)
     d, d_mono = _distance_error(fit, gt), _distance_error(mono, gt)
     e, pa = _errors(anny_body, fit, gt)
     with capsys.disabled():
@@ -148,17 +151,17 @@ def test_feet_on_a_known_floor_fix_the_distance(anny_body: AnnyBody, case, capsy
     lm = case["perception"].landmarks_2d.copy()
     lm[[LANDMARK_NAMES.index(n) for n in ("left_heel", "right_heel", "left_foot_index", "right_foot_index")], 2] = 0.0
     blind = replace(case["perception"], landmarks_2d=lm)
-    np.testing.assert_allclose(fit_body(blind, case["K"], anny_body, ground=np.array([*up, -floor])).vertices,
-                               fit_body(blind, case["K"], anny_body).vertices, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(fit_body(blind, case["K"], anny_body, ground=np.array([*up, -floor]), config=CONFIG).vertices,
+                               fit_body(blind, case["K"], anny_body, config=CONFIG).vertices, atol=1e-6)  # fmt: skip
     # Feet landmarks far above the mask's bottom (a confused detection): the floor is not used either.
     confused = case["perception"].landmarks_2d.copy()
     feet = [LANDMARK_NAMES.index(n) for n in ("left_heel", "right_heel", "left_foot_index", "right_foot_index")]
     confused[feet, 1] -= 0.4 * (case["perception"].bbox[3] - case["perception"].bbox[1])
     moved = replace(case["perception"], landmarks_2d=confused)
-    np.testing.assert_allclose(fit_body(moved, case["K"], anny_body, ground=np.array([*up, -floor])).vertices,
-                               fit_body(moved, case["K"], anny_body).vertices, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(fit_body(moved, case["K"], anny_body, ground=np.array([*up, -floor]), config=CONFIG).vertices,
+                               fit_body(moved, case["K"], anny_body, config=CONFIG).vertices, atol=1e-6)  # fmt: skip
     with pytest.raises(ValueError, match="above the ground"):
-        fit_body(case["perception"], case["K"], anny_body, ground=np.array([*up, floor - 10.0]))
+        fit_body(case["perception"], case["K"], anny_body, ground=np.array([*up, floor - 10.0]), config=CONFIG)
 
 
 def test_adult_population_from_annys_calibration(anny_body: AnnyBody) -> None:

@@ -78,3 +78,18 @@ def test_fit_with_folded_leg_landmarks_keeps_the_legs_straight(anny_body: AnnyBo
     assert pa(trusting) > 2 * pa(fit), (pa(trusting), pa(fit))  # believing the landmarks folds them
     foot = anny_body.keypoint_names.index("left_ankle")
     assert np.linalg.norm(fit.keypoints[foot] - gt.keypoints[0, foot].numpy()) < np.linalg.norm(trusting.keypoints[foot] - gt.keypoints[0, foot].numpy())
+
+
+def test_the_3d_landmarks_lean_turns_the_upper_body_only(anny_body: AnnyBody, standing) -> None:
+    _, _, perception = standing
+    names = anny_body.keypoint_names
+    straight = fit_targets(perception, names, FitConfig(landmarks_3d_lean_deg=0.0)).xyz.numpy()
+    leaned = fit_targets(perception, names, FitConfig(landmarks_3d_lean_deg=6.0)).xyz.numpy()
+    legs = [names.index(n) for n in LEGS]
+    np.testing.assert_allclose(leaned[legs], straight[legs])  # BlazePose's legs are not tilted: they stay
+    hips = straight[[names.index("left_hip"), names.index("right_hip")]].mean(0)
+    for name in ("nose", "left_shoulder", "right_wrist"):
+        i = names.index(name)
+        a, b = straight[i] - hips, leaned[i] - hips
+        assert np.linalg.norm(a) == pytest.approx(np.linalg.norm(b), rel=1e-5)  # a turn about the hips
+        assert math.degrees(math.acos(np.clip(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)), -1, 1))) > 1.0
