@@ -15,8 +15,8 @@ what the compact stream latches once (canonical PointCloud2 + binding file).
 
 Tracking (issue #12; `--track-only`, `--no-track`) on a synthetic sequence (`hgm datagen --sequence`;
 by default subject 5 of the benchmark seed 9090, 60 frames at 15 Hz, 640x480, rendered once into
-the cache): per-frame perception (mediapipe video mode, and still-image mode as the full pipeline
-runs it) and `PoseTracker` time (wall p50/p95 and CPU), skinning + packing of a `--gaussians` avatar
+the cache): per-frame perception (mediapipe video mode, landmarks only, as live tracking runs it;
+and still-image mode with the mask, as the full pipeline runs it) and `PoseTracker` time (wall p50/p95 and CPU), skinning + packing of a `--gaussians` avatar
 bound to the keyframe, the sequential latency and rate, a real-time playback at the sequence's rate
 (newest frame wins) through one thread and through a two-thread pipeline (perception | solve + skin +
 pack) for the sustained rate and frame -> posed-avatar latency; accuracy against the ground-truth joints (MPJPE pelvis-aligned,
@@ -182,22 +182,25 @@ def _percentiles_ms(seconds: list[float]) -> dict:
 
 
 def _perceive_all(seq, video: bool) -> tuple[list, list[float], float]:
-    """Perception of every frame with one estimator (mediapipe's video or still-image mode):
-    perceptions (None where nobody was found), wall seconds per frame, CPU seconds per frame (all threads)."""
-    from hgm_core.perception.perceive import PoseEstimator, perceive
+    """Perception of every frame with one estimator: in video mode as the live pipeline tracks
+    (`perceive_landmarks`, no segmentation), in still-image mode as the full pipeline runs it
+    (`perceive`, with the mask): perceptions (None where nobody was found), wall seconds per frame,
+    CPU seconds per frame (all threads)."""
+    from hgm_core.perception.perceive import PoseEstimator, perceive, perceive_landmarks
     from hgm_core.types import CameraInfo, NoPersonError
 
     camera = CameraInfo(seq.K, *seq.size)
+    look = (lambda image, e: perceive_landmarks(image, e, camera=camera)) if video else (lambda image, e: perceive(image, e, camera=camera))
     out, wall = [], []
-    with PoseEstimator(video=video) as estimator:
-        perceive(seq.image(0), estimator, camera=camera)  # graph warm-up, then a fresh stream
-    with PoseEstimator(video=video) as estimator:
+    with PoseEstimator(video=video, segmentation=not video) as estimator:
+        look(seq.image(0), estimator)  # graph warm-up, then a fresh stream
+    with PoseEstimator(video=video, segmentation=not video) as estimator:
         images = [seq.image(f) for f in range(len(seq))]
         cpu0 = time.process_time()
         for image in images:
             t0 = time.perf_counter()
             try:
-                out.append(perceive(image, estimator, camera=camera))
+                out.append(look(image, estimator))
             except NoPersonError:
                 out.append(None)
             wall.append(time.perf_counter() - t0)
