@@ -25,7 +25,10 @@ regressor the fit uses, and the body vertices):
   one (signed: negative = too near); `|distance|` rows average its magnitude;
 - `surface_mm`: median distance between the fitted body's visible vertices (a per-pixel z-buffer)
   and the rendered, noise-free depth of the clothed person at their pixels;
-- `seconds`: wall time of the whole `fit_body` call.
+- `seconds`: wall time of the whole `fit_body` call;
+- `keypoint_root_mm` (means only): root-aligned error per keypoint, to see which joints carry it.
+Each row's `truth_surface_mm` is `surface_mm` of the ground-truth body itself: the floor of that
+figure, since the body model is unclothed and the rendered depth is of the clothed person.
 All but `today` also give the fit's own distance uncertainty (`distance_sigma_mm`) and whether the true
 distance lies within two of it. Means and medians over subjects; `ratio` = today / new seconds.
 """
@@ -97,6 +100,7 @@ def score(fit, subject: dict) -> dict:
     from hgm_core.train.body_metrics import fit_scores
 
     r = fit_scores(fit, subject["keypoints"], subject["keypoint_names"], subject["vertices"], subject["depth"])
+    r["keypoint_root_mm"] = keypoint_root_errors(fit, subject)
     if np.isfinite(r["distance_sigma_mm"]):
         r["distance_within_2_sigma"] = abs(r["distance_error_mm"]) <= 2 * r["distance_sigma_mm"]
     else:
@@ -105,11 +109,22 @@ def score(fit, subject: dict) -> dict:
                 "silhouette_iou": fit.silhouette_iou}
 
 
+def keypoint_root_errors(fit, subject: dict) -> dict[str, float]:
+    """Root-aligned (hip midpoint) error per keypoint name (mm) of one fit."""
+    names = [n for n in subject["keypoint_names"] if n in fit.keypoint_names]
+    pred = np.stack([fit.keypoints[fit.keypoint_names.index(n)] for n in names]).astype(np.float64)
+    gt = np.stack([subject["keypoints"][subject["keypoint_names"].index(n)] for n in names])
+    hips = [names.index("left_hip"), names.index("right_hip")]
+    error = np.linalg.norm((pred - pred[hips].mean(0)) - (gt - gt[hips].mean(0)), axis=-1)
+    return {n: round(1000 * float(e), 1) for n, e in zip(names, error)}
+
+
 def summarise(rows: list[dict]) -> dict:
     keys = [k for k in rows[0] if isinstance(rows[0][k], (int, float)) and not isinstance(rows[0][k], bool)]
     out = {f"mean_{k}": round(float(np.mean([r[k] for r in rows])), 3) for k in keys}
     out |= {f"median_{k}": round(float(np.median([r[k] for r in rows])), 3) for k in keys}
     out["mean_abs_distance_error_mm"] = round(float(np.mean([abs(r["distance_error_mm"]) for r in rows])), 1)
+    out["mean_keypoint_root_mm"] = {n: round(float(np.mean([r["keypoint_root_mm"][n] for r in rows])), 1) for n in rows[0]["keypoint_root_mm"]}
     if "distance_within_2_sigma" in rows[0]:
         out["distance_within_2_sigma"] = round(float(np.mean([r["distance_within_2_sigma"] for r in rows])), 3)
     return out
@@ -126,7 +141,7 @@ def main() -> None:
 
     from hgm_core.body import AnnyBody, fit_body
     from hgm_core.perception import PoseEstimator, perceive
-    from hgm_core.train.body_metrics import sensor_depth
+    from hgm_core.train.body_metrics import sensor_depth, surface_error
     from hgm_core.types import CameraInfo
 
     subjects = json.loads((args.data / "dataset.json").read_text())["subjects"][: args.limit]
@@ -145,7 +160,8 @@ def main() -> None:
                 "before_depth": before.fit_body(perception, None, body, depth=sensor), "new": fit_body(perception, None, body),
                 "new_depth": fit_body(perception, None, body, depth=sensor),
                 "new_ground": fit_body(perception, None, body, ground=s["ground"])}  # fmt: skip
-        row = {"id": sid, "height_m": round(s["height_m"], 3), "gt_distance_m": round(float(np.linalg.norm(s["vertices"].mean(0))), 3)}
+        row = {"id": sid, "height_m": round(s["height_m"], 3), "gt_distance_m": round(float(np.linalg.norm(s["vertices"].mean(0))), 3),
+               "truth_surface_mm": round(1000 * surface_error(s["vertices"], s["K"], s["depth"]), 1)}  # fmt: skip
         for side, fit in fits.items():
             r = score(fit, s)
             row[side] = {k: round(v, 3) if isinstance(v, float) else v for k, v in r.items()}
@@ -157,6 +173,7 @@ def main() -> None:
         result[side] = summarise([r[side] for r in result["rows"]])
     result["ratio_seconds_median"] = round(result["today"]["median_seconds"] / result["new"]["median_seconds"], 2)
     result["ratio_seconds_median_depth"] = round(result["today"]["median_seconds"] / result["new_depth"]["median_seconds"], 2)
+    result["median_truth_surface_mm"] = round(float(np.median([r["truth_surface_mm"] for r in result["rows"]])), 1)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     write_results("fit", result, args.out)
@@ -175,6 +192,7 @@ def markdown(result: dict) -> str:
     lines.append("")
     lines += [f"{side}: true distance within 2 sigma for {100 * result[side]['distance_within_2_sigma']:.0f} % of subjects "
               f"(median sigma {result[side]['median_distance_sigma_mm']:.0f} mm)" for side in SIDES[1:]]  # fmt: skip
+    lines.append(f"surface vs depth of the ground-truth (unclothed) body itself: {result['median_truth_surface_mm']:.0f} mm (median)")
     return "\n".join(lines)
 
 
