@@ -13,8 +13,8 @@ Energy (Adam, two stages like SMPLify: camera first, then everything):
 - Priors: the model's anatomical joint limits (+ weak pull to rest), a firm pull to rest for limb
   joints with no keypoint below them (leg landmarks that BlazePose folded into the body are
   dropped first), and the shape prior; an optional weak term towards BlazePose's metric 3D
-  landmarks, turned back by their calibrated forward lean (they carry limb depth, which 2D
-  keypoints cannot).
+  landmarks, their upper body turned back by its calibrated forward lean (they carry limb depth,
+  which 2D keypoints cannot).
 Metric scale: depth is initialised from the torso's 3D size (mean body) over its 2D size and then
 resolved by the body-shape prior; all outputs are in the camera's optical frame, metres.
 """
@@ -78,10 +78,11 @@ class FitConfig:
         silhouette_weight, pose_prior_weight, shape_prior_weight, landmarks_3d_weight: energy weights
             (`landmarks_3d_weight = 0` ignores the 3D landmarks). The pose prior weight decays from
             `pose_prior_weight * 10` to `pose_prior_weight` over stage 2, as in SMPLify.
-        landmarks_3d_lean_deg: BlazePose's world landmarks are turned back by this (about the hips and
-            their torso's left axis) before they are used: their torso leans further forward than
-            the body model's keypoints, by 6.0 deg (sd 7.6) on 60 training subjects (hgm datagen seed
-            1000, view 0, real perceive; 4.8 deg on the bench's 24), and the fit inherited that lean.
+        landmarks_3d_lean_deg: BlazePose's world landmarks above the hips are turned back by this
+            (about the hips and their torso's left axis) before they are used: their torso leans
+            further forward than the body model's keypoints, by 6.0 deg (sd 7.6) on 60 training
+            subjects (hgm datagen seed 1000, view 0, real perceive; 4.8 deg on the bench's 24), and
+            the fit inherited that lean. Their legs are not tilted and stay (`_lean_back`).
         stature_sd: relative spread of adult stature for models without a `shape_population`
             (anny's calibration gives 0.056), used for `BodyFit.distance_sigma_m`.
         size_sd: relative error of the body's fitted size beside the population's spread (the
