@@ -149,3 +149,15 @@ def test_batches_workers_packs_and_no_validation(layouts, tmp_path):
         dataclasses.replace(c, batch_size=0)
     with pytest.raises(TrainConfigError, match="aim_input"):
         train(dataclasses.replace(c, aim_input=False), tmp_path / "run3", resume=False)
+
+
+def test_model_card_tells_the_whole_warm_start_lineage():
+    from hgm_core.train.trainer import RunState, model_card
+
+    summary = {"psnr": 20.0, "fg_psnr": 12.0, "ssim": 0.9, "lpips": 0.1}
+    val = {"model": {"all": summary}, "baseline": {"all": summary}, "subjects": 4}
+    init = {"source": "runs/cpu", "step": 679, "cpu_hours": 0.16, "gpu_hours": 0.0,
+            "init": {"source": "runs/gpu", "step": 646, "cpu_hours": 0.13, "gpu_hours": 0.14}}
+    card = model_card(TrainConfig(train_data=("nowhere",), train_seeds=(1000,)), RunState(10, 36.0), 3, val, init)
+    assert "runs/cpu at step 679, 0.16 CPU-hours, itself warm-started from runs/gpu at step 646, 0.13 CPU-hours, 0.14 GPU-hours" in card.notes
+    assert "cached at 128^2" in card.training_data

@@ -318,8 +318,11 @@ def init_weights(model: HGM, source: Path) -> dict:
         if blob["model_config"] != model.config.to_dict():
             raise TrainError(f"{source / STATE_NAME} was saved with another model config")
         model.load_state_dict(blob["model"])
-        return {"source": str(source), "step": blob["step"], "cpu_hours": blob["cpu_seconds"] / 3600,
-                "gpu_hours": blob.get("gpu_seconds", 0.0) / 3600}
+        record = {"source": str(source), "step": blob["step"], "cpu_hours": blob["cpu_seconds"] / 3600,
+                  "gpu_hours": blob.get("gpu_seconds", 0.0) / 3600}
+        if (source / INIT_NAME).exists():  # the source's own warm start: the card tells the whole lineage
+            record["init"] = json.loads((source / INIT_NAME).read_text())
+        return record
     if (source / "model.safetensors").exists():
         from hgm_core.model import read_checkpoint_config
         from hgm_core.model.checkpoint import CheckpointError
@@ -337,16 +340,24 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, i
     m, b = val["model"]["all"], val["baseline"]["all"]
     recipe = (f" Input view aimed at the body's box centre as at inference: {'yes' if config.aim_input else 'no'}. "
               f"Supervision: {f'{config.supervision_crop}^2 person windows' if config.supervision_crop else 'whole frames'}.")
-    if init:
-        before = f", {init['cpu_hours']:.2f} CPU-hours" if init.get("cpu_hours") is not None else ""
-        before += f", {init['gpu_hours']:.2f} GPU-hours" if init.get("gpu_hours") else ""
-        recipe += (f" Warm-started from {init['source']} at step {init['step']}{before}; steps and CPU-hours above count "
-                   "this run only.")
+    lineage = []
+    while init:
+        spent = f", {init['cpu_hours']:.2f} CPU-hours" if init.get("cpu_hours") is not None else ""
+        spent += f", {init['gpu_hours']:.2f} GPU-hours" if init.get("gpu_hours") else ""
+        lineage.append(f"{init['source']} at step {init['step']}{spent}")
+        init = init.get("init")
+    if lineage:
+        recipe += (" Warm-started from " + ", itself warm-started from ".join(lineage)
+                   + "; steps and CPU-hours above count this run only.")
+    from hgm_core.data.pack import is_pack
+
+    packed = all(is_pack(Path(r)) for r in config.train_data)
+    data_form = f"person windows at {config.image_size}^2 (hgm pack)" if packed else f"cached at {config.image_size}^2"
     metrics = {f"val_{k}": v for k, v in m.items()} | {f"val_baseline_{k}": v for k, v in b.items()}
     metrics |= {f"val_back_{k}": v for k, v in val["model"].get("back", {}).items()}
     return ModelCard(
         training_data=(f"hgm datagen v2 (anny bodies, proxy clothes, HDRI light), train seeds {list(config.train_seeds)} "
-                       f"({subjects} subjects, 12 views, cached at {config.image_size}^2), validation seed {config.val_seed} "
+                       f"({subjects} subjects, 12 views, {data_form}), validation seed {config.val_seed} "
                        f"({val['subjects']} subjects); seeds {list(RESERVED_SEEDS)} reserved for evaluation"),
         steps=state.step,
         metrics=metrics,
