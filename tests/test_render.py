@@ -124,11 +124,11 @@ def test_tiled_matches_reference_in_float32():
     torch.testing.assert_close(out.alpha, ref.alpha, atol=2e-4, rtol=0)
 
 
-def test_early_termination_matches_reference():
-    """A deep stack of opaque splats drives transmittance below T_MIN inside the tile lists."""
-    n = 80
-    gen = torch.Generator().manual_seed(7)
-    g = Gaussians(
+def deep_stack(n: int = 80, seed: int = 7) -> Gaussians:
+    """`n` opaque (0.9) float64 splats stacked along the optical axis near the origin: compositing a
+    pixel through them drives the transmittance below T_MIN (early termination)."""
+    gen = torch.Generator().manual_seed(seed)
+    return Gaussians(
         means=torch.cat((torch.randn(n, 2, generator=gen, dtype=torch.float64) * 0.03,
                          torch.linspace(-0.3, 0.3, n, dtype=torch.float64)[:, None]), -1),
         quats=torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).expand(n, 4),
@@ -136,6 +136,11 @@ def test_early_termination_matches_reference():
         opacities=torch.full((n,), 0.9, dtype=torch.float64),
         colors=torch.rand(n, 3, generator=gen, dtype=torch.float64),
     )
+
+
+def test_early_termination_matches_reference():
+    """A deep stack of opaque splats drives transmittance below T_MIN inside the tile lists."""
+    g = deep_stack()
     cams = orbit_cameras(40, 40, n_views=1, radius=1.5).to(dtype=torch.float64)
     ref = rasterize(g, cams, backend="reference")
     out = rasterize(g, cams, backend="numba")

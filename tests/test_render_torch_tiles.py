@@ -10,14 +10,13 @@ import pytest
 import torch
 
 from hgm_core.camera import orbit_cameras
-from hgm_core.gaussians import Gaussians
 from hgm_core.render import available_backends, rasterize
 from hgm_core.render.output import RenderError
 from hgm_core.render.torch_tiles import (
     ACCEL_PLAN, CPU_PLAN, TilePlan, plan_chunks, rasterize_torch_tiles, splat_pixel_pairs, tile_lists,
 )
 from tests.conftest import random_gaussians
-from tests.test_render import assert_outputs_close, scene_with_outliers, skewed_cameras
+from tests.test_render import assert_outputs_close, deep_stack, scene_with_outliers, skewed_cameras
 
 PARAMS = ("means", "quats", "scales", "opacities", "colors")
 
@@ -58,16 +57,7 @@ def test_rasterize_torch_backend_float32():
 
 def test_early_termination_and_tiny_chunks_match_reference():
     """A deep opaque stack ends compositing early; a 1-tile chunk bound splits the work into many chunks."""
-    n = 80
-    gen = torch.Generator().manual_seed(7)
-    g = Gaussians(
-        means=torch.cat((torch.randn(n, 2, generator=gen, dtype=torch.float64) * 0.03,
-                         torch.linspace(-0.3, 0.3, n, dtype=torch.float64)[:, None]), -1),
-        quats=torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64).expand(n, 4),
-        scales=torch.full((n, 3), 0.08, dtype=torch.float64),
-        opacities=torch.full((n,), 0.9, dtype=torch.float64),
-        colors=torch.rand(n, 3, generator=gen, dtype=torch.float64),
-    )
+    g = deep_stack()
     cams = orbit_cameras(40, 40, n_views=2, radius=1.5).to(dtype=torch.float64)
     ref = rasterize(g, cams, background=(0.2, 0.6, 0.9), backend="reference")
     out = render(g, cams, plan=TilePlan(tile=8, growth=1.5, max_chunk=8 * 8 * 80))
