@@ -59,7 +59,7 @@ class PackError(ValueError):
 def person_window(mask: np.ndarray, margin: float) -> tuple[int, int, int]:
     """Square window `(x0, y0, side)` in pixels around the person in `mask [H, W]` (> 0.5): the box's
     longer side plus `margin` of it on every side, centred on the box; it may reach past the image.
-    The whole image (its longer side) when the mask is empty. Same rule as `train.sample.person_box`."""
+    The whole image (its longer side) when the mask is empty."""
     ys, xs = np.nonzero(mask > 0.5)
     if len(ys) == 0:
         return 0, 0, max(mask.shape[:2])

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from hgm_core.camera import CANONICAL_CAM_RADIUS, Cameras, cameras_from_c2w_gl
+from hgm_core.data.pack import person_window
 from hgm_core.data.reader import canonical_transform
 from hgm_core.model.frames import CanonicalFrame, canonical_to_optical_points
 from hgm_core.model.predict import network_view
@@ -166,16 +167,9 @@ def draw_views(n_views: int, input_view: int, count: int, rng: np.random.Generat
 
 
 def person_box(mask: torch.Tensor, margin: float) -> tuple[int, int, int]:
-    """Square window `(x0, y0, side)` in pixels around the person in `mask [S, S]` (> 0.5): its box's
-    longer side plus `margin` of it on every side, centred on the box (it may reach past the image);
-    the whole image when the mask is empty."""
-    ys, xs = torch.nonzero(mask > 0.5, as_tuple=True)
-    if len(ys) == 0:
-        return 0, 0, mask.shape[-1]
-    y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
-    side = max(y1 - y0, x1 - x0)
-    side = int(round(side * (1 + 2 * margin)))
-    return (x0 + x1 - side) // 2, (y0 + y1 - side) // 2, side
+    """Square window `(x0, y0, side)` in pixels around the person in `mask [S, S]` (> 0.5); the rule of
+    the packs' windows (`hgm_core.data.pack.person_window`), so a pack's windows and these agree."""
+    return person_window(mask.detach().cpu().numpy(), margin)
 
 
 def crop_supervision(sample: Sample, size: int, margin: float) -> Sample:
