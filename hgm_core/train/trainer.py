@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from hgm_core.data.cache import complete_subjects, load_cached_subject
+from hgm_core.data.pack import is_pack, load_packed_subject, packed_subjects
 from hgm_core.model import HGM, ModelCard, config_for, to_gaussians
 from hgm_core.model.config import HGMConfig
 from hgm_core.render import rasterize
@@ -82,8 +83,6 @@ def check_layout_seeds(config: TrainConfig) -> None:
             raise TrainConfigError(f"{root} was generated with seed {seed}, reserved for evaluation {RESERVED_SEEDS}")
     if config.val_data and Path(config.val_data).resolve() in {Path(r).resolve() for r in config.train_data}:
         raise TrainConfigError("the validation layout is also a training layout")
-    from hgm_core.data.pack import is_pack
-
     packs = [r for r in (*config.train_data, config.val_data) if r and is_pack(Path(r))]
     if packs and not config.aim_input:
         # A person window's principal point is off its centre; only the aimed input view resamples it
@@ -95,8 +94,6 @@ class SubjectPool:
     """Training subjects of several layouts or packs, rescanned while one is still being generated."""
 
     def __init__(self, roots: tuple[str, ...], image_size: int, cache_dir: Path) -> None:
-        from hgm_core.data.pack import is_pack
-
         self.roots = [Path(r) for r in roots]
         self.packs = {root: is_pack(root) for root in self.roots}
         self.image_size, self.cache_dir = image_size, Path(cache_dir)
@@ -104,15 +101,11 @@ class SubjectPool:
         self.rescan()
 
     def rescan(self) -> int:
-        from hgm_core.data.pack import packed_subjects
-
         self.items = [(root, sid) for root in self.roots
                       for sid in (packed_subjects(root) if self.packs[root] else complete_subjects(root))]
         return len(self.items)
 
     def load(self, root: Path, sid: str) -> dict[str, np.ndarray]:
-        from hgm_core.data.pack import load_packed_subject
-
         if self.packs[root]:
             return load_packed_subject(root, sid)
         return load_cached_subject(root, sid, self.image_size, self.cache_dir)
@@ -349,8 +342,6 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, i
     if lineage:
         recipe += (" Warm-started from " + ", itself warm-started from ".join(lineage)
                    + "; steps and CPU-hours above count this run only.")
-    from hgm_core.data.pack import is_pack
-
     packed = all(is_pack(Path(r)) for r in config.train_data)
     data_form = f"person windows at {config.image_size}^2 (hgm pack)" if packed else f"cached at {config.image_size}^2"
     metrics = {f"val_{k}": v for k, v in m.items()} | {f"val_baseline_{k}": v for k, v in b.items()}
