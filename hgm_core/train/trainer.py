@@ -28,7 +28,7 @@ import torch
 
 from hgm_core.data.cache import complete_subjects, load_cached_subject
 from hgm_core.data.pack import is_pack, load_packed_subject, packed_subjects
-from hgm_core.model import HGM, ModelCard, config_for, to_gaussians
+from hgm_core.model import HGM, CheckpointError, ModelCard, config_for, read_checkpoint_config, to_gaussians
 from hgm_core.model.config import HGMConfig
 from hgm_core.render import rasterize
 from hgm_core.train.config import RESERVED_SEEDS, TrainConfig, TrainConfigError
@@ -298,8 +298,17 @@ def load_state(run_dir: Path, model: HGM, optimizer: torch.optim.Optimizer, rng:
     return RunState(blob["step"], blob["cpu_seconds"], blob.get("gpu_seconds", 0.0), blob.get("best_score", -float("inf")))
 
 
+def same_weights(a: dict, b: dict) -> bool:
+    """Two model configs (`HGMConfig.to_dict`) whose networks share every weight: equal but for `num_views`."""
+    return {k: v for k, v in a.items() if k != "num_views"} == {k: v for k, v in b.items() if k != "num_views"}
+
+
 def init_weights(model: HGM, source: Path) -> dict:
     """Warm start: load network weights from a run folder (its `state.pt`) or a checkpoint folder.
+
+    The source may differ from `model` in `num_views` only: no weight depends on the view count (the
+    UNet attends over every pixel of every view, tokens belong to vertices), so the two-view network
+    of `fuse` starts from the one-view weights.
 
     Returns:
         where they came from: `{"source", "step", "cpu_hours"}` (CPU-hours None for a checkpoint folder).
@@ -308,7 +317,7 @@ def init_weights(model: HGM, source: Path) -> dict:
     source = Path(source)
     if (source / STATE_NAME).exists():
         blob = torch.load(source / STATE_NAME, map_location="cpu", weights_only=False)
-        if blob["model_config"] != model.config.to_dict():
+        if not same_weights(blob["model_config"], model.config.to_dict()):
             raise TrainError(f"{source / STATE_NAME} was saved with another model config")
         model.load_state_dict(blob["model"])
         record = {"source": str(source), "step": blob["step"], "cpu_hours": blob["cpu_seconds"] / 3600,
@@ -317,12 +326,11 @@ def init_weights(model: HGM, source: Path) -> dict:
             record["init"] = json.loads((source / INIT_NAME).read_text())
         return record
     if (source / "model.safetensors").exists():
-        from hgm_core.model import read_checkpoint_config
-        from hgm_core.model.checkpoint import CheckpointError
-
         try:
-            model.load_state_dict(HGM.from_pretrained(source, config=model.config).float().state_dict())
-            _, card = read_checkpoint_config(source)
+            stored, card = read_checkpoint_config(source)
+            if not same_weights(stored.to_dict(), model.config.to_dict()):
+                raise TrainError(f"{source} was saved with another model config")
+            model.load_state_dict(HGM.from_pretrained(source).float().state_dict())
         except CheckpointError as e:
             raise TrainError(f"cannot warm-start from {source}: {e}") from None
         return {"source": str(source), "step": card.steps, "cpu_hours": None}
