@@ -100,7 +100,13 @@ def test_warm_start_from_a_run_or_a_checkpoint(tmp_path):
 
     from hgm_core.model import HGM, config_for
     from hgm_core.train.config import TrainConfig
-    from hgm_core.train.trainer import RunState, TrainError, build_optimizer, init_weights, save_state
+    from hgm_core.train.trainer import (
+        RunState,
+        TrainError,
+        build_optimizer,
+        init_weights,
+        save_state,
+    )
 
     torch.manual_seed(0)
     source = HGM(config_for("tiny"))

@@ -28,7 +28,14 @@ import torch
 
 from hgm_core.data.cache import complete_subjects, load_cached_subject
 from hgm_core.data.pack import is_pack, load_packed_subject, packed_subjects
-from hgm_core.model import HGM, CheckpointError, ModelCard, config_for, read_checkpoint_config, to_gaussians
+from hgm_core.model import (
+    HGM,
+    CheckpointError,
+    ModelCard,
+    config_for,
+    read_checkpoint_config,
+    to_gaussians,
+)
 from hgm_core.model.config import HGMConfig
 from hgm_core.render import rasterize
 from hgm_core.train.config import RESERVED_SEEDS, TrainConfig, TrainConfigError
