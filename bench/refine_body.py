@@ -17,7 +17,11 @@ foreground PSNR (inside the GT mask) and SSIM, averaged over views. `before` = t
 (its 3 network re-runs included; `cpu_seconds` is its process CPU time, one thread, which a loaded
 machine does not inflate as it does the wall time), `network_seconds` = one `predict_avatar` call beside it.
 `--oracle` replaces the network by the subject's ground-truth mesh as Gaussians (a perfect network):
-it separates what the method can do from what the embedded checkpoint gives it.
+it separates what the method can do from what the embedded checkpoint gives it. `--sheet FILE`
+draws, for the first subjects, the side silhouettes the refinement matches (the body's left and
+right, `side_targets`): red = the network's avatar, green = the ground-truth mesh, blue = the
+fitted body, from the same cameras (yellow = avatar and truth agree, magenta = avatar and body);
+`side_iou` gives those silhouettes' IoUs for every subject.
 """
 
 from __future__ import annotations
@@ -46,20 +50,32 @@ METRICS = ("mpjpe_mm", "root_mpjpe_mm", "pa_mpjpe_mm", "distance_error_mm", "sur
 
 
 def oracle_avatar(root: Path, sid: str, count: int = 30000):
-    """Small opaque Gaussians spread over the subject's ground-truth mesh (view 0's optical frame),
-    coloured by the nearest GT vertex colour when the mesh has them: what a perfect network would give."""
-    import torch
+    """Small opaque grey Gaussians spread over the subject's ground-truth mesh (view 0's optical frame):
+    the shape a perfect network would give."""
     import trimesh
 
     from hgm_core.data.reader import load_subject_cameras
-    from hgm_core.gaussians import Gaussians
 
     E, _, _ = load_subject_cameras(root, sid)
     mesh = trimesh.load(root / "mesh" / f"{sid}.ply", process=False, force="mesh")
     points, _ = trimesh.sample.sample_surface_even(mesh, count, seed=0)
-    points = torch.from_numpy(points @ E[0, :3, :3].T + E[0, :3, 3]).float()
-    n = len(points)
-    return Gaussians(means=points, quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), scales=torch.full((n, 3), 0.008),
+    return point_gaussians(points @ E[0, :3, :3].T + E[0, :3, 3], 0.008)
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Intersection over union of two boolean masks of one shape."""
+    return float((a & b).sum() / max((a | b).sum(), 1))
+
+
+def point_gaussians(points: np.ndarray, scale: float):
+    """Small opaque grey Gaussians (radius `scale` m) on `points [N, 3]`: a surface as the renderer sees it."""
+    import torch
+
+    from hgm_core.gaussians import Gaussians
+
+    p = torch.as_tensor(np.asarray(points), dtype=torch.float32)
+    n = len(p)
+    return Gaussians(means=p, quats=torch.tensor([[1.0, 0, 0, 0]]).repeat(n, 1), scales=torch.full((n, 3), scale),
                      opacities=torch.full((n,), 0.95), colors=torch.full((n, 3), 0.5))
 
 
@@ -99,6 +115,7 @@ def main() -> None:
     parser.add_argument("--free-distance", action="store_true", help="let the refinement move the body along its viewing ray")
     parser.add_argument("--oracle", action="store_true", help="an ideal network: the avatar is Gaussians on the subject's "
                         "ground-truth (clothed) mesh, whatever body it is given")
+    parser.add_argument("--sheet", type=Path, default=None, help="PNG of the side silhouettes (avatar, truth, body) of the first subjects")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a RefineBodyConfig field (repeatable)")
     add_out_argument(parser)
     args = parser.parse_args()
@@ -108,7 +125,9 @@ def main() -> None:
     from hgm_core.body import AnnyBody, fit_body
     from hgm_core.model.predict import load_default_model, predict_avatar
     from hgm_core.perception import PoseEstimator, perceive
-    from hgm_core.pipeline.refine_body import RefineBodyConfig, refine_body
+    from hgm_core.body.fit import skeleton
+    from hgm_core.pipeline.refine_body import RefineBodyConfig, refine_body, side_targets
+    from hgm_core.render.views import body_up
     from hgm_core.types import CameraInfo
 
     changes = {"hold_distance": not args.free_distance} | ({} if args.iterations is None else {"iterations": args.iterations})
@@ -122,6 +141,7 @@ def main() -> None:
                     "subjects": len(subjects), "threads": 1, "config": dataclasses.asdict(config),
                     "load_average_before": [round(x, 2) for x in os.getloadavg()], "rows": []}  # fmt: skip
     t_all = time.perf_counter()
+    sheet = []
     for sid in subjects:
         s = load_subject(args.data, sid)
         h, w = s["mask"].shape
@@ -146,8 +166,16 @@ def main() -> None:
         nv = novel_views(args.data, sid, {"before": avatar, "after": refined.gaussians})
         for side, f in (("before", fit), ("after", refined.body)):
             r = score(f, s)
-            row[side] = {k: round(r[k], 3) for k in METRICS} | {k: round(v, 4) for k, v in nv.get(side, {}).items()}
+            row[side] = ({k: round(r[k], 3) for k in METRICS} | {"keypoint_root_mm": r["keypoint_root_mm"]}
+                         | {k: round(v, 4) for k, v in nv.get(side, {}).items()})
         result["rows"].append(row)
+        # What the side terms see: the avatar's side silhouettes against the fitted body's and the truth's.
+        up = body_up(skeleton(fit))
+        masks = [side_targets(g, fit.vertices, up, config).masks for g in (avatar, oracle_avatar(args.data, sid), point_gaussians(fit.vertices, 0.012))]
+        row["side_iou"] = {"avatar_vs_body": round(iou(masks[0], masks[2]), 3), "avatar_vs_truth": round(iou(masks[0], masks[1]), 3),
+                           "body_vs_truth": round(iou(masks[2], masks[1]), 3)}
+        if args.sheet and len(sheet) < 6:
+            sheet.append(np.concatenate([np.stack(masks, -1)[v] for v in range(2)], 1).astype(np.uint8) * 255)
         b, a = row["before"], row["after"]
         print(f"{sid}: MPJPE {b['mpjpe_mm']:.0f} -> {a['mpjpe_mm']:.0f}, PA {b['pa_mpjpe_mm']:.1f} -> {a['pa_mpjpe_mm']:.1f}, "
               f"root {b['root_mpjpe_mm']:.0f} -> {a['root_mpjpe_mm']:.0f} mm, IoU {b['silhouette_iou']:.3f} -> {a['silhouette_iou']:.3f}, "
@@ -159,10 +187,15 @@ def main() -> None:
     result["median_network_seconds"] = round(float(np.median([r["network_seconds"] for r in result["rows"]])), 3)
     net = result["median_network_seconds"]
     result["ratio_seconds_vs_network"] = round(result["median_seconds"] / net, 1) if net > 0 else None  # None: --oracle
+    result["mean_side_iou"] = {k: round(float(np.mean([r["side_iou"][k] for r in result["rows"]])), 3) for k in result["rows"][0]["side_iou"]}
     result["improved_pa_mpjpe"] = sum(r["after"]["pa_mpjpe_mm"] < r["before"]["pa_mpjpe_mm"] for r in result["rows"])
     result["improved_mpjpe"] = sum(r["after"]["mpjpe_mm"] < r["before"]["mpjpe_mm"] for r in result["rows"])
     result["wall_s"] = round(time.perf_counter() - t_all, 1)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    if args.sheet and sheet:
+        import cv2
+
+        cv2.imwrite(str(args.sheet), np.concatenate(sheet, 0)[..., ::-1])
     write_results("refine_body", result, args.out)
     print(markdown(result), file=sys.stderr)
 
@@ -178,7 +211,8 @@ def markdown(result: dict) -> str:
         lines.append(f"| {side} | " + " | ".join(f"{result[side][c[0]]:.3f}" if "iou" in c[0] or "ssim" in c[0] else f"{result[side][c[0]]:.2f}" if "psnr" in c[0] else f"{result[side][c[0]]:.1f}" for c in cols) + " |")
     n = result["subjects"]
     lines += ["", f"PA-MPJPE lower after refinement for {result['improved_pa_mpjpe']}/{n} subjects, MPJPE for {result['improved_mpjpe']}/{n}; "
-              f"refine_body {result['median_seconds']:.2f} s median per call ({result['median_cpu_seconds']:.2f} CPU s) ({result['ratio_seconds_vs_network'] or 'n/a'}x one network run)."]
+              f"refine_body {result['median_seconds']:.2f} s median per call ({result['median_cpu_seconds']:.2f} CPU s) ({result['ratio_seconds_vs_network'] or 'n/a'}x one network run).",
+              "Side silhouettes (mean IoU): " + ", ".join(f"{k.replace('_', ' ')} {v:.3f}" for k, v in result["mean_side_iou"].items())]
     return "\n".join(lines)
 
 

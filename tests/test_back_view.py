@@ -112,9 +112,9 @@ def test_missing_folders_and_missing_diffusers_are_clear_errors(random_tiny_weig
 
 
 def test_without_weight_folders_back_view_is_off_and_full_says_why() -> None:
-    rec = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 5}))
+    rec = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 5, "back_view.cnn_path": None}))
     assert "back_view" not in rec.stages and "full" not in rec.available_stages
-    with pytest.raises(StageUnavailableError, match="sd15_path.*two-view|two-view.*sd15_path"):
+    with pytest.raises(StageUnavailableError, match="sd15_path.*cnn_path.*two-view|two-view.*sd15_path.*cnn_path"):
         rec.plan(ReconstructionRequest(np.zeros((64, 64, 3), np.uint8), stages="full"))
 
 
@@ -144,5 +144,5 @@ def test_back_view_stage_with_random_tiny_weights_renders_and_refines_the_back(r
     assert len(cols) and cols.mean() < 24  # seen from behind, the body's right-hand half is on the image's left
     report = frame.reports["back_view"]
     assert report["refined_by"] == "controlnet_tile_sd15_img2img" and report["denoising_steps"] == 2
-    assert report["weights"] == {"base": str(base), "controlnet": str(controlnet)} and report["diffusion_seconds"] > 0
+    assert report["weights"] == {"base": str(base), "controlnet": str(controlnet)} and report["refine_seconds"] > 0
     json.dumps(report)

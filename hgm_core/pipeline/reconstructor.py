@@ -24,8 +24,7 @@ from hgm_core.body.tracker import TrackConfig
 from hgm_core.configs import config_from_dict, config_override, config_to_dict
 from hgm_core.device import device_report, resolve_device
 from hgm_core.perception.perceive import PerceptionConfig
-from hgm_core.pipeline.back_view import OFF_REASON as BACK_VIEW_OFF_REASON
-from hgm_core.pipeline.back_view import BackViewConfig
+from hgm_core.pipeline.back_view import BackViewConfig, BackViewStage
 from hgm_core.pipeline.components import body_mesh_arrays
 from hgm_core.pipeline.mesh import MeshConfig
 from hgm_core.pipeline.prior import PriorConfig
@@ -86,7 +85,8 @@ class ReconstructorConfig:
     Attributes:
         perception, body, prior, coarse: each component's settings.
         refine_body: the side-view body refinement after `coarse` (built with `coarse` when enabled).
-        back_view: the back view's diffusion refiner (built only with both local weight folders).
+        back_view: the back view's refiner: diffusion with both local weight folders, else the
+            learned CPU refiner (`cnn_path`, embedded by default); built when either is there.
         mesh: the mesh stage's settings; mesh_by_default: run it when a request leaves `mesh`
             unset (off: 26 renders plus TSDF fusion cost ~1.4 s per avatar on one core).
         device: where the torch stages compute (`hgm_core.device`: auto, cpu, cuda, cuda:N); a
@@ -172,12 +172,12 @@ class Reconstructor:
                 unavailable["refine_body"] = REFINE_OFF_REASON
         else:
             unavailable |= {n: f"{n} needs an HGM checkpoint (coarse.checkpoint is off)" for n in ("coarse", "refine_body")}
-        if config.back_view.configured:
-            from hgm_core.pipeline.back_view import BackViewStage
-
+        try:
             stages.append(BackViewStage.from_config(config.back_view))
-        else:
-            unavailable["back_view"] = BACK_VIEW_OFF_REASON
+        except StageUnavailableError as e:
+            if config.back_view.named_weights:  # the user's own weights do not load: a startup error
+                raise
+            unavailable["back_view"] = str(e)
         return cls(stages, config, unavailable)
 
     def describe(self) -> dict[str, Any]:
