@@ -13,10 +13,6 @@ BODY_MODEL_VERTICES: dict[str, int] = {"anny": 13718, "smplx": 10475, "smpl": 68
 """Vertex count of each supported body model; the body branch has one learnable token per vertex."""
 
 PRESETS = ("big", "small", "tiny")
-PIXEL_COVERS = ("body", "person")
-WEIGHTLESS_FIELDS = ("num_views", "input_fill", "pixel_cover")
-"""Fields that change how inputs are made or how many views are grouped, not any weight: networks whose
-configs differ only in these share a state_dict (a warm start may cross them)."""
 
 
 class ConfigError(ValueError):
@@ -66,11 +62,6 @@ class HGMConfig:
             about half the frame's height and 4% of its pixels; > 0 = the focal length that makes the
             (fitted) body's box span this share of the frame: a normalised person crop, so most of the
             input pixels, and of the pixel-aligned Gaussians, land on the person.
-        pixel_cover: which pixel-aligned Gaussians of a body-guided network start visible
-            (`hgm_core.model.guide.pixel_prior`): "body" = those on the body's footprint and a thin band
-            around it; "person" = also every other person (non-background) pixel, at the depth of the
-            nearest body pixel, as the `prior` avatar covers the whole mask. With "body" a limb the fit
-            misplaces, hair or a loose garment starts off, and Gaussians that start off get no gradient.
     """
 
     name: str = "tiny"
@@ -103,7 +94,6 @@ class HGMConfig:
     num_views: int = 1
     fovy_deg: float = 49.1
     input_fill: float = 0.0
-    pixel_cover: str = "body"
 
     def __post_init__(self) -> None:
         self.validate()
@@ -154,17 +144,11 @@ class HGMConfig:
         need(self.voxel_size > 0 and self.voxel_padding >= 0, "voxel_size must be > 0 and voxel_padding >= 0")
         need(self.sparse_levels >= 1, "sparse_levels must be >= 1")
         need(0.0 <= self.input_fill <= 1.0, "input_fill must be in [0, 1] (0 = fixed focal length)")
-        need(self.pixel_cover in PIXEL_COVERS, f"pixel_cover must be one of {PIXEL_COVERS}, got {self.pixel_cover!r}")
         return self
 
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-    def shares_weights(self, other: "HGMConfig") -> bool:
-        """Whether a network of `other` has exactly this network's weights (`WEIGHTLESS_FIELDS` aside)."""
-        a, b = self.to_dict(), other.to_dict()
-        return all(a[k] == b[k] for k in a if k not in WEIGHTLESS_FIELDS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HGMConfig":

@@ -10,8 +10,7 @@ With `HGMConfig.body_guided` the heads predict *residuals* on top of raw values 
 - pixel-aligned set: one Gaussian per splat pixel on the input ray at the body's depth there
   (a z-buffer of the projected vertices), coloured by the pixel, sized to the pixel footprint,
   with an opacity start that still gets gradient (`PIXEL_OPACITY_LOGIT`) except on the white
-  background (`BACKGROUND_WHITE`). With `HGMConfig.pixel_cover == "person"` every other person pixel
-  starts visible too, at the depth of the nearest body pixel (`cover_person`), as `prior` covers the mask.
+  background (`BACKGROUND_WHITE`).
 
 All functions are pure; shapes use B (batch), V (input views), Nv (vertices), S (splat side).
 """
@@ -30,11 +29,6 @@ PIXEL_OPACITY_LOGIT = (0.0, -2.0, -7.0)
 around it (0.12: loose clothes and hair live there; still well above 1/255, so it gets gradient),
 and beyond (0.001: off). Seen edge-on from a side view a sheet of 0.12 Gaussians 64 pixels wide
 stacks to an opaque stripe, which is why the far background starts off."""
-PERSON_OPACITY_LOGIT = 0.0
-"""`pixel_cover="person"`: start of person pixels beyond the band (0.5, as on the body's footprint)."""
-PERSON_GROW_PX = 24
-"""`pixel_cover="person"`: how far (splat pixels) the body's depth is carried over the person's pixels;
-person pixels farther from the body than this take the view's median body depth."""
 BAND_PX = 3
 """Width of the band around the body footprint, in splat pixels (~5% of the image at 64^2)."""
 BACKGROUND_WHITE = 0.97
@@ -151,29 +145,6 @@ def body_depth_map(vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, i
     return depth.reshape(B, V, S, S), region.reshape(B, V, S, S)
 
 
-def cover_person(depth: torch.Tensor, region: torch.Tensor, person: torch.Tensor, rings: int = PERSON_GROW_PX
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Carry the body's depth over the person's pixels beyond the band (a limb the fit misplaces, hair,
-    a loose garment): they become region 3, at the depth of the nearest body or band pixel.
-
-    Args:
-        depth, region: `body_depth_map`'s `[B, V, S, S]`; person: `[B, V, S, S]` bool, not background.
-    Returns:
-        depth, region `[B, V, S, S]`.
-    """
-    far = torch.finfo(depth.dtype).max
-    known = region < 2
-    grown = torch.where(known, depth, far).flatten(0, 1)[:, None]  # [B*V, 1, S, S]
-    reach = (person & ~known).flatten(0, 1)[:, None]
-    for _ in range(rings):  # grow only through person pixels, so depth never jumps a background gap
-        nearest = -F.max_pool2d(-grown, 3, 1, 1)
-        grown = torch.where(reach & (grown == far), nearest, grown)
-    grown = grown.reshape(depth.shape)
-    covered = person & ~known
-    region = torch.where(covered, torch.full_like(region, 3), region)
-    return torch.where(covered & (grown < far), grown, depth), region
-
-
 def splat_rays(K: torch.Tensor, c2w: torch.Tensor, image_size: int, splat_size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rays through the splat-pixel centres.
 
@@ -204,12 +175,9 @@ def body_prior(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c2
     return raw
 
 
-def pixel_prior(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, splat_size: int,
-                cover: str = "body") -> tuple[torch.Tensor, torch.Tensor]:
+def pixel_prior(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c2w: torch.Tensor, splat_size: int
+                ) -> tuple[torch.Tensor, torch.Tensor]:
     """The pixel-aligned prior.
-
-    `cover` (`HGMConfig.pixel_cover`): "body" starts the body's footprint and band visible; "person"
-    also every other non-background pixel (`cover_person`).
 
     Returns:
         centres `[B, V*S*S, 3]`: each splat pixel's ray at the body's depth (canonical), and
@@ -220,19 +188,14 @@ def pixel_prior(images: torch.Tensor, vertices: torch.Tensor, K: torch.Tensor, c
     B, V, _, H, _ = images.shape
     S = splat_size
     depth, region = body_depth_map(vertices, K, c2w, H, S)
-    colour = F.adaptive_avg_pool2d(images.reshape(B * V, 3, H, H), S).reshape(B, V, 3, S, S).permute(0, 1, 3, 4, 2)
-    background = colour.amin(-1) > BACKGROUND_WHITE
-    if cover == "person":
-        depth, region = cover_person(depth, region, ~background)
-    elif cover != "body":
-        raise ValueError(f"cover must be 'body' or 'person', got {cover!r}")
     origin, dirs = splat_rays(K, c2w, H, S)
     centres = (origin + depth[..., None] * dirs).reshape(B, V * S * S, 3)
     fy_splat = K[..., 1, 1] * S / H  # [B, V]
     footprint_size = depth / fy_splat[..., None, None]
+    colour = F.adaptive_avg_pool2d(images.reshape(B * V, 3, H, H), S).reshape(B, V, 3, S, S).permute(0, 1, 3, 4, 2)
     raw = images.new_zeros(B, V, S, S, 14)
-    logits = torch.tensor((*PIXEL_OPACITY_LOGIT, PERSON_OPACITY_LOGIT), dtype=raw.dtype, device=raw.device)
-    raw[..., 3] = logits[torch.where(background, 2, region)]
+    background = colour.amin(-1) > BACKGROUND_WHITE
+    raw[..., 3] = torch.tensor(PIXEL_OPACITY_LOGIT, dtype=raw.dtype, device=raw.device)[torch.where(background, 2, region)]
     raw[..., 4:7] = inverse_scale(PIXEL_SCALE_PER_FOOTPRINT * footprint_size)[..., None]
     raw[..., 7] = 1.0
     raw[..., 11:14] = inverse_colour(colour)

@@ -213,7 +213,7 @@ class HGM(nn.Module):
         raw_u, feats = self.unet(x, V)
         raw_u = self.conv(raw_u).reshape(B, V, 14, S, S).permute(0, 1, 3, 4, 2).reshape(B, V * S * S, 14)
         if cfg.body_guided:  # residuals on the pixel rays at the body's depth (hgm_core.model.guide)
-            centres, prior_u = pixel_prior(images, vertices, K, c2w, S, cfg.pixel_cover)
+            centres, prior_u = pixel_prior(images, vertices, K, c2w, S)
             pos_u = (centres + PIXEL_OFFSET * torch.tanh(raw_u[..., :3])).clamp(-2, 2)
             raw_u = raw_u + prior_u
         else:
