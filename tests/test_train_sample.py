@@ -120,9 +120,10 @@ def test_warm_start_from_a_run_or_a_checkpoint(tmp_path):
         assert info["step"] == (7 if where == tmp_path else 0) and info["source"] == str(where)
         for (k, a), b in zip(model.state_dict().items(), source.state_dict().values()):
             assert torch.equal(a, b), k
-        two_view = HGM(config_for("tiny", num_views=2))  # fuse's network starts from the one-view weights
-        init_weights(two_view, where)
-        assert torch.equal(two_view.conv.weight, source.conv.weight)
+        for other in (config_for("tiny", num_views=2), config_for("tiny", input_fill=0.5)):
+            warm = HGM(other)  # fuse's two-view network; another input framing: the same weights
+            init_weights(warm, where)
+            assert torch.equal(warm.conv.weight, source.conv.weight)
     with pytest.raises(TrainError, match="another model config"):
         init_weights(HGM(config_for("small")), tmp_path)
     with pytest.raises(TrainError, match="nothing to warm-start"):

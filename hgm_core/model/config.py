@@ -13,6 +13,9 @@ BODY_MODEL_VERTICES: dict[str, int] = {"anny": 13718, "smplx": 10475, "smpl": 68
 """Vertex count of each supported body model; the body branch has one learnable token per vertex."""
 
 PRESETS = ("big", "small", "tiny")
+WEIGHTLESS_FIELDS = ("num_views", "input_fill")
+"""Fields that change how inputs are made or how many views are grouped, not any weight: networks whose
+configs differ only in these share a state_dict (a warm start may cross them)."""
 
 
 class ConfigError(ValueError):
@@ -149,6 +152,11 @@ class HGMConfig:
     # ------------------------------------------------------------------ (de)serialisation
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def shares_weights(self, other: "HGMConfig") -> bool:
+        """Whether a network of `other` has exactly this network's weights (`WEIGHTLESS_FIELDS` aside)."""
+        a, b = self.to_dict(), other.to_dict()
+        return all(a[k] == b[k] for k in a if k not in WEIGHTLESS_FIELDS)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "HGMConfig":

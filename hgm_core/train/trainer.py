@@ -305,17 +305,12 @@ def load_state(run_dir: Path, model: HGM, optimizer: torch.optim.Optimizer, rng:
     return RunState(blob["step"], blob["cpu_seconds"], blob.get("gpu_seconds", 0.0), blob.get("best_score", -float("inf")))
 
 
-def same_weights(a: dict, b: dict) -> bool:
-    """Two model configs (`HGMConfig.to_dict`) whose networks share every weight: equal but for `num_views`."""
-    return {k: v for k, v in a.items() if k != "num_views"} == {k: v for k, v in b.items() if k != "num_views"}
-
-
 def init_weights(model: HGM, source: Path) -> dict:
     """Warm start: load network weights from a run folder (its `state.pt`) or a checkpoint folder.
 
-    The source may differ from `model` in `num_views` only: no weight depends on the view count (the
-    UNet attends over every pixel of every view, tokens belong to vertices), so the two-view network
-    of `fuse` starts from the one-view weights.
+    The source may differ from `model` in fields no weight depends on (`HGMConfig.shares_weights`): the
+    view count (the UNet attends over every pixel of every view, tokens belong to vertices), so the
+    two-view network of `fuse` starts from the one-view weights, and how inputs are made.
 
     Returns:
         where they came from: `{"source", "step", "cpu_hours"}` (CPU-hours None for a checkpoint folder).
@@ -324,7 +319,7 @@ def init_weights(model: HGM, source: Path) -> dict:
     source = Path(source)
     if (source / STATE_NAME).exists():
         blob = torch.load(source / STATE_NAME, map_location="cpu", weights_only=False)
-        if not same_weights(blob["model_config"], model.config.to_dict()):
+        if not HGMConfig.from_dict(blob["model_config"]).shares_weights(model.config):
             raise TrainError(f"{source / STATE_NAME} was saved with another model config")
         model.load_state_dict(blob["model"])
         record = {"source": str(source), "step": blob["step"], "cpu_hours": blob["cpu_seconds"] / 3600,
@@ -335,7 +330,7 @@ def init_weights(model: HGM, source: Path) -> dict:
     if (source / "model.safetensors").exists():
         try:
             stored, card = read_checkpoint_config(source)
-            if not same_weights(stored.to_dict(), model.config.to_dict()):
+            if not stored.shares_weights(model.config):
                 raise TrainError(f"{source} was saved with another model config")
             model.load_state_dict(HGM.from_pretrained(source).float().state_dict())
         except CheckpointError as e:
