@@ -25,6 +25,10 @@ weights (body fit + body-guided Gaussians); `coarse` adds the one-view HGM netwo
 side-view body refinement; `full` the back view, two-view fusion and mesh. Each level is a chain of
 stage components (`hgm_core.pipeline.stage`)."""
 
+DEFAULT_STAGES = "prior"
+"""The level a request gets when it names none: on the wire, in `hgm reconstruct`, the client, the node
+and `hgm demo` (one value, so they cannot disagree)."""
+
 ERROR_KINDS = (
     "bad_request", "protocol", "too_large", "busy",  # the message itself (hgm_core.serve)
     "bad_input", "no_person", "crop_too_small", "stage_unavailable",  # the job (pipeline)
@@ -108,7 +112,7 @@ class ReconstructionRequest:
     camera: CameraInfo | None = None
     mask: np.ndarray | None = None
     depth: np.ndarray | None = None
-    stages: str = "prior"
+    stages: str = DEFAULT_STAGES
     mesh: bool | None = None
     stream: str = ""
     bind: bool = False

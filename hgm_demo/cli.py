@@ -41,6 +41,7 @@ from std_srvs.srv import Trigger
 
 from hgm_core.cli import CliError
 from hgm_core.paths import ASSETS_DIR
+from hgm_core.types import DEFAULT_STAGES
 from hgm_node.diagnostics import PipelineStats
 from hgm_node.node import HgmNode
 from hgm_node.qos import INPUT_QOS, LATCHED_QOS, SENSOR_QOS
@@ -59,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--camera-info", type=Path, default=None,
                         help="camera_info YAML of --image (default: the sample's for the sample frame, else a 55° field of view)")
     parser.add_argument("-o", "--output", "--out", type=Path, default=Path("out"), help="output directory (default: out/)")
-    parser.add_argument("--stages", default="prior", help="pipeline stages for the worker (default: prior)")
+    parser.add_argument("--stages", default=DEFAULT_STAGES, help=f"pipeline stages for the worker (default: {DEFAULT_STAGES})")
     parser.add_argument("--worker-endpoint", default="", help="use this worker instead of starting a local one")
     parser.add_argument("--rate", type=float, default=2.0, help="frames per second the player publishes (default: 2)")
     parser.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds (default: 600)")

@@ -13,6 +13,8 @@ from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescri
 from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
 from rclpy.node import Node
 
+from hgm_core.types import DEFAULT_STAGES
+
 TRIGGERS = ("continuous", "service")
 MODES = ("reconstruct", "live")
 IMAGE_TRANSPORTS = ("raw", "compressed")
@@ -51,7 +53,7 @@ class NodeParams:
                              "depth_max_skew_s, makes the body fit's distance and size metric; none: image only")
     depth_max_skew_s: float = _param(0.01, "largest stamp difference between a frame and the depth image paired "
                                      "with it (0: the same stamp only)", min_value=0.0)
-    stages: str = _param("prior", "pipeline stages the worker runs: prior | coarse | refined | full")
+    stages: str = _param(DEFAULT_STAGES, "pipeline stages the worker runs: prior | coarse | refined | full")
     mesh: bool = _param(False, "also ask the worker for the avatar mesh (TSDF fusion, ~1.5 s on a CPU) and publish "
                         "it on 'human_mesh'")
     worker_endpoint: str = _param("", "worker or broker endpoint (tcp://host:port, ipc:///path); empty: start "

@@ -12,6 +12,7 @@ import numpy as np
 
 from hgm_core.cli import CliError
 from hgm_core.device import add_device_argument
+from hgm_core.types import DEFAULT_STAGES
 
 HELP = "reconstruct an avatar from one image (writes avatar.ply, body.json, body.ply, turntable.png, report.json)"
 
@@ -24,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "metric placement for RGB-D cameras")
     p.add_argument("--camera-info", help="YAML with the camera's intrinsics (ROS camera_info layout: "
                    "image_width, image_height, camera_matrix.data or K); default: 55° across the longer image side")
-    p.add_argument("--stages", default="prior", help="prior | coarse | refined | full (default: prior)")
+    p.add_argument("--stages", default=DEFAULT_STAGES, help=f"prior | coarse | refined | full (default: {DEFAULT_STAGES})")
     p.add_argument("--checkpoint", help="HGM checkpoint folder for the coarse stage (default: the one embedded "
                    "in the package when it ships one; 'none': no network)")
     p.add_argument("--fit-iterations", type=int, default=None, help="body-fit iterations (default: library default)")

@@ -30,7 +30,7 @@ from hgm_core.serve.curve import CurveClientKeys
 from hgm_core.serve.curve import make_client as make_curve_client
 from hgm_core.serve.protocol import Message, ProtocolError, decode, encode, new_id
 from hgm_core.serve.schema import JobResult, decode_error, decode_result, decode_track_result, encode_request, encode_track_request
-from hgm_core.types import HgmError, TrackedPose
+from hgm_core.types import DEFAULT_STAGES, HgmError, TrackedPose
 
 _Reply = TypeVar("_Reply", JobResult, TrackedPose)
 
@@ -115,7 +115,7 @@ class WorkerClient:
         K: np.ndarray | None = None,
         mask: np.ndarray | None = None,
         depth: np.ndarray | None = None,
-        stages: str = "prior",
+        stages: str = DEFAULT_STAGES,
         mesh: bool | None = None,
         stream: str = "",
         bind: bool = False,

@@ -30,7 +30,8 @@ Header keys:
     error      (kind "error") {"kind": str, "message": str}; kind one of the error kinds below
     deadline_ms (requests, optional) the client's patience, a number in (0, 10^9]; work still
                queued after it is dropped
-    stages     (reconstruct) "prior" | "coarse" | "refined" | "full"
+    stages     (reconstruct, optional) "prior" | "coarse" | "refined" | "full"; absent:
+               `hgm_core.types.DEFAULT_STAGES`
     mesh       (reconstruct, optional) true/false: extract the avatar mesh; absent: the worker's default
     stream     (reconstruct, optional; track, required and non-empty) string of at most 128 chars
                naming the camera stream; the worker warm-starts a body fit only from the same

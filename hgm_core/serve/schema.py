@@ -27,6 +27,7 @@ from hgm_core.io.live_stream import BindingArrays, LiveStreamError
 from hgm_core.layout import RAW_FIELDS
 from hgm_core.serve.protocol import MAX_ID_CHARS, Message, ProtocolError, encode, encode_error
 from hgm_core.types import (
+    DEFAULT_STAGES,
     ERROR_KINDS,
     STAGES,
     TRACK_STATES,
@@ -234,7 +235,7 @@ def check_depth(depth: np.ndarray, hw: tuple[int, int], request_id: str = "") ->
 
 
 def _check_options(fields: Mapping[str, Any], stages: tuple[str, ...], rid: str) -> dict[str, Any]:
-    stage = fields.get("stages", "prior")
+    stage = fields.get("stages", DEFAULT_STAGES)
     if not isinstance(stage, str) or stage not in stages:
         raise ProtocolError("bad_request", f"stages {stage!r} not served here (served: {list(stages)})", rid)
     mesh = fields.get("mesh")
