@@ -31,6 +31,8 @@ class PipelineStats:
         gaussians, cloud_bytes: size of the last published avatar.
         keyframes, track_state: live mode: keyframes installed so far, and the last frame's outcome
             ("tracking", "lost", "waiting"; "" outside live mode).
+        live_skipped: live mode: tracked poses a newer one replaced before the publish thread took
+            them (the publisher is slower than tracking when this grows).
     """
 
     received: int = 0
@@ -45,6 +47,7 @@ class PipelineStats:
     cloud_bytes: int = 0
     keyframes: int = 0
     track_state: str = ""
+    live_skipped: int = 0
 
 
 def diagnostic_array(stamp: Time, node_name: str, worker: WorkerStatus, stats: PipelineStats) -> DiagnosticArray:
@@ -63,7 +66,8 @@ def diagnostic_array(stamp: Time, node_name: str, worker: WorkerStatus, stats: P
         "jobs_failed": str(stats.failed),
         "last_gaussians": str(stats.gaussians),
         "last_cloud_bytes": str(stats.cloud_bytes),
-        **({"live_keyframes": str(stats.keyframes), "live_state": stats.track_state} if stats.track_state else {}),
+        **({"live_keyframes": str(stats.keyframes), "live_state": stats.track_state, "live_skipped": str(stats.live_skipped)}
+           if stats.track_state else {}),
         **{f"latency.{k}_s": f"{v:.4f}" for k, v in stats.timings.items()},
     }
     return DiagnosticArray(

@@ -298,6 +298,7 @@ class HgmNode(Node):
         total = time.monotonic() - frame.received
         with self._cond:
             self._stats.keyframes, self._stats.track_state = self._live.keyframes, outcome.state
+            self._stats.live_skipped = self._live.skipped
             self._stats.level, self._stats.message = (OK if outcome.state == "tracking" else WARN), f"live: {outcome.message}"
             if outcome.state == "tracking":
                 self._stats.processed += 1

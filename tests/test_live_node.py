@@ -376,3 +376,15 @@ def test_demo_plays_a_sequence_through_live_mode(tmp_path):
     renders = sheet[240:].astype(int)
     drawn = np.abs(renders - renders[0, 0]).sum(-1) > 30  # differs from the background (the corner pixel)
     assert 0.01 < drawn.mean() < 0.5
+
+
+def test_live_counters_reach_the_diagnostics():
+    from hgm_node.diagnostics import PipelineStats, diagnostic_array
+    from hgm_node.worker_link import WorkerStatus
+
+    stats = PipelineStats(keyframes=2, track_state="tracking", live_skipped=5)
+    worker = WorkerStatus(state="ok", endpoint="ipc://x", message="", local_pid=None, restarts=0, health={})
+    values = {kv.key: kv.value for kv in diagnostic_array(Time(), "hgm", worker, stats).status[1].values}
+    assert (values["live_keyframes"], values["live_state"], values["live_skipped"]) == ("2", "tracking", "5")
+    off = {kv.key for kv in diagnostic_array(Time(), "hgm", worker, PipelineStats()).status[1].values}
+    assert not off & {"live_keyframes", "live_state", "live_skipped"}  # not in live mode: no live values
