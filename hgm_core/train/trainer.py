@@ -364,9 +364,9 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, i
         metrics=metrics,
         notes=(f"{state.cpu_seconds / 3600:.2f} CPU-hours (one thread)"
                + (f" and {state.gpu_seconds / 3600:.2f} GPU-hours" if state.gpu_seconds else "") + ". Input: GT body with fitting-like noise "
-               f"({config.body_noise}). Loss: L2 RGB + L2 mask + LPIPS-VGG ({config.lpips_views} view/step)"
+               f"({config.body_noise}). Loss: L2 RGB + L2 mask + LPIPS-VGG ({config.lpips_views} view(s)/sample at {config.lpips_crop}^2)"
                + (f" + {config.lambda_depth:g} x L1 depth" if config.lambda_depth else "") + ", "
-               f"{config.supervision_views} views/step. Validation: view 0 in, views 1-11 scored "
+               f"{config.supervision_views} views/sample, {config.batch_size} sample(s)/step. Validation: view 0 in, views 1-11 scored "
                f"{'on person windows ' if packed else ''}at {config.image_size}^2, fixed noisy bodies; baseline = body "
                "vertices coloured from the input." + recipe),
     )
