@@ -18,6 +18,7 @@ from hgm_core.pipeline import Reconstructor, ReconstructorConfig
 from hgm_core.io.inputs import load_camera_info, load_image
 from hgm_core.pipeline.coarse import CoarseStage
 from hgm_core.pipeline.components import PriorStage
+from hgm_core.render.output import ALPHA_MIN
 from hgm_core.types import ReconstructionRequest, StageUnavailableError
 
 SAMPLE = ASSETS_DIR / "sample" / "person.jpg"
@@ -48,8 +49,10 @@ def test_a_configured_checkpoint_runs_the_network_and_labels_it(with_network, re
     report = out.info["coarse"]
     assert report["checkpoint"] == str(random_checkpoint) and report["used"] in ("network", "prior")
     cfg = config_for("tiny")
-    if report["used"] == "network":  # the network's own set: one per body vertex plus one per splat pixel
-        assert len(out.gaussians) == cfg.num_vertices + cfg.num_gaussians
+    if report["used"] == "network":  # the network's own set: one per body vertex plus one per splat pixel,
+        # less those no renderer draws (background pixels start off)
+        assert len(out.gaussians) == cfg.num_vertices + cfg.num_gaussians - report["dropped_invisible"]
+        assert report["dropped_invisible"] > 0 and (out.gaussians.opacities >= ALPHA_MIN).all()
         z = out.gaussians.means[:, 2].median().item()
         assert 1.5 < z < 2.5  # in the camera's optical frame, where the sample's person stands (2.0 m)
     else:

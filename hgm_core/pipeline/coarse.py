@@ -4,7 +4,9 @@
 maps its Gaussians back into the camera's optical frame. When the output is unusable
 (`check_avatar`: non-finite, too few visible Gaussians, far from the body) the stage hands the frame
 to its fallback component (the `prior`) and says so in its report — it never returns a garbage
-avatar, and it never hides that the network's result was replaced.
+avatar, and it never hides that the network's result was replaced. Gaussians too faint for any
+renderer to draw (opacity below `ALPHA_MIN`: the network's background pixels, which start off) are
+dropped: they would only widen the avatar's bounds (turntable framing) and the published cloud.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from hgm_core.model.hgm import HGM
 from hgm_core.model.predict import check_avatar, predict_avatar
 from hgm_core.pipeline.stage import Frame, Stage, update
+from hgm_core.render.output import ALPHA_MIN
 from hgm_core.types import StageUnavailableError
 
 
@@ -73,8 +76,9 @@ class CoarseStage(Stage):
                   "device": str(self.device), "precision": "float16" if self.half else "float32"}
         frame.reports[self.name] = report
         if check.ok:
-            report["used"] = "network"
-            return update(frame, gaussians=avatar)
+            visible = avatar.opacities >= ALPHA_MIN
+            report["used"], report["dropped_invisible"] = "network", int((~visible).sum())
+            return update(frame, gaussians=avatar.subset(visible))
         report["used"] = self.fallback.name
         frame.warnings.append(f"coarse: the network's avatar was unusable ({check.reason}); used '{self.fallback.name}' instead")
         return self.fallback(frame)
