@@ -57,8 +57,8 @@ from _results import add_out_argument, write_results  # noqa: E402
 
 BASELINE_REV = "5f15d34"
 """The last commit of hgm_core/body/fit.py before issue #13: "today's fit"."""
-BEFORE_REV = "c4d0dcf"
-"""hgm_core/body/fit.py before the accuracy work of the second #13 session: the `before` columns."""
+BEFORE_REV = "8172407"
+"""hgm_core/body/fit.py as the fourth #13 session left it (the upper-body lean): the `before` columns."""
 SIDES = ("today", "before", "before_depth", "new", "new_depth", "new_ground")
 DEFAULT_DATA = Path("/work/data/fitbench")
 

@@ -90,6 +90,13 @@ class FitConfig:
             7070) missed their distance by 7.2 % (robust sd) where the stature spread is 5.6 %.
         depth_weight / depth_sigma_m: weight and Geman-McClure scale (metres) of the depth term:
             the visible surface samples against an aligned depth image (`fit_body(depth=...)`).
+        depth_sigma_start_m: the depth term's scale at the start of stage 2; it shrinks to
+            `depth_sigma_m` over the stage (graduated non-convexity, like the pose prior's decay).
+            A limb whose surface lies 10-30 cm from the measured one (a leg stepped towards the
+            camera, fitted with the knee bent back) feels no pull at a 5 cm scale; at 20 cm it
+            does. On the fitbench (bench/fit.py) 0.2 with `depth_weight` 0.6 (was 0.05 and 0.3):
+            MPJPE 70 -> 63 mm, PA-MPJPE 41 -> 37; on 24 validation subjects (seed 5555) 77 -> 75
+            and 53 -> 49 mm.
         depth_clothing_m: how far the measured surface lies in front of the body's skin (clothes).
         depth_cell / depth_thickness_m: a sample counts as visible when it is within this depth of
             the nearest sample in its image cell, `depth_cell` person-box heights wide.
@@ -143,8 +150,9 @@ class FitConfig:
     landmarks_3d_lean_deg: float = 6.0
     stature_sd: float = 0.055
     size_sd: float = 0.045
-    depth_weight: float = 0.3
+    depth_weight: float = 0.6
     depth_sigma_m: float = 0.05
+    depth_sigma_start_m: float = 0.2
     depth_clothing_m: float = 0.015
     depth_cell: float = 0.025
     depth_thickness_m: float = 0.03
@@ -490,7 +498,7 @@ def fit_body(
     if init is not None:
         _check_init(init, body_model)
         R0 = roma.rotvec_to_rotmat(init.global_orient[0].detach())
-        params, out = problem.optimise(R0, init.detach(), [(2, cfg.warm_iterations, cfg.warm_pose_prior_scale)], cfg.warm_lr, cfg.warm_iterations if cfg.warm_shape else 0)
+        params, out = problem.optimise(R0, init.detach(), [(2, cfg.warm_iterations, cfg.warm_pose_prior_scale, 1.0)], cfg.warm_lr, cfg.warm_iterations if cfg.warm_shape else 0)
         steps = cfg.warm_iterations
         fit = make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, problem.distance_sigma(params))
         if fit.keypoint_error_px <= cfg.warm_max_keypoint_error * tg.scale and fit.silhouette_iou >= cfg.warm_min_iou:
@@ -501,7 +509,7 @@ def fit_body(
         R0 = _rotation_from_landmarks(tg.xyz, names)
     if R0 is None:
         R0 = _rotation_from_2d(tg, names)
-    stages = [(1, cfg.camera_iterations, 1.0), (2, cfg.iterations, 10.0)]
+    stages = [(1, cfg.camera_iterations, 1.0, 1.0), (2, cfg.iterations, 10.0, cfg.depth_sigma_start_m / cfg.depth_sigma_m)]
     params, out = problem.optimise(R0, _initial_params(body_model, tg, Kt, R0), stages, cfg.lr, cfg.shape_iterations)
     steps += cfg.camera_iterations + cfg.iterations
     return make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start, problem.distance_sigma(params))
@@ -551,14 +559,16 @@ class _Problem:
         return float(points.mean(0).norm()) * math.hypot(stature_sd, cfg.size_sd)
 
     def optimise(
-        self, R0: torch.Tensor, init: BodyParams, stages: list[tuple[int, int, float]], lr: float, shape_steps: int
+        self, R0: torch.Tensor, init: BodyParams, stages: list[tuple[int, int, float, float]], lr: float, shape_steps: int
     ) -> tuple[BodyParams, BodyOutput]:
-        """Run `stages` of `(stage, steps, pose-prior start multiplier)` from `init` (orientation `R0`).
+        """Run `stages` of `(stage, steps, pose-prior start multiplier, depth-scale start multiplier)`
+        from `init` (orientation `R0`).
 
         Stage 1 fits orientation + translation to the torso keypoints; stage 2 fits everything
         (the shape during its first `shape_steps` steps only) to keypoints, silhouette and priors,
         the pose prior decaying from `multiplier x pose_prior_weight` to `pose_prior_weight`, as
-        in SMPLify. Returns the parameters and the full model's output for them.
+        in SMPLify, and the depth term's scale from `multiplier x depth_sigma_m` to `depth_sigma_m`.
+        Returns the parameters and the full model's output for them.
         """
         body, Kt, tg, cfg = self.body, self.K, self.tg, self.cfg
         model = body.model
@@ -577,7 +587,7 @@ class _Problem:
             zero = init.global_orient.new_zeros(1, 3)
             torso_kp = body(BodyParams(zero, zero, init.pose, init.shape)).keypoints[0]
 
-        def energy(stage: int, prior_scale: float, held: object) -> torch.Tensor:
+        def energy(stage: int, prior_scale: float, depth_sigma: float, held: object) -> torch.Tensor:
             """The energy of `stage`; `held` is `body.rest` of the shape while it is not optimised."""
             R = roma.rotvec_to_rotmat(delta) @ R0
             if stage == 1:
@@ -607,13 +617,13 @@ class _Problem:
                 if self.depth is not None:
                     r = self._depth_residuals(out.vertices[0])
                     if len(r):
-                        loss = loss + cfg.depth_weight * gmof(r.square(), cfg.depth_sigma_m).mean() / cfg.depth_sigma_m**2
+                        loss = loss + cfg.depth_weight * gmof(r.square(), depth_sigma).mean() / depth_sigma**2
                 if self.ground is not None:
                     lowest = self.ground.height(out.vertices[0]).min() - cfg.ground_clearance_m
                     loss = loss + cfg.ground_weight * gmof(lowest.square(), cfg.ground_sigma_m) / cfg.ground_sigma_m**2
             return loss
 
-        for stage, n, prior_start in stages:
+        for stage, n, prior_start, depth_start in stages:
             free = [delta] if stage == 1 else [delta, pose, shape]
             opt = torch.optim.Adam([{"params": free, "lr": lr}, {"params": [transl], "lr": lr / 3}])
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(n, 1), eta_min=lr * 0.1)
@@ -643,7 +653,8 @@ class _Problem:
                     with torch.no_grad():
                         held = body.rest(shape)
                 opt.zero_grad(set_to_none=True)
-                energy(stage, prior_start ** (1 - i / max(n - 1, 1)), held).backward()
+                t = 1 - i / max(n - 1, 1)  # 1 -> 0 over the stage
+                energy(stage, prior_start**t, cfg.depth_sigma_m * depth_start**t, held).backward()
                 opt.step()
                 sched.step()
 
