@@ -76,7 +76,7 @@ def main() -> None:
     from hgm_core.train.back_train import back_views, render_views
     from hgm_core.train.eval_cli import _load_view_image, place_body
     from hgm_core.train.lpips import LPIPS
-    from hgm_core.types import CameraInfo, ReconstructionRequest
+    from hgm_core.types import CameraInfo, PipelineError, ReconstructionRequest
 
     import json
 
@@ -88,7 +88,7 @@ def main() -> None:
     subjects = index["subjects"][: args.limit]
     result: dict = {"data": str(args.data), "seed": index["seed"], "subjects": len(subjects), "threads": 1,
                     "refiner": refiner.source, "back_view_size": rec.config.back_view.size,
-                    "load_average_before": [round(x, 2) for x in os.getloadavg()], "rows": [], "timings": []}
+                    "load_average_before": [round(x, 2) for x in os.getloadavg()], "rows": [], "timings": [], "failures": {}}
     sheet = []
     t_all = time.perf_counter()
     for n, sid in enumerate(subjects):
@@ -101,10 +101,15 @@ def main() -> None:
         timing = n < args.timing
         t = {}
         frame = Frame(request=request)
-        for name in ("perceive", "fit_body"):
-            t0 = time.perf_counter()
-            frame = rec.stages[name](frame)
-            t[name] = time.perf_counter() - t0
+        try:
+            for name in ("perceive", "fit_body"):
+                t0 = time.perf_counter()
+                frame = rec.stages[name](frame)
+                t[name] = time.perf_counter() - t0
+        except PipelineError as e:  # a documented failure (e.g. no person detected): reported, not scored
+            result["failures"][sid] = f"{type(e).__name__}: {e}"
+            print(f"{sid}: {result['failures'][sid]}", file=sys.stderr, flush=True)
+            continue
         gt_body = windows["body"].astype(np.float64) @ E[0, :3, :3].T + E[0, :3, 3]
         row: dict = {"id": sid, "views": views}
         for protocol in PROTOCOLS:
@@ -161,7 +166,7 @@ def markdown(result: dict) -> str:
         for side in ("unrefined", "refined"):
             r = result[p][side]
             lines.append(f"| {p} | {side} | {r['psnr']:.2f} | {r['fg_psnr']:.2f} | {r['ssim']:.3f} | {r['lpips']:.3f} |")
-    n = result["subjects"]
+    n = len(result["rows"])
     lines += [""] + [f"{p}: fg PSNR higher after refinement for {result[p]['improved_fg_psnr']}/{n} subjects, "
                      f"LPIPS lower for {result[p]['improved_lpips']}/{n}." for p in PROTOCOLS]
     if "median_seconds" in result:

@@ -16,7 +16,8 @@ views 1..V-1 (cameras `E_v E_0^-1`, white background) and scored against the gro
 foreground PSNR (inside the GT mask) and SSIM, averaged over views. `before` = the fit, `after` = the refined fit; `seconds` = the whole `refine_body` call
 (its 3 network re-runs included; `cpu_seconds` is its process CPU time, one thread, which a loaded
 machine does not inflate as it does the wall time), `network_seconds` = one `predict_avatar` call beside it.
-`--oracle` replaces the network by the subject's ground-truth mesh as Gaussians (a perfect network):
+`--canonical` moves the fit onto the ground-truth body's placement first (`hgm eval`'s canonical
+protocol), so the refinement starts without the monocular distance error. `--oracle` replaces the network by the subject's ground-truth mesh as Gaussians (a perfect network):
 it separates what the method can do from what the embedded checkpoint gives it. `--sheet FILE`
 draws, for the first subjects, the side silhouettes the refinement matches (the body's left and
 right, `side_targets`): red = the network's avatar, green = the ground-truth mesh, blue = the
@@ -115,6 +116,8 @@ def main() -> None:
     parser.add_argument("--free-distance", action="store_true", help="let the refinement move the body along its viewing ray")
     parser.add_argument("--oracle", action="store_true", help="an ideal network: the avatar is Gaussians on the subject's "
                         "ground-truth (clothed) mesh, whatever body it is given")
+    parser.add_argument("--canonical", action="store_true", help="move the fit onto the GT body's placement first "
+                        "(hgm eval's canonical protocol): the refinement then starts without the distance error")
     parser.add_argument("--sheet", type=Path, default=None, help="PNG of the side silhouettes (avatar, truth, body) of the first subjects")
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a RefineBodyConfig field (repeatable)")
     add_out_argument(parser)
@@ -128,6 +131,7 @@ def main() -> None:
     from hgm_core.body.fit import skeleton
     from hgm_core.pipeline.refine_body import RefineBodyConfig, refine_body, side_targets
     from hgm_core.render.views import body_up
+    from hgm_core.train.eval_cli import place_body
     from hgm_core.types import CameraInfo
 
     changes = {"hold_distance": not args.free_distance} | ({} if args.iterations is None else {"iterations": args.iterations})
@@ -137,7 +141,7 @@ def main() -> None:
     config = RefineBodyConfig(**changes)
     subjects = json.loads((args.data / "dataset.json").read_text())["subjects"][: args.limit]
     body, estimator, model = AnnyBody(), PoseEstimator(), load_default_model()
-    result: dict = {"data": str(args.data), "seed": json.loads((args.data / "dataset.json").read_text())["seed"],
+    result: dict = {"data": str(args.data), "seed": json.loads((args.data / "dataset.json").read_text())["seed"], "canonical": args.canonical,
                     "subjects": len(subjects), "threads": 1, "config": dataclasses.asdict(config),
                     "load_average_before": [round(x, 2) for x in os.getloadavg()], "rows": []}  # fmt: skip
     t_all = time.perf_counter()
@@ -147,6 +151,8 @@ def main() -> None:
         h, w = s["mask"].shape
         perception = perceive(s["image"], mask=s["mask"], camera=CameraInfo(s["K"], w, h), estimator=estimator)
         fit = fit_body(perception, None, body)
+        if args.canonical:
+            fit = place_body(fit, s["vertices"].astype(fit.vertices.dtype))
 
         def predict(vertices: np.ndarray):
             with torch.inference_mode():

@@ -181,3 +181,16 @@ def test_back_view_without_any_refiner_is_off_and_a_bad_cnn_folder_is_an_error(t
         BackViewStage.from_config(BackViewConfig(cnn_path=None))
     with pytest.raises(StageUnavailableError, match="not a back-view refiner folder"):
         Reconstructor.from_config(ReconstructorConfig().override({"back_view.cnn_path": str(tmp_path)}))
+
+
+def test_the_embedded_refiner_is_small_and_back_view_uses_it_by_default() -> None:
+    from hgm_core.model.back_cnn import embedded_back_cnn_dir
+    from hgm_core.pipeline.back_view import BackViewConfig, BackViewStage
+
+    folder = embedded_back_cnn_dir()
+    assert (folder / "model.safetensors").stat().st_size <= 5 * 2**20
+    model, card = load_back_cnn(folder)
+    assert num_parameters(model) <= 2_000_000 and card["step"] > 0
+    assert card["validation"]["l1"] < card["validation"]["l1_unrefined"]  # it was kept for beating the render on validation
+    stage = BackViewStage.from_config(BackViewConfig())
+    assert isinstance(stage.refiner, CNNRefiner) and stage.refiner.source == str(folder)
