@@ -73,7 +73,8 @@ def main() -> None:
     from hgm_core.data.reader import load_subject_cameras
     from hgm_core.pipeline import Reconstructor, ReconstructorConfig
     from hgm_core.pipeline.stage import Frame, update
-    from hgm_core.train.back_train import back_views, render_views
+    from hgm_core.pipeline.back_view import render_views
+    from hgm_core.train.back_train import back_views, window_cameras
     from hgm_core.train.eval_cli import _load_view_image, place_body
     from hgm_core.train.lpips import LPIPS
     from hgm_core.types import CameraInfo, PipelineError, ReconstructionRequest
@@ -118,7 +119,7 @@ def main() -> None:
             f = rec.stages["coarse"](f)
             if protocol == "wild":
                 t["coarse"] = time.perf_counter() - t0
-            rgb, alpha = render_views(f.gaussians, windows["intrinsics"][views], rel, 128)
+            rgb, alpha = render_views(f.gaussians, window_cameras(windows["intrinsics"][views], rel, 128))
             refined = np.stack([refiner(rgb[i], alpha[i]) for i in range(len(views))])
             target, gt_mask = windows["images"][views], windows["masks"][views]
             row[protocol] = {"network": f.reports["coarse"].get("used"), "unrefined": scores(rgb, target, gt_mask, lpips_model),

@@ -105,12 +105,13 @@ def back_camera(vertices: np.ndarray, up: np.ndarray, size: int) -> Cameras:
     return body_cameras(vertices, up, size, (2,))
 
 
-def render_back(avatar: Gaussians, camera: Cameras) -> tuple[np.ndarray, np.ndarray]:
-    """`avatar` seen from the one camera `camera`, on white: `[S, S, 3]` uint8 RGB and `[S, S]` float32 alpha."""
+def render_views(avatar: Gaussians, cameras: Cameras) -> tuple[np.ndarray, np.ndarray]:
+    """`avatar` seen from `cameras` (C of them), on white: `[C, S, S, 3]` uint8 RGB and `[C, S, S]`
+    float32 alpha (the stage's back view, and the back refiner's training pairs)."""
     with torch.no_grad():
-        out = rasterize(avatar.to(dtype=torch.float32), camera, background=WHITE)
-    rgb = (out.rgb[0].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    return rgb, out.alpha[0, ..., 0].clamp(0, 1).numpy().astype(np.float32)
+        out = rasterize(avatar.to(dtype=torch.float32), cameras, background=WHITE)
+    rgb = (out.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+    return rgb, out.alpha[..., 0].clamp(0, 1).numpy().astype(np.float32)
 
 
 class BackViewStage(Stage):
@@ -153,7 +154,8 @@ class BackViewStage(Stage):
     def run(self, frame: Frame) -> Frame:
         t0 = time.perf_counter()
         camera = back_camera(frame.body.vertices, body_up(skeleton(frame.body)), self.config.size)
-        rendered, alpha = render_back(frame.gaussians, camera)
+        rgb, alphas = render_views(frame.gaussians, camera)
+        rendered, alpha = rgb[0], alphas[0]
         t1 = time.perf_counter()
         if isinstance(self.refiner, TileRefiner):
             image = self.refiner(rendered)

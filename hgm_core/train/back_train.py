@@ -39,8 +39,7 @@ import torch.nn.functional as F
 from hgm_core.camera import CANONICAL_CAM_RADIUS, Cameras
 from hgm_core.configs import config_from_dict, config_to_dict
 from hgm_core.model.back_cnn import BackCNN, BackCNNConfig, num_parameters, save_back_cnn
-from hgm_core.render.api import rasterize
-from hgm_core.render.views import WHITE
+from hgm_core.pipeline.back_view import render_views
 from hgm_core.train.config import BodyNoise
 from hgm_core.train.eval_cli import view_offset_deg
 from hgm_core.train.sample import perturb_body
@@ -54,14 +53,9 @@ def back_views(extrinsics: np.ndarray, input_view: int) -> list[int]:
     return [v for v in range(len(E)) if angle_group(round(view_offset_deg(rel[v]), 1)) == "back"]
 
 
-def render_views(avatar, K: np.ndarray, viewmats: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
-    """`avatar` rendered on white from cameras `K [P, 3, 3]`, `viewmats [P, 4, 4]` (from the avatar's
-    frame) -> (uint8 `[P, S, S, 3]` RGB, float32 `[P, S, S]` alpha)."""
-    cams = Cameras(torch.from_numpy(K).float(), torch.from_numpy(viewmats).float(), size, size)
-    with torch.no_grad():
-        out = rasterize(avatar.to(dtype=torch.float32), cams, background=WHITE)
-    rgb = (out.rgb.clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-    return rgb, out.alpha[..., 0].clamp(0, 1).numpy().astype(np.float32)
+def window_cameras(K: np.ndarray, viewmats: np.ndarray, size: int) -> Cameras:
+    """Cameras `K [P, 3, 3]`, `viewmats [P, 4, 4]` (from the avatar's frame) of `size`^2 windows."""
+    return Cameras(torch.from_numpy(K).float(), torch.from_numpy(viewmats).float(), size, size)
 
 
 def subject_pairs(model, subject: dict[str, np.ndarray], input_view: int, noise: BodyNoise | None,
@@ -81,7 +75,7 @@ def subject_pairs(model, subject: dict[str, np.ndarray], input_view: int, noise:
     views = back_views(E, input_view)
     rel = np.stack([E[v] @ np.linalg.inv(E[input_view]) for v in views])
     size = subject["images"].shape[1]
-    rgb, alpha = render_views(avatar, subject["intrinsics"][views], rel, size)
+    rgb, alpha = render_views(avatar, window_cameras(subject["intrinsics"][views], rel, size))
     return {"rendered": rgb, "alpha": np.round(alpha * 255).astype(np.uint8), "target": subject["images"][views],
             "mask": subject["masks"][views], "views": np.asarray(views, np.int64), "input_view": np.int64(input_view)}
 
