@@ -150,7 +150,7 @@ def test_back_view_stage_refines_with_a_cnn_folder_and_full_still_lacks_fuse(tmp
 
     folder = save_back_cnn(_random_net(), tmp_path / "cnn")
     rec = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 5, "back_view.cnn_path": str(folder),
-                                                                    "back_view.size": 64}))
+                                                                    "back_view.size": 64, "fuse.checkpoint": None}))
     stage = rec.stages["back_view"]
     assert isinstance(stage, BackViewStage) and isinstance(stage.refiner, CNNRefiner)
     with pytest.raises(StageUnavailableError, match="fuse"):

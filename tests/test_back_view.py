@@ -112,7 +112,8 @@ def test_missing_folders_and_missing_diffusers_are_clear_errors(random_tiny_weig
 
 
 def test_without_weight_folders_back_view_is_off_and_full_says_why() -> None:
-    rec = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 5, "back_view.cnn_path": None}))
+    rec = Reconstructor.from_config(ReconstructorConfig().override({"body.fit.iterations": 5, "back_view.cnn_path": None,
+                                                                    "fuse.checkpoint": None}))
     assert "back_view" not in rec.stages and "full" not in rec.available_stages
     with pytest.raises(StageUnavailableError, match="sd15_path.*cnn_path.*two-view|two-view.*sd15_path.*cnn_path"):
         rec.plan(ReconstructionRequest(np.zeros((64, 64, 3), np.uint8), stages="full"))
@@ -122,7 +123,8 @@ def test_back_view_stage_with_random_tiny_weights_renders_and_refines_the_back(r
     base, controlnet = random_tiny_weights
     config = ReconstructorConfig().override({"body.fit.iterations": 5, "back_view.sd15_path": str(base),
                                              "back_view.controlnet_path": str(controlnet), "back_view.size": 48,
-                                             "back_view.diffusion.steps": 4, "back_view.diffusion.strength": 0.5})
+                                             "back_view.diffusion.steps": 4, "back_view.diffusion.strength": 0.5,
+                                             "fuse.checkpoint": None})
     rec = Reconstructor.from_config(config)
     stage = rec.stages["back_view"]
     assert isinstance(stage, BackViewStage)

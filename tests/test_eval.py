@@ -116,11 +116,20 @@ def test_eval_two_methods_both_protocols(tmp_path):
 
     data = tmp_path / "data"
     assert main(["datagen", "--subjects", "1", "--seed", "9090", "--size", "256", "--ssaa", "1", "-o", str(data)]) == 0
+    import torch
+
+    from hgm_core.model import HGM, config_for
+
+    torch.manual_seed(0)  # a two-view method runs coarse -> back_view -> fuse (its weights are random here)
+    two_view = HGM(config_for("tiny", num_views=2)).save_pretrained(tmp_path / "two_view_random_weights")
     out = tmp_path / "eval"
-    assert main(["eval", "--data", str(data), "--method", "prior", str(default_checkpoint_dir()),
+    assert main(["eval", "--data", str(data), "--method", "prior", str(default_checkpoint_dir()), str(two_view),
                  "--protocol", "wild", "canonical", "-o", str(out)]) == 0
     s = json.loads((out / "eval.json").read_text())
-    assert s["methods"] == ["prior", "tiny_1view"] and set(s["results"]) == {"wild", "canonical"}
+    assert s["methods"] == ["prior", "tiny_1view", "two_view_random_weights"] and set(s["results"]) == {"wild", "canonical"}
+    row = s["results"]["wild"]["two_view_random_weights"]["subjects"][0]
+    assert list(row["stage_seconds"]) == ["coarse", "back_view", "fuse"] and row["coarse_used"] == "network"
+    assert row["fuse_used"] in ("network", "coarse")
     for protocol in ("wild", "canonical"):
         for method in s["methods"]:
             r = s["results"][protocol][method]

@@ -9,7 +9,8 @@ import torch
 
 from hgm_core.gaussians import Gaussians
 from hgm_core.model import HGM, InputError, config_for
-from hgm_core.model.predict import TRAIN_FOCAL_RATIO, body_centre, check_avatar, network_view, predict_avatar
+from hgm_core.model.predict import (TRAIN_FOCAL_RATIO, ExtraView, body_centre, check_avatar, extra_network_view, network_view,
+                                   predict_avatar)
 
 CENTRE = np.array([0.35, -0.1, 2.6])  # metres, optical frame: right of and above the axis, 2.6 m away
 SIZE = 320
@@ -130,6 +131,46 @@ def test_bad_inputs_fail_clearly(model):
         predict_avatar(model, image, mask[:10], K, body)
 
 
+def test_an_extra_view_from_the_input_camera_is_the_input_view(model):
+    """`extra_network_view` with the identity pose makes exactly the input view: same image, same K,
+    and the canonical input camera `[I | (0, 0, 1.5)]`."""
+    body = optical_body(model.config.num_vertices)
+    image, mask, K = photo(body)
+    image[mask == 0] = 255  # extra views arrive on white
+    cfg = model.config
+    view = network_view(image, np.full(mask.shape, 255, np.uint8), K, body, cfg.input_size, cfg.input_fill)
+    img2, K2, c2w = extra_network_view(ExtraView(image, K, np.eye(4)), body, view.frame, cfg.input_size, cfg.input_fill)
+    np.testing.assert_allclose(img2, view.image)
+    np.testing.assert_allclose(K2, view.K)
+    expected = np.eye(4)
+    expected[2, 3] = 1.5
+    np.testing.assert_allclose(c2w, expected, atol=1e-9)
+
+
+def test_two_view_prediction_and_view_count_errors(model):
+    torch.manual_seed(0)
+    two = HGM(config_for("tiny", num_views=2)).eval()
+    body = optical_body(two.config.num_vertices)
+    image, mask, K = photo(body)
+    # The back camera: half a turn about the body's vertical axis (optical y) through its centre.
+    turn = np.diag([-1.0, 1.0, -1.0])
+    pose = np.eye(4)
+    pose[:3, :3], pose[:3, 3] = turn, CENTRE - turn @ CENTRE  # back optical -> input optical
+    back_body = (body - pose[:3, 3]) @ pose[:3, :3]
+    back, back_mask, _ = photo(back_body)
+    back[back_mask == 0] = 255
+    g = predict_avatar(two, image, mask, K, body, ExtraView(back, K, pose))
+    assert len(g) == two.config.num_vertices + two.config.num_gaussians
+    # Both views' pixel-aligned sets start on their rays at the body's depth: near the body, in metres.
+    assert check_avatar(g, body).ok
+    with pytest.raises(InputError, match="num_views=2"):
+        predict_avatar(two, image, mask, K, body)
+    with pytest.raises(InputError, match="num_views=1"):
+        predict_avatar(model, image, mask, K, body, ExtraView(back, K, pose))
+    with pytest.raises(InputError, match="rigid"):
+        predict_avatar(two, image, mask, K, body, ExtraView(back, K, 2 * pose))
+
+
 @pytest.mark.slow
 def test_wild_path_matches_the_training_path(model, tmp_path):
     """`predict_avatar` on a generated subject's view-0 image (camera optical frame, metres) renders the
@@ -162,3 +203,45 @@ def test_wild_path_matches_the_training_path(model, tmp_path):
         canonical = render_rgb(avatar(model, sample), sample)
     # Only the look-at point differs (body box centre vs the renders' mid-height of every part): a few mm.
     assert metrics.psnr(wild.permute(0, 3, 1, 2), canonical.permute(0, 3, 1, 2)).min() > 28
+
+
+@pytest.mark.slow
+def test_two_view_wild_path_matches_the_training_path(tmp_path):
+    """The two-view path: `predict_avatar` with the ground-truth back view (view 6) as its `ExtraView`
+    renders the same novel views as a two-view aimed training sample of the same subject."""
+    pytest.importorskip("anny")
+    pytest.importorskip("open3d")
+    from hgm_core.camera import Cameras
+    from hgm_core.data.cache import load_cached_subject
+    from hgm_core.data.reader import load_view
+    from hgm_core.data.render import RenderConfig, write_subject
+    from hgm_core.data.synth import SynthBody, build_subject, sample_subject, subject_seed
+    from hgm_core.render import rasterize
+    from hgm_core.train import metrics
+    from hgm_core.train.sample import make_sample
+    from hgm_core.train.validate import avatar, render_rgb
+
+    torch.manual_seed(0)
+    two = HGM(config_for("tiny", num_views=2)).eval()
+    synth = SynthBody()
+    write_subject(tmp_path, "0000", build_subject(sample_subject(subject_seed(7, 0), synth), synth), RenderConfig(size=128, ssaa=1))
+    rgb, mask, E0, K0 = load_view(tmp_path, "0000", 0)
+    rgb6, mask6, E6, K6 = load_view(tmp_path, "0000", 6)
+    body = np.load(tmp_path / "body" / "0000.npz")["vertices"].astype(np.float64) @ E0[:3, :3].T + E0[:3, 3]
+
+    def on_white(rgb: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        return ((rgb * mask[..., None] + 1 - mask[..., None]) * 255).round().astype(np.uint8)
+
+    extra = ExtraView(on_white(rgb6, mask6), K6, E0 @ np.linalg.inv(E6))
+    g = predict_avatar(two, (rgb * 255).round().astype(np.uint8), (mask * 255).astype(np.uint8), K0, body, extra)
+    views = [3, 9]
+    rel = np.stack([load_view(tmp_path, "0000", v)[2] for v in views]) @ np.linalg.inv(E0)
+    K = np.stack([load_view(tmp_path, "0000", v)[3] for v in views])
+    with torch.no_grad():
+        wild = rasterize(g, Cameras(torch.from_numpy(K).float(), torch.from_numpy(rel).float(), 128, 128),
+                         background=(1.0, 1.0, 1.0)).rgb.clamp(0, 1)
+        sample = make_sample(load_cached_subject(tmp_path, "0000", 128, tmp_path / "cache"), 0, views, 2, None,
+                             np.random.default_rng(0), aim=True, input_size=128, fill=two.config.input_fill)
+        canonical = render_rgb(avatar(two, sample), sample)
+    # Same 128^2 images and the same aiming code: equal up to float error (a back camera 30° off gives ~36 dB).
+    assert metrics.psnr(wild.permute(0, 3, 1, 2), canonical.permute(0, 3, 1, 2)).min() > 60

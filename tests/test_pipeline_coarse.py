@@ -97,3 +97,57 @@ def test_a_checkpoint_that_does_not_fit_is_a_clear_error(tmp_path, random_checkp
     two_view = HGM(config_for("tiny", num_views=2)).save_pretrained(tmp_path / "two")
     with pytest.raises(StageUnavailableError, match="2-view"):
         CoarseStage.from_checkpoint(two_view, prior, "anny")
+
+
+# ------------------------------------------------------------------------------ fuse (two views)
+
+
+@pytest.fixture(scope="module")
+def random_two_view_checkpoint(tmp_path_factory):
+    torch.manual_seed(1)
+    return HGM(config_for("tiny", num_views=2)).save_pretrained(tmp_path_factory.mktemp("ckpt2") / "tiny_2view_random_weights")
+
+
+def test_full_runs_back_view_and_the_two_view_network_and_labels_them(random_checkpoint, random_two_view_checkpoint, request_):
+    config = ReconstructorConfig().override({"body.fit.iterations": 40, "coarse.checkpoint": str(random_checkpoint),
+                                             "fuse.checkpoint": str(random_two_view_checkpoint), "back_view.size": 128})
+    rec = Reconstructor.from_config(config)
+    assert rec.available_stages == ("prior", "coarse", "full")  # refine_body is off: `refined` refused, `full` skips it
+    out = rec.run(ReconstructionRequest(request_.image, camera=request_.camera, stages="full"))
+    assert out.info["stages_run"] == ["perceive", "fit_body", "coarse", "back_view", "fuse", "mesh"]
+    assert "off" in out.info["refine_body"]["skipped"] and out.mesh is not None
+    report = out.info["fuse"]
+    assert report["checkpoint"] == str(random_two_view_checkpoint) and report["views"] == 2
+    assert report["back_refined_by"] == "back_cnn"
+    cfg = config_for("tiny", num_views=2)
+    if report["used"] == "network":  # both views' pixel-aligned sets
+        assert len(out.gaussians) == cfg.num_vertices + cfg.num_gaussians - report["dropped_invisible"]
+        assert 1.5 < out.gaussians.means[:, 2].median().item() < 2.5
+    else:
+        assert any("fuse" in w for w in out.info["warnings"])
+    json.dumps(out.info)
+
+
+def test_an_unusable_two_view_output_keeps_the_coarse_avatar_and_says_so(random_checkpoint, request_):
+    from hgm_core.pipeline.coarse import FuseStage
+
+    broken = HGM(config_for("tiny", num_views=2))
+    with torch.no_grad():
+        for head in (broken.conv, broken.body_head.mlp[-1], broken.fusion.head):
+            head.bias[3] = -30.0
+    config = ReconstructorConfig().override({"body.fit.iterations": 40, "coarse.checkpoint": str(random_checkpoint),
+                                             "back_view.size": 128, "body.track.enabled": False})  # no warm start: same fit twice
+    base = Reconstructor.from_config(config)
+    assert "fuse" in base.unavailable and "full" not in base.available_stages
+    rec = Reconstructor([*base.stages.values(), FuseStage(broken, "invisible weights")], config)
+    frame, _ = rec.run_frame(ReconstructionRequest(request_.image, camera=request_.camera, stages="full", mesh=False))
+    coarse, _ = rec.run_frame(ReconstructionRequest(request_.image, camera=request_.camera, stages="coarse"))
+    assert frame.reports["fuse"]["used"] == "coarse" and any("kept the coarse avatar" in w for w in frame.warnings)
+    torch.testing.assert_close(frame.gaussians.means, coarse.gaussians.means)
+
+
+def test_fuse_needs_a_two_view_checkpoint(random_checkpoint):
+    from hgm_core.pipeline.coarse import FuseStage
+
+    with pytest.raises(StageUnavailableError, match="1-view network; need 2"):
+        FuseStage.from_checkpoint(random_checkpoint, "anny")

@@ -123,6 +123,20 @@ def test_registering_a_component_makes_its_level_available_and_it_is_the_one_tha
         rec.run(ReconstructionRequest(_image(), stages="refined"))
 
 
+def test_full_skips_refine_body_when_it_is_off_and_says_so():
+    rec = Reconstructor([_Mask(), _Body(), _Hull(), *(_Splats(n) for n in ("prior", "coarse", "back_view", "fuse"))],
+                        ReconstructorConfig(), {"refine_body": "refine_body is off"})
+    assert rec.available_stages == ("prior", "coarse", "full")
+    out = rec.run(ReconstructionRequest(_image(), stages="full"))
+    assert out.info["stages_run"] == ["perceive", "fit_body", "coarse", "back_view", "fuse", "mesh"]
+    assert out.info["refine_body"] == {"skipped": "refine_body is off"} and "refine_body" not in out.timings
+    # `refined` is that stage: it is refused, never relabelled.
+    with pytest.raises(StageUnavailableError, match="refine_body is off"):
+        rec.run(ReconstructionRequest(_image(), stages="refined"))
+    with_refine = Reconstructor([*rec.stages.values(), _Splats("refine_body")], ReconstructorConfig())
+    assert with_refine.plan(ReconstructionRequest(_image(), stages="full"))[3] == "refine_body"
+
+
 def test_components_check_what_they_need_and_names_are_unique():
     with pytest.raises(RuntimeError, match="needs perception"):
         _Splats("prior")(Frame(request=ReconstructionRequest(_image())))

@@ -59,6 +59,27 @@ def test_aimed_input_looks_at_the_body_and_keeps_the_supervision_geometry():
     assert not torch.allclose(aimed.images, plain.images)
 
 
+def test_two_view_sample_aims_the_back_view_from_its_own_camera():
+    """A two-view aimed sample: the back input camera (ring view input + n/2) keeps its ring position,
+    is turned to look at the body's box centre, and agrees with the same ring camera as a supervision view."""
+    subject = _subject(np.random.default_rng(0))
+    sample = make_sample(subject, 1, [7, 4], 2, None, np.random.default_rng(0), aim=True)
+    assert sample.images.shape == (1, 2, 3, S, S) and sample.K.shape == (1, 2, 3, 3)
+    back = sample.c2w[0, 1].double()
+    torch.testing.assert_close(back[:3, :3].T @ back[:3, :3], torch.eye(3, dtype=torch.float64), atol=1e-5, rtol=0)
+    # Same camera centre as ring view 7 (the back of view 1) seen as a supervision camera ...
+    sup = torch.linalg.inv(sample.cameras.viewmats[0].double())
+    torch.testing.assert_close(back[:3, 3], sup[:3, 3], atol=1e-4, rtol=0)
+    # ... but looking at the body's box centre (OpenGL cameras look down -z), which the ring camera does not.
+    v = sample.vertices[0].double()
+    centre = 0.5 * (v.min(0).values + v.max(0).values)
+    to_centre = torch.nn.functional.normalize(centre - back[:3, 3], dim=0)
+    assert float(to_centre @ -back[:3, 2]) > 0.9995
+    assert float(to_centre @ sup[:3, 2]) < 0.999
+    # The back image is the ring image resampled, not the front one.
+    assert not torch.allclose(sample.images[0, 0], sample.images[0, 1])
+
+
 def _blob_scene(rng: np.random.Generator) -> Gaussians:
     n = 400
     means = torch.from_numpy(rng.normal(size=(n, 3)) * [0.05, 0.2, 0.04]).float()

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from hgm_core.camera import CANONICAL_CAM_RADIUS
+from hgm_core.camera import CANONICAL_CAM_RADIUS, flip_camera_axes
 from hgm_core.gaussians import Gaussians
 from hgm_core.model.frames import CanonicalFrame, canonical_to_optical, optical_to_canonical_points
 from hgm_core.model.hgm import HGM, InputError, to_gaussians
@@ -34,11 +34,16 @@ TRAIN_FOCAL_RATIO = 0.8
 virtual camera's focal ratio when the config's `input_fill` is 0."""
 DEFAULT_CHECKPOINT = ASSETS_DIR / "checkpoints" / "tiny_1view"
 """The embedded checkpoint (the best `tiny` one-view network so far; replaced in place)."""
+TWO_VIEW_CHECKPOINT = ASSETS_DIR / "checkpoints" / "tiny_2view"
+"""Where an embedded two-view (front + back) checkpoint lives, for the `fuse` stage, when one ships."""
 
 
-def default_checkpoint_dir() -> Path:
-    """Folder of the embedded checkpoint (`HGM.from_pretrained` reads it)."""
-    return DEFAULT_CHECKPOINT
+def default_checkpoint_dir(views: int = 1) -> Path:
+    """Folder of the embedded checkpoint of a `views`-view network (`HGM.from_pretrained` reads it;
+    it may not exist)."""
+    if views not in (1, 2):
+        raise ValueError(f"HGM networks have 1 or 2 views, not {views}")
+    return DEFAULT_CHECKPOINT if views == 1 else TWO_VIEW_CHECKPOINT
 
 
 def load_default_model(map_location: str | torch.device = "cpu") -> HGM:
@@ -133,35 +138,81 @@ def network_view(image: np.ndarray, mask: np.ndarray, K: np.ndarray, body_vertic
     return NetworkView(np.clip(out, 0, 1).astype(np.float32), Kv, frame)
 
 
-@torch.no_grad()
-def predict_avatar(model: HGM, image: np.ndarray, mask: np.ndarray, K: np.ndarray, body_vertices: np.ndarray) -> Gaussians:
-    """One-view avatar from one image.
+@dataclass(frozen=True)
+class ExtraView:
+    """Another camera's image of the same person (a two-view network's second view: the back).
+
+    Attributes:
+        image: `[H, W, 3]` uint8 RGB on white (e.g. the `back_view` stage's refined image).
+        K: `[3, 3]` its intrinsics in pixels.
+        pose: `[4, 4]` rigid transform from that camera's optical frame to the input camera's optical
+            frame (metres; the inverse of the stage's `viewmat`).
+    """
+
+    image: np.ndarray
+    K: np.ndarray
+    pose: np.ndarray
+
+
+def extra_network_view(extra: ExtraView, body_vertices: np.ndarray, front: CanonicalFrame, size: int,
+                       fill: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Make `extra` a network input view the way the input view is made (`network_view`: the camera
+    turned about its centre to look at the body's box centre, the same `fill`), placed in the input
+    view's canonical frame `front`.
 
     Args:
-        model: a one-view `HGM` (e.g. `load_default_model()`), in eval mode.
+        body_vertices: `[Nv, 3]` in the input camera's optical frame (the frame `extra.pose` maps into).
+    Returns:
+        image `[size, size, 3]` float32 in [0, 1], intrinsics `[3, 3]` and OpenGL camera-to-world
+        `[4, 4]` in `front`'s canonical frame (float64).
+    """
+    pose = np.asarray(extra.pose, np.float64)
+    if pose.shape != (4, 4) or not np.allclose(pose[:3, :3].T @ pose[:3, :3], np.eye(3), atol=1e-4):
+        raise InputError(f"the extra view's pose must be a [4, 4] rigid transform, got {pose.tolist()}")
+    body_cam = (np.asarray(body_vertices, np.float64) - pose[:3, 3]) @ pose[:3, :3]  # in the extra camera's optical frame
+    view = network_view(extra.image, np.full(extra.image.shape[:2], 255, np.uint8), extra.K, body_cam, size, fill)
+    aimed = pose.copy()
+    aimed[:3, :3] = pose[:3, :3] @ view.frame.rotation.numpy()  # the turned camera's axes
+    c2w = np.linalg.inv(front.matrix(torch.float64).numpy()) @ aimed  # -> canonical, scaled by 1 / metres_per_unit
+    c2w[:3, :3] *= front.metres_per_unit
+    return view.image, view.K, flip_camera_axes(torch.from_numpy(c2w)).numpy()
+
+
+@torch.no_grad()
+def predict_avatar(model: HGM, image: np.ndarray, mask: np.ndarray, K: np.ndarray, body_vertices: np.ndarray,
+                   extra: ExtraView | None = None) -> Gaussians:
+    """Avatar from one image (one-view network) or from it and a second view (two-view network).
+
+    Args:
+        model: an `HGM` (e.g. `load_default_model()`), in eval mode; `extra` must be given exactly
+            when it has two views.
         image: `[H, W, 3]` uint8 RGB; mask: `[H, W]` person mask (bool, uint8 0/255 or float in [0, 1]).
         K: `[3, 3]` intrinsics in pixels (pixel centres at +0.5).
         body_vertices: `[Nv, 3]` fitted body vertices of the model's body model (`model.config.body_model`),
             metres, in the input camera's optical frame (REP 103: x right, y down, z forward).
+        extra: the second view (HGM's back view) for a two-view network.
     Returns:
         `Gaussians` in the same optical frame (metres): the body set (one per vertex) followed by the
         pixel-aligned merged set, float32, on the CPU. The inputs go to the model's device once and
         the output comes back once; under a float16 autocast the network computes in half precision.
     """
     cfg = model.config
-    if cfg.num_views != 1:
-        raise InputError(f"predict_avatar takes one image; this network has num_views={cfg.num_views}")
+    if cfg.num_views != 1 + (extra is not None):
+        raise InputError(f"this network has num_views={cfg.num_views}; got {1 + (extra is not None)} view(s)")
     verts = np.asarray(body_vertices, np.float64)
     if verts.ndim != 2 or verts.shape != (cfg.num_vertices, 3) or not np.isfinite(verts).all():
         raise InputError(f"body_vertices must be finite [{cfg.num_vertices}, 3] ({cfg.body_model}), got {list(verts.shape)}")
     view = network_view(image, mask, K, verts, cfg.input_size, cfg.input_fill)
     vertices = optical_to_canonical_points(torch.from_numpy(verts), view.frame).float()
-    c2w = torch.eye(4)
-    c2w[2, 3] = CANONICAL_CAM_RADIUS
-    images = torch.from_numpy(view.image).permute(2, 0, 1)[None, None]
+    c2w = np.eye(4)[None]
+    c2w[0, 2, 3] = CANONICAL_CAM_RADIUS
+    images, Ks = [view.image], [view.K]
+    if extra is not None:
+        image2, K2, c2w2 = extra_network_view(extra, verts, view.frame, cfg.input_size, cfg.input_fill)
+        images, Ks, c2w = images + [image2], Ks + [K2], np.concatenate((c2w, c2w2[None]))
     device = next(model.parameters()).device
-    out = model(images.to(device), vertices[None].to(device), torch.from_numpy(view.K).float()[None, None].to(device),
-                c2w[None, None].to(device))
+    batch = [torch.from_numpy(np.stack(a)).float()[None].to(device) for a in (images, Ks, c2w)]
+    out = model(batch[0].permute(0, 1, 4, 2, 3), vertices[None].to(device), batch[1], batch[2])
     avatar = to_gaussians(torch.cat((out.body[0], out.merged[0])).float().cpu())
     return canonical_to_optical(avatar.to(dtype=torch.float64), view.frame).to(dtype=torch.float32)
 

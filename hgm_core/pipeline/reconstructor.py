@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, ClassVar, Sequence
 
 from hgm_core.body.base import BodyModel
 from hgm_core.body.fit import FitConfig, skeleton
@@ -30,7 +30,7 @@ from hgm_core.pipeline.mesh import MeshConfig
 from hgm_core.pipeline.prior import PriorConfig
 from hgm_core.pipeline.refine_body import OFF_REASON as REFINE_OFF_REASON
 from hgm_core.pipeline.refine_body import RefineBodyConfig
-from hgm_core.pipeline.stage import LEVELS, Frame, Stage
+from hgm_core.pipeline.stage import LEVELS, OPTIONAL, Frame, Stage
 from hgm_core.types import STAGES, BadInputError, Mesh, Reconstruction, ReconstructionRequest, StageUnavailableError
 
 
@@ -57,7 +57,7 @@ EMBEDDED = "embedded"
 
 @dataclass(frozen=True)
 class CoarseConfig:
-    """The one-view HGM network stage.
+    """The one-view HGM network stage (`coarse`); `FuseConfig` is the two-view one (`fuse`).
 
     Attributes:
         checkpoint: folder of an HGM checkpoint (`hgm_core.model`); "embedded" (default) uses the
@@ -68,14 +68,25 @@ class CoarseConfig:
     checkpoint: str | None = EMBEDDED
     half: bool = True
 
+    views: ClassVar[int] = 1
+
     def resolve(self) -> Path | None:
         """The checkpoint folder to load, or None when the network stage is off (or nothing is embedded)."""
         if self.checkpoint != EMBEDDED:
             return None if self.checkpoint is None else Path(self.checkpoint)
         from hgm_core.model.predict import default_checkpoint_dir
 
-        embedded = default_checkpoint_dir()
+        embedded = default_checkpoint_dir(self.views)
         return embedded if embedded.is_dir() else None
+
+
+@dataclass(frozen=True)
+class FuseConfig(CoarseConfig):
+    """The two-view HGM network stage (`fuse`: front image + refined back view); fields as
+    `CoarseConfig`, with a two-view checkpoint ("embedded": `hgm_core/assets/checkpoints/tiny_2view`
+    when the package ships one)."""
+
+    views: ClassVar[int] = 2
 
 
 @dataclass(frozen=True)
@@ -87,6 +98,7 @@ class ReconstructorConfig:
         refine_body: the side-view body refinement after `coarse` (built with `coarse` when enabled).
         back_view: the back view's refiner: diffusion with both local weight folders, else the
             learned CPU refiner (`cnn_path`, embedded by default); built when either is there.
+        fuse: the two-view network on the image and the refined back view (built with its checkpoint).
         mesh: the mesh stage's settings; mesh_by_default: run it when a request leaves `mesh`
             unset (off: 26 renders plus TSDF fusion cost ~1.4 s per avatar on one core).
         device: where the torch stages compute (`hgm_core.device`: auto, cpu, cuda, cuda:N); a
@@ -99,6 +111,7 @@ class ReconstructorConfig:
     coarse: CoarseConfig = field(default_factory=CoarseConfig)
     refine_body: RefineBodyConfig = field(default_factory=RefineBodyConfig)
     back_view: BackViewConfig = field(default_factory=BackViewConfig)
+    fuse: FuseConfig = field(default_factory=FuseConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     mesh_by_default: bool = False
     device: str = "auto"
@@ -157,7 +170,7 @@ class Reconstructor:
             PriorStage(config.prior),
             MeshStage(config.mesh, device),
         ]
-        unavailable = {"fuse": "fuse needs a two-view HGM checkpoint, which does not exist yet"}
+        unavailable: dict[str, str] = {}
         checkpoint = config.coarse.resolve()
         if checkpoint is not None:
             from hgm_core.pipeline.coarse import CoarseStage
@@ -172,6 +185,14 @@ class Reconstructor:
                 unavailable["refine_body"] = REFINE_OFF_REASON
         else:
             unavailable |= {n: f"{n} needs an HGM checkpoint (coarse.checkpoint is off)" for n in ("coarse", "refine_body")}
+        two_view = config.fuse.resolve()
+        if two_view is not None:
+            from hgm_core.pipeline.coarse import FuseStage
+
+            stages.append(FuseStage.from_checkpoint(two_view, config.body.model, device, config.fuse.half))
+        else:
+            unavailable["fuse"] = ("fuse needs a two-view HGM checkpoint (fuse.checkpoint); none is configured"
+                                   + (" and the package embeds none" if config.fuse.checkpoint == EMBEDDED else ""))
         try:
             stages.append(BackViewStage.from_config(config.back_view))
         except StageUnavailableError as e:
@@ -199,7 +220,11 @@ class Reconstructor:
         return tuple(level for level in STAGES if not self._missing(level))
 
     def _missing(self, level: str) -> list[str]:
-        return [name for name in LEVELS[level] if name not in self.stages]
+        return [name for name in LEVELS[level] if name not in self.stages and name not in OPTIONAL.get(level, ())]
+
+    def skipped(self, level: str) -> dict[str, str]:
+        """Optional components of `level` (`OPTIONAL`) this reconstructor was not built with, and why."""
+        return {n: self.unavailable.get(n, "not built") for n in OPTIONAL.get(level, ()) if n not in self.stages}
 
     def plan(self, request: ReconstructionRequest) -> tuple[str, ...]:
         """The component names `run(request)` would run, in order.
@@ -217,7 +242,7 @@ class Reconstructor:
                 f"stages '{request.stages}' needs the component(s) {', '.join(missing)}, which this worker "
                 f"does not have ({why}); available: {have}"
             )
-        chain = LEVELS[request.stages]
+        chain = tuple(n for n in LEVELS[request.stages] if n in self.stages)
         wants_mesh = self.config.mesh_by_default if request.mesh is None else request.mesh
         if wants_mesh and "mesh" not in chain:
             chain += ("mesh",)
@@ -228,6 +253,7 @@ class Reconstructor:
         in-process callers) and seconds per component, plus "total"."""
         chain = self.plan(request)
         frame, timings = Frame(request=request), {}
+        frame.reports |= {name: {"skipped": why} for name, why in self.skipped(request.stages).items()}
         t_all = time.perf_counter()
         for name in chain:
             t0 = time.perf_counter()

@@ -30,6 +30,10 @@ LEVELS: dict[str, tuple[str, ...]] = {
 }
 """Request level (`hgm_core.types.STAGES`) -> the components that produce it, in order. The `mesh`
 component may also follow any level on request (`ReconstructionRequest.mesh`)."""
+OPTIONAL: dict[str, tuple[str, ...]] = {"full": ("refine_body",)}
+"""Components a level runs only when they are built (and skips, saying why in the report, when not):
+`full` runs `refine_body` only where it is enabled, because with the embedded checkpoint it makes the
+body fit worse (docs/architecture.md §4). `refined` is that stage, so it always needs it."""
 
 
 @dataclass

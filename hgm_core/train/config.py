@@ -62,7 +62,8 @@ class TrainConfig:
             are ±30°: the subject is seen turned), and how often.
         supervision_views: views rendered and scored per step (the input view plus random others).
         aim_input: make the input view as inference does: the camera turned to look at the
-            (perturbed) body's box centre (`sample.aim_input`, `model.predict.network_view`); one view only.
+            (perturbed) body's box centre (`sample.aim_input`, `model.predict.network_view`); a back view
+            (two views) is aimed as inference aims it (`model.predict.extra_network_view`).
         supervision_crop: render and score each supervision view on a square window around the
             person (`sample.crop_supervision`) at this many pixels; 0 = whole frames. The person
             covers a small part of a frame, so a whole-frame loss is mostly white background.
@@ -131,7 +132,6 @@ class TrainConfig:
         need(self.supervision_views >= 1, "supervision_views must be >= 1")
         need(0 <= self.lpips_views <= self.supervision_views, "lpips_views must be in [0, supervision_views]")
         need(self.lpips_crop >= 32, "lpips_crop must be >= 32 (VGG's five poolings)")
-        need(not self.aim_input or self.num_views == 1, "aim_input needs a one-view network (num_views 1)")
         need(self.supervision_crop == 0 or self.supervision_crop >= 32, "supervision_crop must be 0 (whole frames) or >= 32")
         need(self.crop_margin >= 0, "crop_margin must be >= 0")
         need(self.batch_size >= 1, "batch_size must be >= 1")

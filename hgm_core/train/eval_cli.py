@@ -1,8 +1,9 @@
 """`hgm eval`: reconstruct every subject of a render layout from view 0 and score it like the paper.
 
 For each subject view 0 (with its intrinsics and GT mask) goes through `perceive` and `fit_body`
-once; every method (`prior`, or a checkpoint run by the `coarse` stage) then builds its avatar from
-that same fit, so methods differ only in what they do with it. Protocols (issue #11):
+once; every method (`prior`; a one-view checkpoint run by the `coarse` stage; a two-view checkpoint
+run as `full` does: `coarse` -> `back_view` -> `fuse`) then builds its avatar from that same fit, so
+methods differ only in what they do with it. Protocols (issue #11):
 
 - `wild`: the fit as it is (metric placement from one image, its distance error included);
 - `canonical`: the fit moved onto the ground-truth body's placement — the similarity (scale,
@@ -44,7 +45,10 @@ GROUPS = ("all", "front", "side", "back")
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="render layout (hgm datagen output or THuman2.0 renders)")
     p.add_argument("--method", nargs="+", default=["prior"],
-                   help="methods: 'prior' (no network) and/or checkpoint directories (the coarse stage); all use one fit per subject")
+                   help="methods: 'prior' (no network) and/or checkpoint directories: a one-view one runs the coarse stage, a "
+                        "two-view one the full chain coarse -> back_view -> fuse; all use one fit per subject")
+    p.add_argument("--fuse-coarse", type=Path, default=None,
+                   help="one-view checkpoint whose avatar a two-view method's back view is rendered from (default: the embedded one)")
     p.add_argument("--protocol", nargs="+", choices=PROTOCOLS, default=["wild"],
                    help="wild: the fit's own placement; canonical: the fit moved onto the GT body's placement (default: wild)")
     p.add_argument("-o", "--output", "--out", type=Path, default=None, help="output directory (default: DATA/eval_<methods>)")
@@ -288,6 +292,37 @@ def _method_labels(methods: list[str]) -> dict[str, str]:
     return labels
 
 
+def method_chain(method: str, reconstructor, fuse_coarse: Path | None) -> list:
+    """The stage components one `--method` runs after the shared fit: `[prior]`; `[coarse]` for a
+    one-view checkpoint; `[coarse, back_view, fuse]` for a two-view one (`full` without the mesh,
+    which every method gets; `refine_body` stays off, as `full` runs it only where it is enabled),
+    its coarse avatar from `fuse_coarse` or the embedded one-view checkpoint.
+
+    Raises:
+        StageUnavailableError: a checkpoint does not load, or a two-view method lacks its parts.
+    """
+    from hgm_core.device import resolve_device
+    from hgm_core.model.checkpoint import CheckpointError, read_checkpoint_config
+    from hgm_core.model.predict import default_checkpoint_dir
+    from hgm_core.pipeline.coarse import CoarseStage, FuseStage
+    from hgm_core.types import StageUnavailableError
+
+    if method == "prior":
+        return [reconstructor.stages["prior"]]
+    config, device = reconstructor.config, resolve_device(reconstructor.config.device)
+    body_model, prior = config.body.model, reconstructor.stages["prior"]
+    try:
+        views = read_checkpoint_config(method)[0].num_views
+    except CheckpointError as e:
+        raise StageUnavailableError(f"cannot read checkpoint {method}: {e}") from None
+    if views == 1:
+        return [CoarseStage.from_checkpoint(method, prior, body_model, device)]
+    if "back_view" not in reconstructor.stages:
+        raise StageUnavailableError(f"two-view method {method}: {reconstructor.unavailable['back_view']}")
+    coarse = CoarseStage.from_checkpoint(fuse_coarse or default_checkpoint_dir(1), prior, body_model, device)
+    return [coarse, reconstructor.stages["back_view"], FuseStage.from_checkpoint(method, body_model, device)]
+
+
 def run(args: argparse.Namespace) -> int:
     import cv2
 
@@ -307,9 +342,7 @@ def run(args: argparse.Namespace) -> int:
         if m != "prior" and not Path(m).is_dir():
             raise CliError(f"--method takes 'prior' or checkpoint directories; {m} is neither")
     try:
-        from hgm_core.device import resolve_device
         from hgm_core.pipeline import Reconstructor, ReconstructorConfig
-        from hgm_core.pipeline.coarse import CoarseStage
         from hgm_core.pipeline.stage import Frame, update
         from hgm_core.types import CameraInfo, PipelineError, ReconstructionRequest
     except ImportError as e:
@@ -323,13 +356,10 @@ def run(args: argparse.Namespace) -> int:
     except (PipelineError, ValueError) as e:  # e.g. --device cuda without CUDA
         raise CliError(f"cannot build the reconstructor: {e}") from None
     labels = _method_labels(args.method)
-    stages = {}
-    for m, label in labels.items():
-        if m == "prior":
-            stages[label] = reconstructor.stages["prior"]
-        else:
-            stages[label] = CoarseStage.from_checkpoint(m, fallback=reconstructor.stages["prior"], body_model=config.body.model,
-                                                        device=resolve_device(config.device))
+    try:
+        chains = {label: method_chain(m, reconstructor, args.fuse_coarse) for m, label in labels.items()}
+    except PipelineError as e:
+        raise CliError(f"cannot build a method: {e}") from None
     out: Path = args.output or args.data / f"eval_{'_'.join(labels.values())}"
     out.mkdir(parents=True, exist_ok=True)
 
@@ -338,7 +368,7 @@ def run(args: argparse.Namespace) -> int:
     from hgm_core.train.lpips import LPIPS
 
     lpips_model = LPIPS.load()
-    combos = [(p, label) for p in args.protocol for label in stages]
+    combos = [(p, label) for p in args.protocol for label in chains]
     rows: dict = {c: [] for c in combos}
     failures: dict = {c: {} for c in combos}
     figures: dict = {c: {} for c in combos}
@@ -386,20 +416,25 @@ def run(args: argparse.Namespace) -> int:
                 if gt_body is None:
                     raise CliError(f"the canonical protocol needs GT bodies ({args.data}/body/{sid}.npz is missing)")
                 frame = update(fitted, body=place_body(fitted.body, gt_body))
-            for label, stage in stages.items():
-                t = time.perf_counter()
+            for label, chain in chains.items():
+                done, timings = frame, {}
                 try:
-                    done = stage(frame)
+                    for stage in chain:
+                        t = time.perf_counter()
+                        done = stage(done)
+                        timings[stage.name] = time.perf_counter() - t
                 except PipelineError as e:
                     failures[(protocol, label)][sid] = f"{type(e).__name__}: {e}"
                     continue
-                timings = {stage.name: time.perf_counter() - t}
+                seconds = sum(timings.values())
                 done = reconstructor.stages["mesh"](done)
                 rec = reconstructor.result(done, timings)
                 row, fig = score_avatar(rec, subject, lpips_model, args.backend)
-                row["seconds"] = timings[stage.name]
-                if stage.name == "coarse":
-                    row["coarse_used"] = done.reports.get("coarse", {}).get("used")
+                row["seconds"] = seconds
+                row |= {"stage_seconds": timings} if len(timings) > 1 else {}
+                for name in ("coarse", "fuse"):
+                    if name in timings:
+                        row[f"{name}_used"] = done.reports.get(name, {}).get("used")
                 rows[(protocol, label)].append(row)
                 figures[(protocol, label)][sid] = fig
         write_summary()

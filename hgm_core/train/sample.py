@@ -23,11 +23,11 @@ import torch
 
 import torch.nn.functional as F
 
-from hgm_core.camera import CANONICAL_CAM_RADIUS, Cameras, cameras_from_c2w_gl
+from hgm_core.camera import CANONICAL_CAM_RADIUS, Cameras, cameras_from_c2w_gl, flip_camera_axes
 from hgm_core.data.pack import person_window
 from hgm_core.data.reader import canonical_transform
 from hgm_core.model.frames import CanonicalFrame, canonical_to_optical_points
-from hgm_core.model.predict import network_view
+from hgm_core.model.predict import ExtraView, extra_network_view, network_view
 from hgm_core.train.config import BodyNoise
 
 
@@ -118,8 +118,9 @@ def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int
             opposite one (`input_view + n / 2`), as HGM's front + back.
         views: ring indices of the supervision views.
         noise: body perturbation, None for the exact GT body.
-        aim: one view only: aim the input camera at the body's box centre (`aim_input`), at
-            `input_size` (0 = the subject's image size) with the network's `fill`.
+        aim: aim the input camera at the body's box centre (`aim_input`), at `input_size` (0 = the
+            subject's image size) with the network's `fill`; a second input view is aimed the way
+            inference aims its back view (`model.predict.extra_network_view`).
     """
     n = len(subject["extrinsics"])
     inputs = [(input_view + k * n // 2) % n for k in range(num_input_views)]
@@ -136,14 +137,23 @@ def make_sample(subject: dict[str, np.ndarray], input_view: int, views: list[int
     k = len(inputs)
     inputs_rgb = images[:k]
     if aim:
-        if k != 1:
-            raise ValueError("aim needs a one-view sample")
-        rgb, K_in, body, c2w_gl[k:], rescale = aim_input(subject["images"][input_view], subject["intrinsics"][input_view],
-                                                         body, c2w_gl[k:], float(subject["distance"]), input_size or size, fill)
+        n_in = input_size or size
+        rgb, K_in, body, c2w_gl[1:], rescale = aim_input(subject["images"][input_view], subject["intrinsics"][input_view],
+                                                         body, c2w_gl[1:], float(subject["distance"]), n_in, fill)
         units_per_metre *= rescale
-        inputs_rgb, Ks[0] = torch.from_numpy(rgb)[None], torch.from_numpy(K_in).float()
+        rgbs, Ks_in = [rgb], [K_in]
         c2w_gl[0] = np.eye(4)
         c2w_gl[0, 2, 3] = CANONICAL_CAM_RADIUS
+        unit = CanonicalFrame(1.0)  # the virtual canonical frame as an optical frame, one unit per "metre"
+        body_unit = canonical_to_optical_points(torch.from_numpy(body), unit).numpy()
+        for j in range(1, k):  # the back view, made the way inference makes its second view
+            pose = unit.matrix(torch.float64).numpy() @ flip_camera_axes(torch.from_numpy(c2w_gl[j])).numpy()
+            extra = ExtraView(subject["images"][inputs[j]], subject["intrinsics"][inputs[j]], pose)
+            rgb_j, K_j, c2w_gl[j] = extra_network_view(extra, body_unit, unit, n_in, fill)
+            rgbs.append(rgb_j)
+            Ks_in.append(K_j)
+        inputs_rgb = torch.from_numpy(np.stack(rgbs))
+        Ks[:k] = torch.from_numpy(np.stack(Ks_in)).float()
     c2w = torch.from_numpy(c2w_gl).float()
     return Sample(
         images=inputs_rgb.permute(0, 3, 1, 2)[None].contiguous(),
