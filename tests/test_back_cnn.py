@@ -115,7 +115,7 @@ def _pairs(folder, n: int, seed: int) -> None:
                                          "views": np.array([6]), "input_view": np.int64(0)})
 
 
-def test_training_learns_a_correction_exports_the_best_and_resumes(tmp_path) -> None:
+def test_training_learns_a_correction_exports_the_best_and_resumes(tmp_path, capsys) -> None:
     torch.manual_seed(0)
     for name, n, seed in (("train", 24, 0), ("val", 6, 1)):
         (tmp_path / name).mkdir()
@@ -131,10 +131,16 @@ def test_training_learns_a_correction_exports_the_best_and_resumes(tmp_path) -> 
     rgb, alpha, target, _ = to_tensors(load_pairs(tmp_path / "val"), np.arange(6))
     with torch.no_grad():
         assert (best(rgb, alpha) - target).abs().mean() < 0.5 * (rgb - target).abs().mean()
+    from hgm_core.cli import main  # `hgm back-train fit --run` continues a run with its saved config: already done
+
+    assert main(["back-train", "fit", "--run", str(tmp_path / "run"), "--minutes", "1"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 150
+    assert main(["back-train", "fit", "--run", str(tmp_path / "new")]) == 1  # a new run needs its pairs
+    assert "needs --pairs and --val" in capsys.readouterr().err
     longer = dataclasses.replace(config, total_steps=160)
     again = fit(longer, tmp_path / "run", minutes=10)  # resumes at step 150
     assert again["step"] == 160
-    assert len(json.loads((tmp_path / "run" / "history.json").read_text())) == 2
+    assert [r["step"] for r in json.loads((tmp_path / "run" / "history.json").read_text())] == [150, 150, 160]  # one per call
 
 
 # ------------------------------------------------------------------------------------- the stage

@@ -1,8 +1,10 @@
 """Train the learned back-view refiner (`hgm_core.model.back_cnn`) on synthetic pairs.
 
-    python -m hgm_core.train.back_train pairs --data /work/data/pack/train_s1000_w128 --out /work/data/backpairs_s1000
-    python -m hgm_core.train.back_train fit --pairs /work/data/backpairs_s1000 --val /work/data/backpairs_s5555 \
+    hgm back-train pairs --data /work/data/pack/train_s1000_w128 --out /work/data/backpairs_s1000
+    hgm back-train fit --pairs /work/data/backpairs_s1000 --val /work/data/backpairs_s5555 \
         --run /work/runs/back_cnn --minutes 15       # resumes from RUN/state.pt; run again to go on
+
+(the command is `hgm_core/train/back_train_cli.py`).
 
 Pairs (`pairs`): per subject of a person-window pack (`hgm pack`), one random input view; the GT
 body, perturbed like a monocular fit (`train.sample.perturb_body`, `BodyNoise`'s defaults, in the
@@ -27,7 +29,6 @@ import argparse
 import json
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,7 +253,8 @@ def fit(config: BackTrainConfig, run: Path, minutes: float) -> dict:
 # ----------------------------------------------------------------------------------------------- entry
 
 
-def _make_pairs(args: argparse.Namespace) -> int:
+def make_pairs(args: argparse.Namespace) -> int:
+    """`hgm back-train pairs`: the pairs of a pack's subjects (resumes: done subjects are skipped)."""
     from tqdm import tqdm
 
     from hgm_core.data.pack import load_packed_subject, packed_subjects
@@ -275,7 +277,8 @@ def _make_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fit(args: argparse.Namespace) -> int:
+def fit_run(args: argparse.Namespace) -> int:
+    """`hgm back-train fit`: a new run (`--pairs`, `--val`) or the run in `--run` continued."""
     run: Path = args.run
     if (run / "config.json").exists():
         config = config_from_dict(BackTrainConfig, json.loads((run / "config.json").read_text()))
@@ -284,32 +287,3 @@ def _fit(args: argparse.Namespace) -> int:
     record = fit(config, run, args.minutes)
     print(json.dumps(record))
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    from hgm_core.runtime import configure_process
-
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("pairs", help="make (render, ground truth) back-view pairs from a pack")
-    p.add_argument("--data", type=Path, required=True, help="a person-window pack (hgm pack)")
-    p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--checkpoint", default=None, help="HGM checkpoint folder (default: the embedded one)")
-    p.add_argument("--exact-body", action="store_true", help="the GT body as it is (no fit-like noise)")
-    p.add_argument("--seed", type=int, default=0)
-    f = sub.add_parser("fit", help="train (or resume) the refiner")
-    f.add_argument("--run", type=Path, required=True)
-    f.add_argument("--pairs", type=Path, nargs="+", help="training pair folders (a new run)")
-    f.add_argument("--val", type=Path, help="validation pairs (a new run)")
-    f.add_argument("--steps", type=int, default=BackTrainConfig.total_steps)
-    f.add_argument("--minutes", type=float, default=15.0, help="stop after this long (resume by running again)")
-    for q in (p, f):
-        q.add_argument("--threads", type=int, default=1)
-    args = parser.parse_args(argv)
-    configure_process(threads=args.threads)
-    return _make_pairs(args) if args.command == "pairs" else _fit(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
