@@ -96,6 +96,7 @@ def test_cli_writes_all_outputs(tmp_path, capsys):
     (["/nonexistent.jpg"], "no such image"),
     ([str(SAMPLE_CAMERA)], "cannot read image"),
     ([str(SAMPLE), "--camera-info", str(SAMPLE)], "camera info"),
+    ([str(SAMPLE), "--stages", "full", "--fuse-checkpoint", "none"], "fuse needs a two-view HGM checkpoint"),
 ])
 def test_cli_user_errors_are_one_line_and_nonzero(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "hgm_core", "reconstruct", *args, "-o", str(tmp_path)],

@@ -28,6 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stages", default=DEFAULT_STAGES, help=f"prior | coarse | refined | full (default: {DEFAULT_STAGES})")
     p.add_argument("--checkpoint", help="HGM checkpoint folder for the coarse stage (default: the one embedded "
                    "in the package when it ships one; 'none': no network)")
+    p.add_argument("--fuse-checkpoint", help="two-view HGM checkpoint folder for the fuse stage of --stages full (default: "
+                   "the one embedded in the package when it ships one; 'none': no fuse)")
     p.add_argument("--fit-iterations", type=int, default=None, help="body-fit iterations (default: library default)")
     p.add_argument("--views", type=int, default=8, help="turntable views (default: 8)")
     p.add_argument("--mesh", action="store_true", help="also extract the avatar's surface as a coloured mesh.ply (~1.5 s)")
@@ -48,6 +50,8 @@ def reconstructor_config(args: argparse.Namespace):
     changes = {"mesh_by_default": True} if args.mesh else {}
     if args.checkpoint:
         changes["coarse.checkpoint"] = None if args.checkpoint == "none" else args.checkpoint
+    if args.fuse_checkpoint:
+        changes["fuse.checkpoint"] = None if args.fuse_checkpoint == "none" else args.fuse_checkpoint
     if args.fit_iterations is not None:
         changes["body.fit.iterations"] = args.fit_iterations
     if getattr(args, "device", None) is not None:
