@@ -113,6 +113,7 @@ def test_full_runs_back_view_and_the_two_view_network_and_labels_them(random_che
                                              "fuse.checkpoint": str(random_two_view_checkpoint), "back_view.size": 128})
     rec = Reconstructor.from_config(config)
     assert rec.available_stages == ("prior", "coarse", "full")  # refine_body is off: `refined` refused, `full` skips it
+    assert rec.describe()["fuse_checkpoint"] == str(random_two_view_checkpoint)
     out = rec.run(ReconstructionRequest(request_.image, camera=request_.camera, stages="full"))
     assert out.info["stages_run"] == ["perceive", "fit_body", "coarse", "back_view", "fuse", "mesh"]
     assert "off" in out.info["refine_body"]["skipped"] and out.mesh is not None

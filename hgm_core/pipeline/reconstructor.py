@@ -204,13 +204,14 @@ class Reconstructor:
     def describe(self) -> dict[str, Any]:
         """What this reconstructor runs on, for health replies and reports: the configured device
         (`device_report`: GPU name and memory on CUDA), each component's device, the levels it
-        serves, the coarse checkpoint and the whole effective config."""
+        serves, the coarse and fuse checkpoints and the whole effective config."""
         coarse = self.stages.get("coarse")
         return {
             **device_report(resolve_device(self.config.device)),
             "components": {name: str(getattr(stage, "device", "cpu")) for name, stage in self.stages.items()},
             "stages": list(self.available_stages),
             "checkpoint": getattr(coarse, "checkpoint", None),
+            "fuse_checkpoint": getattr(self.stages.get("fuse"), "checkpoint", None),
             "config": self.config.to_dict(),
         }
 
