@@ -65,3 +65,27 @@ def test_generic_sampled_body(tmp_path) -> None:
     sampled = body.sampled(200)
     assert type(sampled) is SampledBody
     _assert_matches(sampled, body, _random_params(body, 2, seed=4))
+
+
+def test_reduced_anny_held_shape_chain(anny_body: AnnyBody) -> None:
+    """With the shape held (no gradient), `rest` gives the 20-joint chain: same outputs and pose
+    gradients as the full model, and the same as the bone path a shape under optimisation takes."""
+    from hgm_core.body.anny_reduced import AnnyRest, RestState
+
+    sampled = anny_body.sampled(300)
+    p = _random_params(anny_body, 2, seed=5)
+    with torch.no_grad():
+        chain = sampled.rest(p.shape)
+    bones = sampled.rest(p.shape.clone().requires_grad_(True))
+    assert isinstance(chain, RestState) and isinstance(bones, AnnyRest)
+    a, b = sampled.posed(chain, p), sampled.posed(bones, p)
+    for x, y in ((a.vertices, b.vertices), (a.joints, b.joints), (a.keypoints, b.keypoints)):
+        torch.testing.assert_close(x, y.detach(), atol=2e-5, rtol=0)
+    grads = []
+    for fn in (anny_body, sampled):
+        q = BodyParams(*(t.clone().requires_grad_(t is not p.shape) for t in (p.global_orient, p.transl, p.pose, p.shape)))
+        out = fn(q)
+        verts = out.vertices if fn is sampled else out.vertices[:, sampled.vertex_index]
+        (verts.square().sum() + out.keypoints.square().sum() + out.joints.sum()).backward()
+        grads.append(torch.cat([q.global_orient.grad, q.transl.grad, q.pose.grad], 1))
+    torch.testing.assert_close(grads[1], grads[0], atol=2e-3, rtol=2e-3)

@@ -1,14 +1,18 @@
 """`ReducedAnny`: an `AnnyBody`'s keypoints, joints and a few chosen vertices, without the whole mesh.
 
-The body fit's energy reads the 23 keypoints, the joints and ~2k surface samples, but
-`AnnyBody.forward` blends and skins all 13,718 vertices and differentiates through all of them: the
-largest part of a fit step's time before this evaluator. Both reductions here are exact:
+The body fit's energy reads the 23 keypoints, the joints and ~1k surface samples, but
+`AnnyBody.forward` blends and skins all 13,718 vertices through anny's 104 bones and differentiates
+through all of them. Everything here is exact:
 - Samples: anny's rest vertices are linear in the blendshape coefficients and its skinning is
   linear blend skinning, so the chosen vertices are blended and skinned on their own.
 - Keypoints: each is a fixed linear combination `sum_v W_kv x_v` of skinned vertices
   `x_v = sum_j w_vj (R_j r_v + t_j)`, so `keypoint_k = sum_j R_j m_kj + s_kj t_j` with per-bone moments
   `m_kj = sum_v W_kv w_vj r_v` (linear in the blendshape coefficients, precomputed per basis
   shape) and weights `s_kj = sum_v W_kv w_vj`: a few hundred thousand multiply-adds per call.
+- 20 joints, not 104 bones: only the 19 articulated joints move (`AnnyKinematics`), every other bone
+  follows its nearest articulated ancestor, so with the shape's zero-pose bones folded into per-joint
+  moments (`RestState`), posing is a 20-joint chain and one small product per point. The shape part
+  (`rest`) runs anny's bones once per shape; a fit that holds the shape pays it once.
 """
 
 from __future__ import annotations
@@ -26,13 +30,32 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class RestState:
-    """What `ReducedAnny` derives from the shape alone: `bone_poses [B, J, 4, 4]` (anny's rest bones),
-    `vertices [B, N, 3]` (the chosen rest vertices), `moments [B, K, J, 3]` (module docstring)."""
+class AnnyRest:
+    """anny's shape-dependent state for the chosen vertices (its frame): `bone_poses [B, 104, 4, 4]`
+    (rest bones), `vertices [B, N, 3]` (the chosen rest vertices), `moments [B, K, 104, 3]` (the
+    keypoints' per-bone moments, module docstring)."""
 
     bone_poses: torch.Tensor
     vertices: torch.Tensor
     moments: torch.Tensor
+
+
+@dataclass(frozen=True)
+class RestState:
+    """What `ReducedAnny.posed` needs from a fixed shape: the 20-joint chain in the body frame
+    (`hgm_core.body.base`, pelvis not at the origin), as `AnnyKinematics` describes it.
+
+    Attributes:
+        heads: `[B, 20, 3]` zero-pose heads of `AnnyBody.joint_names`.
+        vertices: `[B, N, 20, 3]` the chosen vertices' per-joint moments `sum_b w_vb T0_b r_v` over
+            the bones b each joint owns (`T0_b`: the bone's zero-pose skinning transform); with
+            `ReducedAnny.vertex_weights [N, 20]` a vertex poses as `sum_c R_c m_vc + s_vc t_c`.
+        keypoints: `[B, K, 20, 3]` the same for the keypoints (`ReducedAnny.keypoint_weights [K, 20]`).
+    """
+
+    heads: torch.Tensor
+    vertices: torch.Tensor
+    keypoints: torch.Tensor
 
 
 class ReducedAnny(SampledBody):
@@ -50,14 +73,25 @@ class ReducedAnny(SampledBody):
         idx = self.vertex_index
         self.register_buffer("template", anny.template_vertices[idx].float())  # [N, 3]
         self.register_buffer("blendshapes", anny.blendshapes[:, idx].float())  # [C, N, 3]
-        # Dense [N, J] weights: one matrix product blends the bone transforms.
+        # Dense [N, 104] weights: one matrix product blends the bone transforms.
         self.register_buffer("bone_weights", body.skinning_weights[idx])
         m0, m1, s = _keypoint_moments(body)
         self.register_buffer("moment0", m0)  # [K, J, 3]
         self.register_buffer("moment1", m1)  # [C, K, J, 3]
         self.register_buffer("bone_sums", s)  # [K, J]
+        # The 20-joint chain: each bone's articulated owner, and the skinning weights summed per owner.
+        joint_bones = body._joint_bones.tolist()
+        self.register_buffer("owner", torch.tensor(_owners(list(anny.bone_parents), joint_bones)))  # [104]
+        self.register_buffer("vertex_bones", anny.vertex_bone_indices[idx].long())  # [N, I]
+        self.register_buffer("vertex_bone_weights", anny.vertex_bone_weights[idx].float())  # [N, I]
+        J = len(joint_bones)
+        self.register_buffer("vertex_weights", _per_owner(self.vertex_bone_weights[..., None], self.owner[self.vertex_bones], J)[..., 0])
+        self.register_buffer("keypoint_weights", _per_owner(s[..., None], self.owner[None].expand_as(s), J)[..., 0])
+        self.parents = torch.tensor(body.joint_parents)
+        self.levels = _levels(body.joint_parents)
 
-    def rest(self, shape: torch.Tensor) -> RestState:
+    def anny_rest(self, shape: torch.Tensor) -> AnnyRest:
+        """anny's rest bones, the chosen rest vertices and the keypoint moments of `shape [B, S]`."""
         body, anny = self.model, self.model.anny
         _, phenotypes, local, facial = anny.get_tensor_inputs(None, body.phenotypes(shape), None, None)
         coeffs = anny._get_phenotype_blendshape_coefficients(phenotypes, local, facial)  # [B, C]
@@ -69,21 +103,102 @@ class ReducedAnny(SampledBody):
             poses[:, 0, :3, :3] = torch.eye(3, dtype=poses.dtype)
         vertices = self.template[None] + torch.einsum("cnd,bc->bnd", self.blendshapes, coeffs)
         moments = self.moment0[None] + torch.einsum("bc,ckjd->bkjd", coeffs, self.moment1)
-        return RestState(poses, vertices, moments)
+        return AnnyRest(poses, vertices, moments)
 
-    def posed(self, rest: RestState, params: BodyParams) -> BodyOutput:
+    def zero_pose(self, rest: AnnyRest) -> tuple[torch.Tensor, torch.Tensor]:
+        """anny's skinning transforms and bone poses `[B, 104, 4, 4]` (its frame) at the zero pose."""
         body = self.model
-        B = max(params.pose.shape[0], rest.bone_poses.shape[0])
-        T, bone_poses = body.anny.get_bone_transforms(body.anny_deltas(params.pose, B), rest.bone_poses)  # [B, J, 4, 4]
-        blend = (self.bone_weights @ T[:, :, :3, :].reshape(B, -1, 12)).reshape(B, -1, 3, 4)  # [B, N, 3, 4]
-        # Elementwise, not `@`: a batch of N 3x3 products is several times slower as a bmm here.
-        vertices = (blend[..., :3] * rest.vertices[:, :, None, :]).sum(-1) + blend[..., 3]
-        R, t = T[..., :3, :3], T[..., :3, 3]
-        moments = rest.moments.expand(B, -1, -1, -1)
-        keypoints = torch.einsum("bjxd,bkjd->bkx", R, moments) + torch.einsum("kj,bjx->bkx", self.bone_sums, t)
+        return body.anny.get_bone_transforms(body.anny_deltas(rest.bone_poses.new_zeros(1, body.pose_dim), len(rest.bone_poses)), rest.bone_poses)
+
+    def rest(self, shape: torch.Tensor) -> AnnyRest | RestState:
+        """The shape part for `posed`: anny's bones (`AnnyRest`) while `shape` is being
+        differentiated, whose posing costs more but whose derivation is cheaper to differentiate;
+        else the 20-joint chain (`RestState`), which costs a zero-pose pass of anny's bones once and
+        poses ~3x faster. Both are exact."""
+        rest = self.anny_rest(shape)
+        if shape.requires_grad and torch.is_grad_enabled():
+            return rest
+        body = self.model
+        T0, W0 = self.zero_pose(rest)
         A = body._anny_from_body  # row vectors: x_body = x_anny @ A
-        joints = bone_poses[:, body._joint_bones, :3, 3] @ A
-        return place(BodyOutput(vertices @ A, joints, keypoints @ A), params)
+        J = len(self.parents)
+        # Each vertex's bones at the zero pose: w_vb T0_b r_v, summed per owning joint.
+        Tv = T0[:, self.vertex_bones, :3]  # [B, N, I, 3, 4]
+        skinned = (Tv[..., :3] * rest.vertices[:, :, None, None, :]).sum(-1) + Tv[..., 3]  # [B, N, I, 3]
+        vertices = _per_owner(self.vertex_bone_weights[..., None] * skinned, self.owner[self.vertex_bones], J) @ A
+        keypoints = _per_owner(_pushed(T0, rest.moments, self.bone_sums), self.owner[None].expand_as(self.bone_sums), J) @ A
+        return RestState(W0[:, body._joint_bones, :3, 3] @ A, vertices, keypoints)
+
+    def posed(self, rest: AnnyRest | RestState, params: BodyParams) -> BodyOutput:
+        body = self.model
+        A = body._anny_from_body  # row vectors: x_body = x_anny @ A
+        if isinstance(rest, AnnyRest):
+            B = max(params.pose.shape[0], rest.bone_poses.shape[0])
+            T, bone_poses = body.anny.get_bone_transforms(body.anny_deltas(params.pose, B), rest.bone_poses)  # [B, 104, 4, 4]
+            blend = (self.bone_weights @ T[:, :, :3, :].reshape(B, -1, 12)).reshape(B, -1, 3, 4)  # [B, N, 3, 4]
+            # Elementwise, not `@`: a batch of N 3x3 products is several times slower as a bmm here.
+            vertices = (blend[..., :3] * rest.vertices[:, :, None, :]).sum(-1) + blend[..., 3]
+            R, t = T[..., :3, :3], T[..., :3, 3]
+            moments = rest.moments.expand(B, -1, -1, -1)
+            keypoints = torch.einsum("bjxd,bkjd->bkx", R, moments) + torch.einsum("kj,bjx->bkx", self.bone_sums, t)
+            joints = bone_poses[:, body._joint_bones, :3, 3] @ A
+            return place(BodyOutput(vertices @ A, joints, keypoints @ A), params)
+        R, t = chain(params.pose, rest.heads, self.parents, self.levels)  # [B, 20, 3, 3], [B, 20, 3]
+        Rf = R.permute(0, 2, 1, 3).flatten(2)  # [B, 3, 20 * 3]: one product per point set
+        vertices = rest.vertices.flatten(-2) @ Rf.transpose(1, 2) + self.vertex_weights @ t
+        keypoints = rest.keypoints.flatten(-2) @ Rf.transpose(1, 2) + self.keypoint_weights @ t
+        joints = (R @ rest.heads[..., None])[..., 0] + t  # V_c q_c: each joint's head follows its own bone
+        return place(BodyOutput(vertices, joints, keypoints), params)
+
+
+def chain(pose: torch.Tensor, heads: torch.Tensor, parents: torch.Tensor, levels: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """`V_c = [R_c | t_c]` of anny's articulated joints for `pose [B, 3 (J - 1)]` (axis-angles,
+    body frame) and zero-pose heads `heads [J, 3]` or `[B, J, 3]`: `V_c = V_p [D_c | q_c - D_c q_c]`,
+    the pelvis fixed (`AnnyKinematics`). Returns `R [B, J, 3, 3]`, `t [B, J, 3]`, differentiable in
+    both inputs (the in-place copies' backward reads neither `R` nor `t`)."""
+    B, J = pose.shape[0], heads.shape[-2]
+    D = rotvec_to_rotmat(pose.reshape(B, J - 1, 3))
+    q = heads[..., 1:, :].to(pose.dtype)
+    offset = q - (D @ q[..., None])[..., 0]  # each joint turns about its own head
+    R = pose.new_zeros(B, J, 3, 3)
+    t = pose.new_zeros(B, J, 3)
+    R[:, 0] = torch.eye(3, dtype=pose.dtype)
+    for level in levels[1:]:  # one batched step per depth level, parents already done
+        parent = parents.index_select(0, level)
+        Rp = R.index_select(1, parent)
+        R = R.index_copy(1, level, Rp @ D.index_select(1, level - 1))
+        t = t.index_copy(1, level, (Rp @ offset.index_select(-2, level - 1)[..., None])[..., 0] + t.index_select(1, parent))
+    return R, t
+
+
+def _owners(bone_parents: list[int], joint_bones: list[int]) -> list[int]:
+    """For each bone, the index in `joint_bones` of itself or its nearest ancestor in it."""
+    owner = []
+    for b in range(len(bone_parents)):
+        while b not in joint_bones:
+            b = int(bone_parents[b])
+        owner.append(joint_bones.index(b))
+    return owner
+
+
+def _per_owner(values: torch.Tensor, owner: torch.Tensor, joints: int) -> torch.Tensor:
+    """`[..., R, I, D]` values summed over I into `[..., R, joints, D]` by `owner [R, I]`."""
+    index = owner.expand(values.shape[:-1]).unsqueeze(-1).expand_as(values)
+    return values.new_zeros(*values.shape[:-2], joints, values.shape[-1]).scatter_add(-2, index, values)
+
+
+def _pushed(T: torch.Tensor, moments: torch.Tensor, sums: torch.Tensor) -> torch.Tensor:
+    """`[B, K, 104, 3]` per-bone keypoint moments through the bones' transforms `T [B, 104, 4, 4]`:
+    `R_b m_kb + s_kb t_b` (`moments [B, K, 104, 3]`, `sums [K, 104]`)."""
+    return torch.einsum("bjxd,bkjd->bkjx", T[..., :3, :3], moments) + sums[..., None] * T[:, None, :, :3, 3]
+
+
+def _levels(parents: tuple[int, ...]) -> tuple[torch.Tensor, ...]:
+    """Joint indices grouped by depth in the tree `parents` (root -1 first), the root's level first."""
+    depth = [0] * len(parents)
+    for c in range(1, len(parents)):
+        depth[c] = depth[parents[c]] + 1
+    return tuple(torch.tensor([c for c in range(len(parents)) if depth[c] == d]) for d in range(max(depth) + 1))
 
 
 def _keypoint_moments(body: AnnyBody) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -138,53 +253,24 @@ class AnnyKinematics:
     @classmethod
     def build(cls, reduced: ReducedAnny, shape: torch.Tensor) -> "AnnyKinematics":
         """The chain of `reduced`'s body for `shape [1, S]` (a few ms; once per keyframe)."""
-        body, anny = reduced.model, reduced.model.anny
+        body = reduced.model
         with torch.no_grad():
-            rest = reduced.rest(shape.detach().float())
-            zero = torch.zeros(1, body.pose_dim)
-            T0, W0 = anny.get_bone_transforms(body.anny_deltas(zero, 1), rest.bone_poses)  # [1, 104, 4, 4] anny frame
-        T0, W0 = T0[0].double(), W0[0].double()
+            rest = reduced.anny_rest(shape.detach().float())
+            T0, W0 = reduced.zero_pose(rest)  # [1, 104, 4, 4] anny frame
+        T0, W0 = T0.double(), W0[0].double()
         A = body._anny_from_body.double()  # row vectors: x_body = x_anny @ A
         B4 = body._body_from_anny_4x4.double()
-        joint_bones = body._joint_bones.tolist()
-        parents_bone = list(anny.bone_parents)
-        owner = []
-        for b in range(len(parents_bone)):
-            while b not in joint_bones:
-                b = int(parents_bone[b])
-            owner.append(joint_bones.index(b))
-        owner_t = torch.tensor(owner)
-        m = rest.moments[0].double()  # [K, 104, 3]
         s = reduced.bone_sums.double()  # [K, 104]
-        # Per bone: R0_b m_kb + s_kb t0_b, then summed over the bones each joint owns.
-        pushed = torch.einsum("bxd,kbd->kbx", T0[:, :3, :3], m) + s[..., None] * T0[None, :, :3, 3]
-        J = len(joint_bones)
-        moments = torch.zeros(m.shape[0], J, 3, dtype=torch.float64).index_add_(1, owner_t, pushed) @ A
-        weights = torch.zeros(m.shape[0], J, dtype=torch.float64).index_add_(1, owner_t, s)
-        heads = W0[joint_bones, :3, 3] @ A
-        parents = torch.tensor(body.joint_parents)
-        depth = [0] * J
-        for c in range(1, J):
-            depth[c] = depth[int(parents[c])] + 1
-        levels = tuple(torch.tensor([c for c in range(J) if depth[c] == d]) for d in range(max(depth) + 1))
-        return cls(heads, parents, levels, moments, weights, B4 @ W0, owner_t)
+        owner = reduced.owner[None].expand_as(s)
+        J = len(reduced.parents)
+        moments = _per_owner(_pushed(T0, rest.moments.double(), s), owner, J)[0] @ A
+        weights = _per_owner(s[..., None], owner, J)[..., 0]
+        heads = W0[body._joint_bones, :3, 3] @ A
+        return cls(heads, reduced.parents, reduced.levels, moments, weights, B4 @ W0, reduced.owner)
 
     def chain(self, pose: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`V_c = [R_c | t_c]` for `pose [B, 57]` (axis-angles, body frame): `R [B, 20, 3, 3]`, `t [B, 20, 3]`."""
-        B, J = pose.shape[0], len(self.heads)
-        D = rotvec_to_rotmat(pose.reshape(B, J - 1, 3))
-        q = self.heads[1:].to(pose.dtype)
-        offset = q - (D @ q[..., None])[..., 0]  # each joint turns about its own head
-        R = pose.new_empty(B, J, 3, 3)
-        t = pose.new_empty(B, J, 3)
-        R[:, 0] = torch.eye(3, dtype=pose.dtype)
-        t[:, 0] = 0
-        for level in self.levels[1:]:  # one batched step per depth level, parents already done
-            parent = self.parents.index_select(0, level)
-            Rp = R.index_select(1, parent)
-            R.index_copy_(1, level, Rp @ D.index_select(1, level - 1))
-            t.index_copy_(1, level, (Rp @ offset.index_select(1, level - 1)[..., None])[..., 0] + t.index_select(1, parent))
-        return R, t
+        return chain(pose, self.heads, self.parents, self.levels)
 
     def placement(self, rotation: torch.Tensor, transl: torch.Tensor) -> torch.Tensor:
         """`g [B, 3]` of `place`'s map `X -> G X + g` (`G = rotation [B, 3, 3]`): the pelvis lands on `transl`."""
