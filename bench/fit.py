@@ -8,7 +8,8 @@ is reserved for this benchmark, never for training). Each subject's view 0 goes 
 then through six fits from the same perception, in the same process, one torch thread:
 - `today`: `hgm_core/body/fit.py` as of `BASELINE_REV` (loaded from git, so the baseline is the code
   users had, not a re-creation of it);
-- `before` / `before_depth`: the fit as of `BEFORE_REV` (git, likewise), image only and with depth;
+- `before` / `before_depth`: the fit as of `BEFORE_REV` (git, likewise: `fit.py` and the evaluator it
+  optimises, `anny_reduced.py`), image only and with depth;
 - `new`: the working tree's `fit_body` with its default `FitConfig`, from the image alone;
 - `new_depth`: the same with the subject's rendered depth as an RGB-D camera would give it
   (`hgm_core.body.depth.simulate_sensor`: distance-dependent noise, no return at depth edges,
@@ -30,7 +31,7 @@ regressor the fit uses, and the body vertices):
 Each row's `truth_surface_mm` is `surface_mm` of the ground-truth body itself: the floor of that
 figure, since the body model is unclothed and the rendered depth is of the clothed person.
 All but `today` also give the fit's own distance uncertainty (`distance_sigma_mm`) and whether the true
-distance lies within two of it. Means and medians over subjects; `ratio` = today / new seconds.
+distance lies within two of it. Means and medians over subjects; `ratio_seconds_median` = today / new seconds, `..._before` = before / new.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import os
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,20 +59,35 @@ from _results import add_out_argument, write_results  # noqa: E402
 
 BASELINE_REV = "5f15d34"
 """The last commit of hgm_core/body/fit.py before issue #13: "today's fit"."""
-BEFORE_REV = "8172407"
-"""hgm_core/body/fit.py as the fourth #13 session left it (the upper-body lean): the `before` columns."""
+BEFORE_REV = "239bd18"
+"""hgm_core/body/fit.py and body/anny_reduced.py as the fifth #13 session left them (the depth term's
+annealed scale): the `before` columns."""
 SIDES = ("today", "before", "before_depth", "new", "new_depth", "new_ground")
 DEFAULT_DATA = Path("/work/data/fitbench")
 
 
-def load_baseline(rev: str):
-    """`hgm_core/body/fit.py` at git revision `rev` as a module (it imports the current body/perception)."""
-    source = subprocess.run(["git", "show", f"{rev}:hgm_core/body/fit.py"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
-    spec = importlib.util.spec_from_loader(f"fit_at_{rev}", loader=None)
+def load_baseline(rev: str, path: str = "hgm_core/body/fit.py"):
+    """`path` at git revision `rev` as a module (it imports the current versions of everything else)."""
+    source = subprocess.run(["git", "show", f"{rev}:{path}"], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+    spec = importlib.util.spec_from_loader(f"{Path(path).stem}_at_{rev}", loader=None)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    exec(compile(source, f"{rev}:hgm_core/body/fit.py", "exec"), module.__dict__)
+    exec(compile(source, f"{rev}:{path}", "exec"), module.__dict__)
     return module
+
+
+@contextmanager
+def evaluator_at(body, rev: str, n: int, cache: dict):
+    """Within the block, `body.sampled(n)` (the fit's evaluator) is `hgm_core/body/anny_reduced.py` as of
+    `rev` (built once per `rev` and `n` into `cache`), so a baseline fit runs on the code it had."""
+    if (rev, n) not in cache:
+        cache[rev, n] = load_baseline(rev, "hgm_core/body/anny_reduced.py").ReducedAnny(body, body.surface_samples(n))
+    current = body.sampled(n)
+    body._sampled[n] = cache[rev, n]
+    try:
+        yield
+    finally:
+        body._sampled[n] = current
 
 
 def load_subject(root: Path, sid: str) -> dict:
@@ -146,6 +163,7 @@ def main() -> None:
 
     subjects = json.loads((args.data / "dataset.json").read_text())["subjects"][: args.limit]
     today, before = load_baseline(args.baseline), load_baseline(args.before)
+    evaluators: dict = {}
     body, estimator = AnnyBody(), PoseEstimator()
     result: dict = {"data": str(args.data), "seed": json.loads((args.data / "dataset.json").read_text())["seed"],
                     "subjects": len(subjects), "baseline_rev": args.baseline, "before_rev": args.before, "threads": 1,
@@ -156,10 +174,11 @@ def main() -> None:
         h, w = s["mask"].shape
         perception = perceive(s["image"], mask=s["mask"], camera=CameraInfo(s["K"], w, h), estimator=estimator)
         sensor = sensor_depth(s["depth"], sid)
-        fits = {"today": today.fit_body(perception, None, body), "before": before.fit_body(perception, None, body),
-                "before_depth": before.fit_body(perception, None, body, depth=sensor), "new": fit_body(perception, None, body),
-                "new_depth": fit_body(perception, None, body, depth=sensor),
-                "new_ground": fit_body(perception, None, body, ground=s["ground"])}  # fmt: skip
+        fits = {"today": today.fit_body(perception, None, body)}
+        with evaluator_at(body, args.before, before.FitConfig().silhouette_points, evaluators):
+            fits |= {"before": before.fit_body(perception, None, body), "before_depth": before.fit_body(perception, None, body, depth=sensor)}
+        fits |= {"new": fit_body(perception, None, body), "new_depth": fit_body(perception, None, body, depth=sensor),
+                 "new_ground": fit_body(perception, None, body, ground=s["ground"])}  # fmt: skip
         row = {"id": sid, "height_m": round(s["height_m"], 3), "gt_distance_m": round(float(np.linalg.norm(s["vertices"].mean(0))), 3),
                "truth_surface_mm": round(1000 * surface_error(s["vertices"], s["K"], s["depth"]), 1)}  # fmt: skip
         for side, fit in fits.items():
@@ -173,6 +192,8 @@ def main() -> None:
         result[side] = summarise([r[side] for r in result["rows"]])
     result["ratio_seconds_median"] = round(result["today"]["median_seconds"] / result["new"]["median_seconds"], 2)
     result["ratio_seconds_median_depth"] = round(result["today"]["median_seconds"] / result["new_depth"]["median_seconds"], 2)
+    result["ratio_seconds_median_before"] = round(result["before"]["median_seconds"] / result["new"]["median_seconds"], 2)
+    result["ratio_seconds_median_before_depth"] = round(result["before_depth"]["median_seconds"] / result["new_depth"]["median_seconds"], 2)
     result["median_truth_surface_mm"] = round(float(np.median([r["truth_surface_mm"] for r in result["rows"]])), 1)
     result["wall_s"] = round(time.perf_counter() - t0, 1)
     result["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
