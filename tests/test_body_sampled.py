@@ -89,3 +89,22 @@ def test_reduced_anny_held_shape_chain(anny_body: AnnyBody) -> None:
         (verts.square().sum() + out.keypoints.square().sum() + out.joints.sum()).backward()
         grads.append(torch.cat([q.global_orient.grad, q.transl.grad, q.pose.grad], 1))
     torch.testing.assert_close(grads[1], grads[0], atol=2e-3, rtol=2e-3)
+
+
+def test_phenotype_coefficients_match_anny(anny_body: AnnyBody) -> None:
+    """`PhenotypeCoefficients` gives anny's blendshape coefficients and their gradients, on anchors too
+    (shape 0 puts gender, muscle, weight, height and proportions exactly on 0.5)."""
+    anny = anny_body.anny
+    coefficients = anny_body.sampled(300).coefficients
+    g = torch.Generator().manual_seed(6)
+    values = torch.cat([torch.rand(8, 6, generator=g), anny_body.phenotypes(torch.zeros(1, 6)),
+                        torch.tensor([[0.0, 1.0, 0.5, 1.0, 0.0, 1.0], [1.0, 1 / 3, 0.0, 0.5, 1.0, 0.0]])])  # fmt: skip
+    weights = torch.randn(len(values), anny.phenotype_blendshape_projection.shape[1], generator=g)
+    out = []
+    for fn in (coefficients, lambda p: anny._get_phenotype_blendshape_coefficients(*anny.get_tensor_inputs(None, p, None, None)[1:])):
+        p = values.clone().requires_grad_(True)
+        c = fn(p)
+        (c * weights).sum().backward()
+        out.append((c.detach(), p.grad))
+    torch.testing.assert_close(out[0][0], out[1][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(out[0][1], out[1][1], atol=1e-5, rtol=1e-4)

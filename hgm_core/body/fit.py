@@ -70,8 +70,11 @@ class FitConfig:
         camera_iterations / iterations: Adam steps of stage 1 (orientation + translation on the
             torso; a rigid body, next to free) and stage 2 (everything).
         shape_iterations: the first this many stage 2 steps also fit the shape; the rest hold it,
-            which skips the shape-dependent part of the model (~1/3 of a step). 30 + 80 steps at
-            lr 0.06 fit as well as the former 40 + 160 at lr 0.03 (bench/fit.py).
+            which skips the shape-dependent part of the model and poses anny's 20-joint chain
+            (`ReducedAnny`): 4.8 ms a step instead of 11 (1 thread, load ~2; stage 1 steps 0.7 ms,
+            the rest of a fit ~60 ms). 30 + 80 steps at lr 0.06 fit as well as the former 40 + 160
+            at lr 0.03 (bench/fit.py); fewer cost accuracy (fitbench, image only: 70 stage 2 steps
+            MPJPE 195 -> 201 mm, 20 shape steps 205 mm; the distance follows the fitted size).
         lr: Adam learning rate (radians / shape units; translation uses `lr / 3` metres).
         min_visibility: landmarks below this BlazePose visibility (or outside the image) are ignored.
         robust_sigma: Geman-McClure scale of keypoint residuals, in person-box heights.
