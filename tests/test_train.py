@@ -160,4 +160,6 @@ def test_model_card_tells_the_whole_warm_start_lineage():
             "init": {"source": "runs/gpu", "step": 646, "cpu_hours": 0.13, "gpu_hours": 0.14}}
     card = model_card(TrainConfig(train_data=("nowhere",), train_seeds=(1000,)), RunState(10, 36.0), 3, val, init)
     assert "runs/cpu at step 679, 0.16 CPU-hours, itself warm-started from runs/gpu at step 646, 0.13 CPU-hours, 0.14 GPU-hours" in card.notes
-    assert "cached at 128^2" in card.training_data
+    assert "cached at 128^2" in card.training_data and "back view" not in card.notes
+    two = model_card(TrainConfig(train_data=("nowhere",), train_seeds=(1000,), num_views=2), RunState(10, 36.0), 3, val)
+    assert "Second input view: the ground-truth back view" in two.notes and "upper bound for `fuse`" in two.notes

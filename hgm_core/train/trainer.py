@@ -343,6 +343,9 @@ def model_card(config: TrainConfig, state: RunState, subjects: int, val: dict, i
     m, b = val["model"]["all"], val["baseline"]["all"]
     recipe = (f" Input view aimed at the body's box centre as at inference: {'yes' if config.aim_input else 'no'}. "
               f"Supervision: {f'{config.supervision_crop}^2 person windows' if config.supervision_crop else 'whole frames'}.")
+    if config.num_views == 2:  # what the second view is matters when reading the figures: fuse gets a refined render
+        recipe += (" Second input view: the ground-truth back view (ring view input + n/2), aimed as `fuse` aims its "
+                   "refined back view; validation also gives it the ground-truth back, an upper bound for `fuse`.")
     lineage = []
     while init:
         spent = f", {init['cpu_hours']:.2f} CPU-hours" if init.get("cpu_hours") is not None else ""
