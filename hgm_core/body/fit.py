@@ -71,7 +71,7 @@ class FitConfig:
             torso; a rigid body, next to free) and stage 2 (everything).
         shape_iterations: the first this many stage 2 steps also fit the shape; the rest hold it,
             which skips the shape-dependent part of the model and poses anny's 20-joint chain
-            (`ReducedAnny`): 4.8 ms a step instead of 11 (1 thread, load ~2; stage 1 steps 0.7 ms,
+            (`ReducedAnny`): 4.6 ms a step instead of 9.1 (1 thread, load ~2; stage 1 steps 0.8 ms,
             the rest of a fit ~60 ms). 30 + 80 steps at lr 0.06 fit as well as the former 40 + 160
             at lr 0.03 (bench/fit.py); fewer cost accuracy (fitbench, image only: 70 stage 2 steps
             MPJPE 195 -> 201 mm, 20 shape steps 205 mm; the distance follows the fitted size).
