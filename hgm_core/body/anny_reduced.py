@@ -61,8 +61,8 @@ class RestState:
 class PhenotypeCoefficients(torch.nn.Module):
     """anny's blendshape coefficients `[B, C]` of phenotype values `[B, P]` (its `phenotype_labels`
     order), as `Anny._get_phenotype_blendshape_coefficients` gives them without local changes or
-    facial actions, in a dozen batched ops instead of ~150 small ones (a third of a shape step's cost
-    with its gradient): each interpolated phenotype's weights on its anchors (piecewise linear,
+    facial actions, in a dozen batched ops instead of ~150 small ones (a quarter of a shape step's
+    cost with its gradient): each interpolated phenotype's weights on its anchors (piecewise linear,
     clamped to the anchors; at an anchor the segment on its left, as anny's `searchsorted` picks),
     the phenotypes it does not expose at anny's defaults (0.5; each race 1/3), and each phenotype
     blendshape the product of its variations' weights, projected onto anny's compact basis."""
@@ -73,9 +73,10 @@ class PhenotypeCoefficients(torch.nn.Module):
         from anny.utils.interpolation import linear_interpolation_coefficients
 
         labels = list(anny.phenotype_labels)
-        if anny.extrapolate_phenotypes or anny.local_change_labels or anny.facial_action_labels or "race" in PHENOTYPE_VARIATIONS and any(
-                k in labels for k in PHENOTYPE_VARIATIONS["race"]):
-            raise ValueError("PhenotypeCoefficients needs anny without extrapolation, local changes, facial actions or race phenotypes")
+        unsupported = anny.extrapolate_phenotypes or anny.local_change_labels or anny.facial_action_labels
+        if unsupported or anny.phenotype_blendshape_projection is None or set(labels) & set(PHENOTYPE_VARIATIONS["race"]):
+            raise ValueError("PhenotypeCoefficients needs anny's compact phenotype blendshapes without extrapolation, "
+                             "local changes, facial actions or race phenotypes")
         slots = {(f, j): i for i, (f, j) in enumerate((f, j) for f, keys in PHENOTYPE_VARIATIONS.items() for j in range(len(keys)))}
         fixed = torch.ones(len(slots) + 1)  # the last slot: 1, the factor of a blendshape's unused variations
         features = [f for f in PHENOTYPE_VARIATIONS if f != "race" and f in labels]
@@ -101,8 +102,7 @@ class PhenotypeCoefficients(torch.nn.Module):
             used = row.nonzero()[:, 0]
             factors[k, : len(used)] = used
         self.register_buffer("factors", factors)  # [K, width] slots multiplied per blendshape
-        projection = anny.phenotype_blendshape_projection
-        self.register_buffer("projection", None if projection is None else projection.float())
+        self.register_buffer("projection", anny.phenotype_blendshape_projection.float())  # [K, C]
 
     def forward(self, phenotypes: torch.Tensor) -> torch.Tensor:
         a = self.anchors
@@ -117,7 +117,7 @@ class PhenotypeCoefficients(torch.nn.Module):
         w = w.permute(1, 0, 2).flatten(1)  # [B, F * n]
         phens = self.fixed.expand(len(phenotypes), -1).index_copy(1, self.targets, w[:, self.sources])
         coefficients = phens[:, self.factors].prod(-1)  # [B, K]
-        return coefficients if self.projection is None else coefficients @ self.projection
+        return coefficients @ self.projection
 
 
 class ReducedAnny(SampledBody):
