@@ -111,3 +111,19 @@ def test_camera_info_yaml_formats(tmp_path):
     cam = load_camera_info(str(p))
     assert isinstance(cam, CameraInfo) and cam.width == 640 and cam.K[1, 2] == 240
     assert load_camera_info(str(SAMPLE_CAMERA)).K[0, 0] == pytest.approx(409.6)
+
+
+def test_serve_and_reconstruct_share_the_checkpoint_flags():
+    """`hgm serve` builds its worker's config with `hgm reconstruct`'s function: every flag that
+    function reads exists in both parsers (a worker that cannot start is a silent demo failure)."""
+    import argparse
+
+    from hgm_core.pipeline import cli as reconstruct_cli
+    from hgm_core.serve import cli as serve_cli
+
+    for module, extra in ((reconstruct_cli, [str(SAMPLE)]), (serve_cli, [])):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        args = parser.parse_args([*extra, "--checkpoint", "none", "--fuse-checkpoint", "none", "--fit-iterations", "7"])
+        config = reconstruct_cli.reconstructor_config(args)
+        assert (config.coarse.checkpoint, config.fuse.checkpoint, config.body.fit.iterations) == (None, None, 7)

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default=DEFAULT_BACKEND, help=f"(broker) endpoint workers connect to (default: {DEFAULT_BACKEND})")
     parser.add_argument("--connect", default=None, help="(worker) serve jobs of the broker at this backend endpoint instead of binding")
     parser.add_argument("--checkpoint", default=None, help="(worker) HGM checkpoint folder for the coarse stage, or 'none' (as `hgm reconstruct`)")
+    parser.add_argument("--fuse-checkpoint", default=None,
+                        help="(worker) two-view HGM checkpoint folder for the fuse stage of `full`, or 'none' (as `hgm reconstruct`)")
     parser.add_argument("--fit-iterations", type=int, default=None, help="(worker) body-fit iterations (default: the pipeline's)")
     parser.add_argument("--config", default=None, help="(worker) ReconstructorConfig JSON (as in a result's info[\"config\"]); flags override it")
     parser.add_argument("--mesh", action="store_true", help="(worker) also send the avatar's surface mesh (~1.5 s per job)")
@@ -184,7 +186,7 @@ def _make_worker(args: argparse.Namespace, max_bytes: int):
         handler, track, available = live.run, live.track, tuple(reconstructor.available_stages)
         describe = reconstructor.describe
     if wanted is not None and not set(wanted) <= set(available):
-        raise CliError(f"stages {sorted(set(wanted) - set(available))} are not available here (only {', '.join(available)}); see --checkpoint")
+        raise CliError(f"stages {sorted(set(wanted) - set(available))} are not available here (only {', '.join(available)}); see --checkpoint and --fuse-checkpoint")
     worker_config = WorkerConfig(
         max_message_bytes=max_bytes,
         max_pixels=args.max_pixels,
