@@ -15,7 +15,7 @@ import roma
 import torch
 
 from hgm_core.body import AnnyBody, FitConfig, fit_body
-from hgm_core.body.depth import depth_metres, depth_target, simulate_sensor
+from hgm_core.body.depth import DepthTarget, depth_metres, depth_target, simulate_sensor, surface_residuals
 from hgm_core.perception import LANDMARK_NAMES, default_intrinsics
 from tests.test_fit import IMAGE_SIZE, SHAPES, _errors, synthetic_case
 
@@ -106,6 +106,21 @@ def test_depth_target_keeps_the_person_only(case) -> None:
     assert not usable[ys[::7], xs[::7]].any() and not usable[ys[::11], xs[::11]].any()
     assert abs(target.median - float(np.median(depth[mask & (depth > 0)]))) < 0.02
     assert depth_target(np.zeros_like(depth), mask) is None
+
+
+def test_surface_residuals_fade_at_holes() -> None:
+    """A sample's measurement is the mean of its usable bilinear neighbours and its weight their
+    share: half a pixel from a hole it still reads the surface, at half weight; inside it, none."""
+    depth = torch.zeros(1, 1, 4, 8)
+    depth[..., :4] = 2.0  # usable on the left half, a hole on the right
+    target = DepthTarget(depth, (depth > 0).float(), 2.0, 16)
+    points = torch.tensor([[0.0, 0.0, 1.9], [0.0, 0.0, 1.8], [0.0, 0.0, 1.7]], requires_grad=True)
+    uv = torch.tensor([[2.0, 2.0], [4.0, 2.0], [6.5, 2.0]])  # inside, on the pixel edge by the hole, in the hole
+    r, weight = surface_residuals(points, uv, target, torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(r, torch.tensor([0.1, 0.2]))
+    torch.testing.assert_close(weight, torch.tensor([1.0, 0.5]))
+    r.sum().backward()
+    assert points.grad[:, 2].tolist() == [-1.0, -1.0, 0.0]
 
 
 def test_simulated_sensor(case) -> None:

@@ -85,14 +85,17 @@ def visible(points: torch.Tensor, uv: torch.Tensor, cell_px: float, thickness_m:
         return z <= nearest[key] + thickness_m
 
 
-def surface_residuals(points: torch.Tensor, uv: torch.Tensor, target: DepthTarget, show: torch.Tensor) -> torch.Tensor:
-    """`[M]` measured minus model depth (metres) at the samples `show` (`[N]` bool) whose pixel has
-    usable depth at all four bilinear neighbours; differentiable in `points` and `uv`."""
+def surface_residuals(points: torch.Tensor, uv: torch.Tensor, target: DepthTarget, show: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Measured minus model depth (metres) `[M]` and each one's weight `[M]` in (0, 1] at the samples
+    `show` (`[N]` bool) with usable depth at any bilinear neighbour: the measurement is the bilinear
+    mean over the usable neighbours, and the weight their bilinear share, so a sample sliding onto a
+    hole or the mask's edge fades out instead of dropping out. Differentiable in `points` and `uv`."""
     h, w = target.depth.shape[-2:]
     grid = torch.stack([uv[:, 0] / w * 2 - 1, uv[:, 1] / h * 2 - 1], -1)[None, None]
     sample = lambda img: torch.nn.functional.grid_sample(img, grid, align_corners=False)[0, 0, 0]  # noqa: E731
-    keep = show & (sample(target.usable) > 0.999)
-    return sample(target.depth)[keep] - points[keep, 2]
+    share = sample(target.usable)
+    keep = show & (share > 1e-3)
+    return sample(target.depth)[keep] / share[keep] - points[keep, 2], share[keep]
 
 
 def simulate_sensor(depth_m: np.ndarray, rng: np.random.Generator, *, dropout: float = 0.03, edge_px: int = 2) -> np.ndarray:

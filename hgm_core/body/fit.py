@@ -540,11 +540,13 @@ class _Problem:
     ground: GroundPlane | None  # the floor, when known and the feet are in view
     cfg: FitConfig
 
-    def _depth_residuals(self, points: torch.Tensor) -> torch.Tensor:
-        """`[M]` measured minus modelled depth (metres, clothing included) of the visible samples `points [N, 3]`."""
+    def _depth_residuals(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`[M]` measured minus modelled depth (metres, clothing included) of the visible samples
+        `points [N, 3]` with usable depth, and their weights (`surface_residuals`)."""
         uv = project_points(points, self.K, min_depth=1e-4)
         show = visible(points, uv, self.cfg.depth_cell * self.tg.scale, self.cfg.depth_thickness_m)
-        return surface_residuals(points, uv, self.depth, show) + self.cfg.depth_clothing_m
+        r, weight = surface_residuals(points, uv, self.depth, show)
+        return r + self.cfg.depth_clothing_m, weight
 
     def distance_sigma(self, params: BodyParams) -> float:
         """`BodyFit.distance_sigma_m` of the body `params` (see there)."""
@@ -552,7 +554,7 @@ class _Problem:
         with torch.no_grad():
             points = self.body(params).vertices[0]
         if self.depth is not None:
-            r = self._depth_residuals(points)
+            r = self._depth_residuals(points)[0]
             if len(r) >= 10:
                 spread = 1.4826 * float((r - r.median()).abs().median()) / math.sqrt(len(r))
                 return math.hypot(cfg.depth_sigma_floor_m, spread)
@@ -626,9 +628,10 @@ class _Problem:
                     d2 = (centred - ref).square().sum(-1) / 0.1**2
                     loss = loss + cfg.landmarks_3d_weight * (w3d * d2).sum() / w3d.sum()
                 if self.depth is not None:
-                    r = self._depth_residuals(out.vertices[0])
+                    r, weight = self._depth_residuals(out.vertices[0])
                     if len(r):
-                        loss = loss + cfg.depth_weight * gmof(r.square(), depth_sigma).mean() / depth_sigma**2
+                        mean = (weight * gmof(r.square(), depth_sigma)).sum() / weight.sum()
+                        loss = loss + cfg.depth_weight * mean / depth_sigma**2
                 if self.ground is not None:
                     lowest = self.ground.height(out.vertices[0]).min() - cfg.ground_clearance_m
                     loss = loss + cfg.ground_weight * gmof(lowest.square(), cfg.ground_sigma_m) / cfg.ground_sigma_m**2
@@ -642,7 +645,7 @@ class _Problem:
             if stage == 2 and self.depth is not None:
                 with torch.no_grad():  # start stage 2 at the measured distance (along the pelvis ray)
                     points = placed(body.rest(shape), rotvec_to_rotmat(delta) @ R0).vertices[0]
-                    r = self._depth_residuals(points)
+                    r = self._depth_residuals(points)[0]
                     if len(r) >= 10:
                         transl.mul_(1 + float(r.median()) / float(transl[0, 2]))
             elif stage == 2 and self.ground is not None:
