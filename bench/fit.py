@@ -76,6 +76,17 @@ def load_baseline(rev: str, path: str = "hgm_core/body/fit.py"):
     return module
 
 
+def load_fit(rev: str):
+    """`hgm_core/body/fit.py` at `rev`, with what it uses of `hgm_core/body/depth.py` from the same
+    revision (the depth residuals changed their return value after 239bd18)."""
+    fit = load_baseline(rev)
+    if hasattr(fit, "surface_residuals"):
+        depth = load_baseline(rev, "hgm_core/body/depth.py")
+        for name in ("depth_metres", "depth_target", "surface_residuals", "visible"):
+            setattr(fit, name, getattr(depth, name))
+    return fit
+
+
 @contextmanager
 def evaluator_at(body, rev: str, n: int, cache: dict):
     """Within the block, `body.sampled(n)` (the fit's evaluator) is `hgm_core/body/anny_reduced.py` as of
@@ -162,7 +173,7 @@ def main() -> None:
     from hgm_core.types import CameraInfo
 
     subjects = json.loads((args.data / "dataset.json").read_text())["subjects"][: args.limit]
-    today, before = load_baseline(args.baseline), load_baseline(args.before)
+    today, before = load_fit(args.baseline), load_fit(args.before)
     evaluators: dict = {}
     body, estimator = AnnyBody(), PoseEstimator()
     result: dict = {"data": str(args.data), "seed": json.loads((args.data / "dataset.json").read_text())["seed"],
