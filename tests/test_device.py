@@ -67,7 +67,7 @@ def test_the_reconstructor_refuses_cuda_before_loading_any_model(monkeypatch):
 def test_the_device_flag_reaches_the_config_and_bad_names_are_cli_errors():
     from hgm_core.pipeline.cli import reconstructor_config
 
-    args = argparse.Namespace(config=None, mesh=False, checkpoint=None, fit_iterations=None, device="cpu")
+    args = argparse.Namespace(config=None, mesh=False, checkpoint=None, fuse_checkpoint=None, fit_iterations=None, device="cpu")
     assert reconstructor_config(args).device == "cpu"
     assert reconstructor_config(argparse.Namespace(**{**vars(args), "device": None})).device == "auto"
     with pytest.raises(CliError, match="--device: device must be"):

@@ -38,7 +38,8 @@ def request_():
 
 @pytest.fixture(scope="module")
 def with_network(random_checkpoint):
-    config = ReconstructorConfig().override({"body.fit.iterations": 40, "coarse.checkpoint": str(random_checkpoint)})
+    config = ReconstructorConfig().override({"body.fit.iterations": 40, "coarse.checkpoint": str(random_checkpoint),
+                                             "fuse.checkpoint": None})
     return Reconstructor.from_config(config)
 
 
@@ -137,7 +138,8 @@ def test_an_unusable_two_view_output_keeps_the_coarse_avatar_and_says_so(random_
         for head in (broken.conv, broken.body_head.mlp[-1], broken.fusion.head):
             head.bias[3] = -30.0
     config = ReconstructorConfig().override({"body.fit.iterations": 40, "coarse.checkpoint": str(random_checkpoint),
-                                             "back_view.size": 128, "body.track.enabled": False})  # no warm start: same fit twice
+                                             "back_view.size": 128, "body.track.enabled": False,  # no warm start: same fit twice
+                                             "fuse.checkpoint": None})
     base = Reconstructor.from_config(config)
     assert "fuse" in base.unavailable and "full" not in base.available_stages
     rec = Reconstructor([*base.stages.values(), FuseStage(broken, "invisible weights")], config)
