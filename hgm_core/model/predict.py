@@ -9,7 +9,9 @@ input views the same way (`hgm_core.train.sample.aim_input`). The focal length i
 (`TRAIN_FOCAL_RATIO * size`) or, with the config's `input_fill`, chosen so the body's box spans that
 share of the frame: a person crop whatever the distance. `CanonicalFrame.from_look_at` is the
 rotation plus the metres-per-unit scale, so the network's Gaussians map back into the real optical
-frame exactly.
+frame exactly. A two-view network also takes a second camera's image (`ExtraView`: the `fuse` stage's
+refined back view), turned and zoomed the same way and placed in the input view's canonical frame
+(`extra_network_view`; training makes its back inputs with it too).
 
 `check_avatar` is the cheap test the caller uses to fall back to another stage: finite values,
 enough visible Gaussians, and those lying near the body.
