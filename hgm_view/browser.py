@@ -12,7 +12,9 @@ import base64
 import contextlib
 import io
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -62,7 +64,8 @@ class Browser:
         self._proc = subprocess.Popen(
             [self.binary, *CHROMIUM_FLAGS, f"--user-data-dir={self._profile.name}", "--remote-debugging-port=0",
              f"--window-size={self.width},{self.height}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            start_new_session=True)  # its helper processes share its group, so `__exit__` can end them all
         port = self._devtools_port()
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=self.timeout_s) as r:
             pages = [t for t in json.load(r) if t.get("type") == "page"]
@@ -79,13 +82,22 @@ class Browser:
     def __exit__(self, *exc) -> None:
         self._closing.close()
         if self._proc is not None:
-            self._proc.terminate()
+            self._signal_group(signal.SIGTERM)
             try:
                 self._proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
+                pass
+            # Helpers that outlive the browser process still write into the profile (a suite run once
+            # failed removing it: "Directory not empty"), so none may be left when it is removed.
+            self._signal_group(signal.SIGKILL)
+            self._proc.wait()
         self._profile.cleanup()
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self._proc.pid, sig)
+        except ProcessLookupError:  # the whole group has already exited
+            pass
 
     def _devtools_port(self) -> int:
         marker = Path(self._profile.name) / "DevToolsActivePort"
