@@ -350,6 +350,7 @@ def run(args: argparse.Namespace) -> int:
     # Subjects are independent people: no warm start from the previous subject's fit. No network
     # stage in the reconstructor: each checkpoint method gets its own below.
     config = ReconstructorConfig().override({"mesh_by_default": True, "body.track.enabled": False, "coarse.checkpoint": None,
+                                             "fuse.checkpoint": None,
                                              **({} if args.device is None else {"device": args.device})})
     try:
         reconstructor = Reconstructor.from_config(config)
