@@ -30,10 +30,14 @@ import json
 import math
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from hgm_core.device import add_device_argument
+
+if TYPE_CHECKING:
+    from hgm_core.pipeline import Reconstructor, Stage
 
 HELP = "evaluate methods on a render layout (novel-view PSNR/fg PSNR/SSIM/LPIPS by view group, mesh Chamfer/P2S/NC, MPJPE)"
 NOVEL_VIEWS_SHOWN = (3, 6, 9)
@@ -292,7 +296,7 @@ def _method_labels(methods: list[str]) -> dict[str, str]:
     return labels
 
 
-def method_chain(method: str, reconstructor, fuse_coarse: Path | None) -> list:
+def method_chain(method: str, reconstructor: Reconstructor, fuse_coarse: Path | None) -> list[Stage]:
     """The stage components one `--method` runs after the shared fit: `[prior]`; `[coarse]` for a
     one-view checkpoint; `[coarse, back_view, fuse]` for a two-view one (`full` without the mesh,
     which every method gets; `refine_body` stays off, as `full` runs it only where it is enabled),
