@@ -150,3 +150,33 @@ def test_reader_maps_cameras_into_canonical_frame(layout):
     # ImageNet normalisation of a white background pixel.
     white = (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
     torch.testing.assert_close(item["images_input"][0, :, 0, 0], white, atol=1e-5, rtol=0)
+
+
+def _long_haired(body: SynthBody) -> SubjectSpec:
+    """The first long-haired subject of dataset seed 3, standing straight and facing +z (view 0)."""
+    from dataclasses import replace
+
+    spec = next(s for s in (sample_subject(subject_seed(3, i), body) for i in range(50))
+                if any(g.kind == "hair" and g.style == "long" for g in s.garments))
+    return replace(spec, yaw_deg=0.0, joint_angles_deg={})
+
+
+def test_long_hair_parts_at_the_face(body):
+    """Rays from the nose and eyes towards the cameras in front (up to 40 deg aside, -10..20 deg up,
+    the ring's elevations) reach no hair; most of the same rays turned backwards do (the hair behind the head)."""
+    import open3d as o3d
+
+    geom = build_subject(_long_haired(body), body)
+    hair = next(p for p in geom.parts if p.name == "hair")
+    scene = o3d.t.geometry.RaycastingScene()
+    scene.add_triangles(hair.vertices.astype(np.float32), hair.faces.astype(np.uint32))
+    face = geom.keypoints[[geom.keypoint_names.index(n) for n in ("nose", "left_eye", "right_eye")]]
+    az, el = np.meshgrid(np.radians(np.arange(-40, 41, 10)), np.radians(np.arange(-10, 21, 10)))
+    dirs = np.stack([np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)], -1).reshape(-1, 3)
+
+    def hits(d: np.ndarray) -> np.ndarray:
+        rays = np.concatenate([np.repeat(face, len(d), 0), np.tile(d, (len(face), 1))], 1)
+        return np.isfinite(scene.cast_rays(o3d.core.Tensor(rays.astype(np.float32)))["t_hit"].numpy())
+
+    assert not hits(dirs).any(), f"{hits(dirs).sum()} of {len(face) * len(dirs)} rays from the face hit the hair"
+    assert hits(-dirs).mean() > 2 / 3  # some pass through the gaps between the strands and at the parting

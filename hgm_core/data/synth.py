@@ -35,7 +35,7 @@ import torch
 
 from hgm_core.body.anny_body import ANNY_FROM_BODY
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 """Bump when a change alters what a seed produces."""
 
 JOINT_LIMITS_DEG: dict[str, tuple[float, float]] = {
@@ -103,7 +103,7 @@ class GarmentSpec:
     pattern: str
     colors: tuple[tuple[float, float, float], ...]
     period: float = 0.05  # stripe/check period in UV units
-    style: str = ""  # tops: sleeves "none" | "short" | "long"; hair: "short" (scalp cap) | "long" (MakeHuman proxy)
+    style: str = ""  # tops: sleeves "none" | "short" | "long"; hair: "short" (scalp cap) | "long" (MakeHuman proxy, parted at the face)
     texture_id: int = 0  # which scikit-image image a "patch"/"fabric" pattern uses
 
 
@@ -358,9 +358,11 @@ def _load_assets(model: Any) -> dict[str, Any]:
         "body_faces": remap[faces],
         "vertex_uv": vertex_uv,
         "template_vertices": model.template_vertices.numpy(),
-        "proxy": {k: _quads_to_tris(groups[f"helper-{k}"]["face_vertex_indices"].numpy()) for k in ("tights", "skirt", "hair")},
+        "proxy": {k: _quads_to_tris(groups[f"helper-{k}"]["face_vertex_indices"].numpy()) for k in ("tights", "skirt")},
         "segment": (segment := np.array([_segment(model.bone_labels[b]) for b in bone_of_vertex])),
         "scalp": _scalp_faces(faces, segment, model.template_vertices.numpy()),
+        "long_hair": _part_at_face(_quads_to_tris(groups["helper-hair"]["face_vertex_indices"].numpy()), segment,
+                                   model.template_vertices.numpy()),
         "bone_index": {name: i for i, name in enumerate(model.bone_labels)},
         "keypoints": anny.KeypointsRegressor.coco(model),
         "part_map": _load_part_map(root / "segmentation"),
@@ -374,6 +376,26 @@ def _scalp_faces(faces: np.ndarray, segment: np.ndarray, rest: np.ndarray) -> np
     hairline = 0.735 - 0.09 * np.clip((y + 0.08) / 0.13, 0, 1)
     scalp = (segment == "head") & (z > hairline)
     return faces[scalp[faces].all(1)]
+
+
+def _part_at_face(hair: np.ndarray, segment: np.ndarray, rest: np.ndarray, depth: float = 0.1, brow: float = 0.755,
+                  chin: float = 0.5, half_width: float = 0.075) -> np.ndarray:
+    """Long hair parted at the face: the proxy triangles `hair` `[F, 3]` less those that hang in front of it.
+
+    MakeHuman's `helper-hair` is an envelope for fitting hair meshes that closes over the face from
+    the brows to under the chin; rendered as hair it hides the face, and 2D keypoint detectors then
+    read the person as seen from behind. Real long hair parts at the face, so the triangles whose
+    rest centroid (`rest` `[V, 3]`, anny frame: y back, z up, metres) lies in front of a plane `depth`
+    behind the nose tip (the frontmost vertex of `segment` "head"; 0.1 m is behind the cheeks and
+    jaw, in front of the ears), between the `chin` and `brow` heights (anny's template: chin 0.62,
+    eye tops 0.74) and within `half_width` of the midline (eye corners at 0.045) go. The fringe above
+    the brows, the sides framing the face, the back and the strands over the shoulders stay.
+    """
+    centre = rest[hair].mean(1)
+    nose_y = rest[segment == "head", 1].min()
+    x, y, z = centre.T
+    in_front = (y < nose_y + depth) & (z > chin) & (z < brow) & (np.abs(x) < half_width)
+    return hair[~in_front]
 
 
 def _segment(bone: str) -> str:
@@ -515,7 +537,7 @@ def _garment_part(g: GarmentSpec, v: np.ndarray, body: SynthBody, rng: np.random
     if g.kind == "skirt":
         faces = assets["proxy"]["skirt"]
     elif g.kind == "hair":
-        faces = assets["proxy"]["hair"] if g.style == "long" else assets["scalp"]
+        faces = assets["long_hair"] if g.style == "long" else assets["scalp"]
     elif g.kind == "shoes":
         # The tights stop at the ankles; shoes wrap the skin of the feet.
         body = assets["faces"]
