@@ -2,8 +2,9 @@
 
     python bench/fit.py [--data /work/data/fitbench] [--limit N]
 
-Data: `hgm datagen --seed 7070 --subjects 24 --size 512 --views 1 -o /work/data/fitbench` (seed 7070
-is reserved for this benchmark, never for training). Each subject's view 0 goes through the real
+Data: `hgm datagen --seed 7070 --subjects 24 --size 512 --views 1 -o /work/data/fitbench_v3` (seed 7070
+is reserved for this benchmark, never for training; generator version 3, whose long hair parts at the
+face: version 2's hung over it, and BlazePose read such people as seen from behind). Each subject's view 0 goes through the real
 `perceive` (mediapipe landmarks, the ground-truth mask and intrinsics given, as `hgm eval` does) and
 then through six fits from the same perception, in the same process, one torch thread:
 - `today`: `hgm_core/body/fit.py` as of `BASELINE_REV` (loaded from git, so the baseline is the code
@@ -63,7 +64,7 @@ BEFORE_REV = "239bd18"
 """hgm_core/body/fit.py and body/anny_reduced.py as the fifth #13 session left them (the depth term's
 annealed scale): the `before` columns."""
 SIDES = ("today", "before", "before_depth", "new", "new_depth", "new_ground")
-DEFAULT_DATA = Path("/work/data/fitbench")
+DEFAULT_DATA = Path("/work/data/fitbench_v3")
 
 
 def load_baseline(rev: str, path: str = "hgm_core/body/fit.py"):

@@ -26,6 +26,7 @@ from hgm_core.device import device_report, resolve_device
 from hgm_core.perception.perceive import PerceptionConfig
 from hgm_core.pipeline.back_view import BackViewConfig, BackViewStage
 from hgm_core.pipeline.components import body_mesh_arrays
+from hgm_core.pipeline.depth_align import DepthAlignConfig, DepthAlignStage
 from hgm_core.pipeline.mesh import MeshConfig
 from hgm_core.pipeline.prior import PriorConfig
 from hgm_core.pipeline.refine_body import OFF_REASON as REFINE_OFF_REASON
@@ -99,6 +100,7 @@ class ReconstructorConfig:
         back_view: the back view's refiner: diffusion with both local weight folders, else the
             learned CPU refiner (`cnn_path`, embedded by default); built when either is there.
         fuse: the two-view network on the image and the refined back view (built with its checkpoint).
+        align_depth: moving the avatar's visible surface onto a request's depth image (built when enabled).
         mesh: the mesh stage's settings; mesh_by_default: run it when a request leaves `mesh`
             unset (off: 26 renders plus TSDF fusion cost ~1.4 s per avatar on one core).
         device: where the torch stages compute (`hgm_core.device`: auto, cpu, cuda, cuda:N); a
@@ -112,6 +114,7 @@ class ReconstructorConfig:
     refine_body: RefineBodyConfig = field(default_factory=RefineBodyConfig)
     back_view: BackViewConfig = field(default_factory=BackViewConfig)
     fuse: FuseConfig = field(default_factory=FuseConfig)
+    align_depth: DepthAlignConfig = field(default_factory=DepthAlignConfig)
     mesh: MeshConfig = field(default_factory=MeshConfig)
     mesh_by_default: bool = False
     device: str = "auto"
@@ -171,6 +174,10 @@ class Reconstructor:
             MeshStage(config.mesh, device),
         ]
         unavailable: dict[str, str] = {}
+        if config.align_depth.enabled:
+            stages.append(DepthAlignStage(config.align_depth))
+        else:
+            unavailable["align_depth"] = "align_depth is off (align_depth.enabled)"
         checkpoint = config.coarse.resolve()
         if checkpoint is not None:
             from hgm_core.pipeline.coarse import CoarseStage
@@ -243,9 +250,11 @@ class Reconstructor:
                 f"stages '{request.stages}' needs the component(s) {', '.join(missing)}, which this worker "
                 f"does not have ({why}); available: {have}"
             )
-        chain = tuple(n for n in LEVELS[request.stages] if n in self.stages)
+        chain = tuple(n for n in LEVELS[request.stages] if n in self.stages and n != "mesh")
+        if request.depth is not None and "align_depth" in self.stages:
+            chain += ("align_depth",)
         wants_mesh = self.config.mesh_by_default if request.mesh is None else request.mesh
-        if wants_mesh and "mesh" not in chain:
+        if wants_mesh or "mesh" in LEVELS[request.stages]:
             chain += ("mesh",)
         return chain
 

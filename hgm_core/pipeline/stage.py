@@ -29,7 +29,8 @@ LEVELS: dict[str, tuple[str, ...]] = {
     "full": ("perceive", "fit_body", "coarse", "refine_body", "back_view", "fuse", "mesh"),
 }
 """Request level (`hgm_core.types.STAGES`) -> the components that produce it, in order. The `mesh`
-component may also follow any level on request (`ReconstructionRequest.mesh`)."""
+component may also follow any level on request (`ReconstructionRequest.mesh`), and `align_depth`
+follows the avatar stages (before `mesh`) of any request that carries a depth image."""
 OPTIONAL: dict[str, tuple[str, ...]] = {"full": ("refine_body",)}
 """Components a level runs only when they are built (and skips, saying why in the report, when not):
 `full` runs `refine_body` only where it is enabled, because with the embedded checkpoint it makes the
