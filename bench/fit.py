@@ -28,7 +28,9 @@ regressor the fit uses, and the body vertices):
 - `surface_mm`: median distance between the fitted body's visible vertices (a per-pixel z-buffer)
   and the rendered, noise-free depth of the clothed person at their pixels;
 - `seconds`: wall time of the whole `fit_body` call;
-- `keypoint_root_mm` (means only): root-aligned error per keypoint, to see which joints carry it.
+- `keypoint_root_mm` (means only): root-aligned error per keypoint, to see which joints carry it;
+- `mirrored`: the fit kept the mirrored reading of the landmarks (`FitConfig.depth_mirror_check_m`;
+  summaries count them).
 Each row's `truth_surface_mm` is `surface_mm` of the ground-truth body itself: the floor of that
 figure, since the body model is unclothed and the rendered depth is of the clothed person.
 All but `today` also give the fit's own distance uncertainty (`distance_sigma_mm`) and whether the true
@@ -60,9 +62,9 @@ from _results import add_out_argument, write_results  # noqa: E402
 
 BASELINE_REV = "5f15d34"
 """The last commit of hgm_core/body/fit.py before issue #13: "today's fit"."""
-BEFORE_REV = "239bd18"
-"""hgm_core/body/fit.py and body/anny_reduced.py as the fifth #13 session left them (the depth term's
-annealed scale): the `before` columns."""
+BEFORE_REV = "e56cbad"
+"""hgm_core/body/fit.py and body/anny_reduced.py as the sixth #13 session left them (before the
+mirrored-reading check with depth): the `before` columns."""
 SIDES = ("today", "before", "before_depth", "new", "new_depth", "new_ground")
 DEFAULT_DATA = Path("/work/data/fitbench_v3")
 
@@ -135,7 +137,7 @@ def score(fit, subject: dict) -> dict:
     else:
         del r["distance_sigma_mm"]  # today's fit reports no uncertainty
     return r | {"seconds": fit.seconds, "iterations": fit.iterations, "keypoint_error_px": fit.keypoint_error_px,
-                "silhouette_iou": fit.silhouette_iou}
+                "silhouette_iou": fit.silhouette_iou, "mirrored": bool(getattr(fit, "mirrored", False))}
 
 
 def keypoint_root_errors(fit, subject: dict) -> dict[str, float]:
@@ -154,6 +156,7 @@ def summarise(rows: list[dict]) -> dict:
     out |= {f"median_{k}": round(float(np.median([r[k] for r in rows])), 3) for k in keys}
     out["mean_abs_distance_error_mm"] = round(float(np.mean([abs(r["distance_error_mm"]) for r in rows])), 1)
     out["mean_keypoint_root_mm"] = {n: round(float(np.mean([r["keypoint_root_mm"][n] for r in rows])), 1) for n in rows[0]["keypoint_root_mm"]}
+    out["mirrored"] = sum(r["mirrored"] for r in rows)
     if "distance_within_2_sigma" in rows[0]:
         out["distance_within_2_sigma"] = round(float(np.mean([r["distance_within_2_sigma"] for r in rows])), 3)
     return out

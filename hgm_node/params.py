@@ -50,7 +50,8 @@ class NodeParams:
                             "image's exact stamp replaces the worker's segmenter")
     use_depth: bool = _param(False, "also subscribe to 'depth': an aligned depth image (16UC1 millimetres or 32FC1 "
                              "metres, the colour image's size and intrinsics); the one stamped nearest a frame, within "
-                             "depth_max_skew_s, makes the body fit's distance and size metric; none: image only")
+                             "depth_max_skew_s, makes the body fit's distance and size metric and moves the avatar's visible "
+                             "surface onto the measured one (align_depth); none: image only")
     depth_max_skew_s: float = _param(0.01, "largest stamp difference between a frame and the depth image paired "
                                      "with it (0: the same stamp only)", min_value=0.0)
     stages: str = _param(DEFAULT_STAGES, "pipeline stages the worker runs: prior | coarse | refined | full")

@@ -16,6 +16,7 @@ import torch
 
 from hgm_core.body import AnnyBody, FitConfig, fit_body
 from hgm_core.body.depth import DepthTarget, depth_metres, depth_target, simulate_sensor, surface_residuals
+from hgm_core.body.fit import mirror_landmarks, warm_start_params
 from hgm_core.perception import LANDMARK_NAMES, default_intrinsics
 from tests.test_fit import IMAGE_SIZE, SHAPES, _errors, synthetic_case
 
@@ -187,3 +188,22 @@ def test_adult_population_from_annys_calibration(anny_body: AnnyBody) -> None:
     assert 0.75 < mean["age"] < 0.85 and 0.3 < mean["height"] < 0.45 and abs(mean["gender"] - 0.5) < 1e-6
     assert 0.04 < population.stature_sd < 0.08
     assert torch.all(prior.sd > 0) and float(prior.sd[prior.labels.index("age")]) < 0.05  # adults only
+
+
+def test_depth_corrects_a_back_to_front_reading(anny_body: AnnyBody, case) -> None:
+    """Landmarks read back to front (left and right swapped, depths mirrored: what BlazePose does with
+    some people, consistently in 2D and 3D): with depth the fit also tries the mirrored reading and
+    keeps it, because its surface fits the measurement; without the check it stays turned around."""
+    wrong = mirror_landmarks(case["perception"])
+    np.testing.assert_array_equal(mirror_landmarks(wrong).landmarks_2d, case["perception"].landmarks_2d)
+    np.testing.assert_array_equal(mirror_landmarks(wrong).landmarks_3d, case["perception"].landmarks_3d)
+    right = fit_body(case["perception"], case["K"], anny_body, depth=case["sensor"], config=CONFIG)
+    fixed = fit_body(wrong, case["K"], anny_body, depth=case["sensor"], config=CONFIG)
+    kept = fit_body(wrong, case["K"], anny_body, depth=case["sensor"], config=replace(CONFIG, depth_mirror_check_m=0.0))
+    assert not right.mirrored and right.surface_residual_m < CONFIG.depth_mirror_check_m
+    assert fixed.mirrored and not kept.mirrored and kept.surface_residual_m > CONFIG.depth_mirror_check_m
+    e_right, e_fixed, e_kept = (_errors(anny_body, f, case["gt"])[0] for f in (right, fixed, kept))
+    assert e_fixed < e_right + 10.0 and e_kept > 150.0, (e_right, e_fixed, e_kept)
+    assert fixed.iterations == 2 * right.iterations and fixed.residuals()["mirrored"] is True
+    # The next frame's landmarks come the detector's way round again: no warm start from a mirrored fit.
+    assert warm_start_params(fixed, wrong, anny_body) is None and warm_start_params(right, case["perception"], anny_body) is not None

@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("-o", "--output", default="out", help="output folder (default: out/)")
     p.add_argument("--mask", help="person mask image (nonzero = person); overrides the segmenter")
     p.add_argument("--depth", help="depth image aligned with the photo (16-bit PNG in mm, or .npy in mm/m): "
-                   "metric placement for RGB-D cameras")
+                   "metric placement for RGB-D cameras, and the avatar's visible surface moved onto the measured one")
     p.add_argument("--camera-info", help="YAML with the camera's intrinsics (ROS camera_info layout: "
                    "image_width, image_height, camera_matrix.data or K); default: 55° across the longer image side")
     p.add_argument("--stages", default=DEFAULT_STAGES, help=f"prior | coarse | refined | full (default: {DEFAULT_STAGES})")
