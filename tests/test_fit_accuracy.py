@@ -82,6 +82,7 @@ def test_image_only_distance_uncertainty_covers_the_error(anny_body: AnnyBody, c
     assert 0.05 * distance < mono.distance_sigma_m < 0.1 * distance
     assert abs(_distance_error(mono, case["gt"])) <= 3 * mono.distance_sigma_m
     assert mono.residuals()["distance_sigma_m"] == mono.distance_sigma_m
+    assert mono.residuals()["surface_residual_m"] is None  # no depth; JSON (the wire) has no NaN
 
 
 def test_unusable_depth_leaves_the_image_only_fit(anny_body: AnnyBody, case) -> None:

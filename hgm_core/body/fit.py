@@ -243,9 +243,9 @@ class BodyFit:
     surface_residual_m: float = math.nan
     mirrored: bool = False
 
-    def residuals(self) -> dict[str, float | int]:
+    def residuals(self) -> dict[str, float | int | bool | None]:
         """JSON-ready summary: mean keypoint error (px), IoU, iterations, seconds, warm_started,
-        distance_sigma_m, surface_residual_m, mirrored."""
+        distance_sigma_m, surface_residual_m (None without depth), mirrored."""
         return {
             "keypoint_error_px": self.keypoint_error_px,
             "silhouette_iou": self.silhouette_iou,
@@ -253,7 +253,8 @@ class BodyFit:
             "seconds": self.seconds,
             "warm_started": self.warm_started,
             "distance_sigma_m": self.distance_sigma_m,
-            "surface_residual_m": self.surface_residual_m,
+            # JSON has no NaN (the wire refuses it): no depth, no residual.
+            "surface_residual_m": None if math.isnan(self.surface_residual_m) else self.surface_residual_m,
             "mirrored": self.mirrored,
         }
 
