@@ -342,3 +342,34 @@ def test_isolated_worker_tracks_in_its_compute_child(monkeypatch):
         with pytest.raises(WorkerError) as e:
             client.track(blob_image(10), stream="cam")
         assert e.value.kind == "stage_unavailable"
+
+
+def test_a_mirrored_keyframe_is_tracked_on_mirrored_landmarks():
+    """A keyframe whose fit kept the mirrored reading of the landmarks (`BodyFit.mirrored`: the depth
+    said the detector had the person back to front) is tracked on the mirrored reading of every new
+    frame's landmarks too, so the tracker does not fight its own start: the unmoved person stays put."""
+    from dataclasses import replace
+
+    from PIL import Image
+
+    from hgm_core.body.fit import fit_body, mirror_landmarks
+    from hgm_core.paths import ASSETS_DIR
+    from hgm_core.perception import PoseEstimator, perceive
+    from hgm_core.pipeline import Reconstructor, ReconstructorConfig
+    from hgm_core.pipeline.live import LivePipeline
+    from hgm_core.types import ReconstructionRequest
+
+    photo = np.asarray(Image.open(ASSETS_DIR / "sample" / "person.jpg").convert("RGB"))
+    live = LivePipeline(Reconstructor.from_config(ReconstructorConfig().override({"coarse.checkpoint": None, "fuse.checkpoint": None})))
+    live.run(ReconstructionRequest(photo, stream="cam", bind=True))
+    stream = live._streams["cam"]
+    fit_stage = live.reconstructor.stages["fit_body"]
+    with PoseEstimator() as estimator:
+        mirrored_fit = fit_body(mirror_landmarks(perceive(photo, estimator)), None, fit_stage.body_model, config=fit_stage.config)
+    roots = {}
+    for flag in (True, False):  # the keyframe as the depth check leaves it, and the same fit unflagged
+        live._streams["cam"] = replace(stream, fit=replace(mirrored_fit, mirrored=flag), tracker=None)
+        pose = live.track(ReconstructionRequest(photo, stream="cam", stamp=0.0))
+        roots[flag] = None if pose.state != "tracking" else np.linalg.norm(pose.skeleton.joints - mirrored_fit.joints, axis=-1).mean()
+    assert roots[True] is not None and roots[True] < 0.05, roots  # metres
+    assert roots[False] is None or roots[False] > 2 * roots[True], roots

@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import cv2
 import numpy as np
@@ -36,7 +37,7 @@ from hgm_core.body.base import BodyModel, BodyOutput, BodyParams, SampledBody
 from hgm_core.body.depth import DepthTarget, depth_metres, depth_target, surface_residuals, visible
 from hgm_core.body.ground import GroundPlane, contact_distance_sigma, ground_plane
 from hgm_core.camera import project_points
-from hgm_core.perception.perceive import LANDMARK_NAMES, Perception
+from hgm_core.perception.perceive import LANDMARK_NAMES, Landmarks, Perception
 from hgm_core.types import NoPersonError, Skeleton
 
 BLAZEPOSE_FOR_KEYPOINT = {
@@ -546,14 +547,17 @@ def fit_body(
     return fit
 
 
+PerceptionT = TypeVar("PerceptionT", Perception, Landmarks)
+
 MIRRORED_LANDMARKS = tuple(LANDMARK_NAMES.index(n.replace("left", "@").replace("right", "left").replace("@", "right")) for n in LANDMARK_NAMES)
 """For each BlazePose landmark, the index of its left/right counterpart (itself on the midline)."""
 
 
-def mirror_landmarks(perception: Perception) -> Perception:
+def mirror_landmarks(perception: PerceptionT) -> PerceptionT:
     """The other reading of `perception`'s landmarks: the same 2D points with left and right swapped,
     and the 3D landmarks' depths mirrored about the hips (a person seen from the front with the
-    detector's labels is one seen from behind with them swapped). Mask, box and intrinsics stay."""
+    detector's labels is one seen from behind with them swapped). Everything else stays; a
+    landmarks-only `Landmarks` (the live tracker's) works the same."""
     index = list(MIRRORED_LANDMARKS)
     xyz = perception.landmarks_3d[index].copy()
     xyz[:, 2] *= -1

@@ -36,7 +36,7 @@ from typing import Protocol
 import torch
 
 from hgm_core.body.base import BodyModel
-from hgm_core.body.fit import BodyFit, FitConfig, fit_body, skeleton
+from hgm_core.body.fit import BodyFit, FitConfig, fit_body, mirror_landmarks, skeleton
 from hgm_core.body.pose_tracker import PoseTrackConfig, PoseTracker
 from hgm_core.body.skinning import bind_body
 from hgm_core.perception.perceive import Landmarks, Perception, PoseEstimator, perceive, perceive_landmarks
@@ -223,6 +223,9 @@ class LivePipeline:
         except (NoPersonError, CropTooSmallError) as e:
             perception, missing = None, str(e)
         stream.person_seen = perception is not None
+        if perception is not None and stream.fit.mirrored:
+            # The keyframe's fit read the landmarks the other way round (its depth said so): so must the tracker.
+            perception = mirror_landmarks(perception)
         t1 = time.perf_counter()
         # The filter's clock: the frame's own stamp; without one, when the job started here (frames
         # reach the worker at the camera's spacing, give or take the network).
