@@ -526,7 +526,7 @@ def fit_body(
         params, out = problem.optimise(R0, init.detach(), [(2, cfg.warm_iterations, cfg.warm_pose_prior_scale, 1.0)], cfg.warm_lr, cfg.warm_iterations if cfg.warm_shape else 0)
         steps = cfg.warm_iterations
         fit = make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start,
-                       problem.distance_sigma(params), problem.surface_residual(params))
+                       *problem.uncertainty(params))
         if fit.keypoint_error_px <= cfg.warm_max_keypoint_error * tg.scale and fit.silhouette_iou >= cfg.warm_min_iou:
             return replace(fit, warm_started=True)
 
@@ -539,7 +539,7 @@ def fit_body(
     params, out = problem.optimise(R0, _initial_params(body_model, tg, Kt, R0), stages, cfg.lr, cfg.shape_iterations)
     steps += cfg.camera_iterations + cfg.iterations
     fit = make_fit(body_model, params, out, tg, K_np, perception.mask, steps, time.perf_counter() - start,
-                   problem.distance_sigma(params), problem.surface_residual(params))
+                   *problem.uncertainty(params))
     if cfg.depth_mirror_check_m > 0 and fit.surface_residual_m > cfg.depth_mirror_check_m:
         other = fit_body(mirror_landmarks(perception), K, body_model, config=replace(cfg, depth_mirror_check_m=0.0), depth=depth, ground=ground)
         best = replace(other, mirrored=True) if other.surface_residual_m < fit.surface_residual_m else fit
@@ -593,17 +593,10 @@ class _Problem:
         r, weight = surface_residuals(points, uv, self.depth, show)
         return r + self.cfg.depth_clothing_m, weight
 
-    def surface_residual(self, params: BodyParams) -> float:
-        """`BodyFit.surface_residual_m` of the body `params`: the median |residual| of its visible samples
-        with usable depth, NaN without depth (or with fewer than 10 such samples)."""
-        if self.depth is None:
-            return math.nan
-        with torch.no_grad():
-            r = self._depth_residuals(self.body(params).vertices[0])[0]
-        return float(r.abs().median()) if len(r) >= 10 else math.nan
-
-    def distance_sigma(self, params: BodyParams) -> float:
-        """`BodyFit.distance_sigma_m` of the body `params` (see there)."""
+    def uncertainty(self, params: BodyParams) -> tuple[float, float]:
+        """`(BodyFit.distance_sigma_m, BodyFit.surface_residual_m)` of the body `params` (see there); the
+        residual is the median |residual| of the visible samples with usable depth (NaN without depth
+        or with fewer than 10 such samples)."""
         model, cfg = self.body.model, self.cfg
         with torch.no_grad():
             points = self.body(params).vertices[0]
@@ -611,12 +604,12 @@ class _Problem:
             r = self._depth_residuals(points)[0]
             if len(r) >= 10:
                 spread = 1.4826 * float((r - r.median()).abs().median()) / math.sqrt(len(r))
-                return math.hypot(cfg.depth_sigma_floor_m, spread)
+                return math.hypot(cfg.depth_sigma_floor_m, spread), float(r.abs().median())
         if self.ground is not None:
             contact = points[self.ground.height(points).argmin()].double().numpy()
-            return contact_distance_sigma(contact, self.ground, self.K.double().numpy(), cfg.ground_pixel_sigma)
+            return contact_distance_sigma(contact, self.ground, self.K.double().numpy(), cfg.ground_pixel_sigma), math.nan
         stature_sd = cfg.stature_sd if model.shape_population is None else model.shape_population.stature_sd
-        return float(points.mean(0).norm()) * math.hypot(stature_sd, cfg.size_sd)
+        return float(points.mean(0).norm()) * math.hypot(stature_sd, cfg.size_sd), math.nan
 
     def optimise(
         self, R0: torch.Tensor, init: BodyParams, stages: list[tuple[int, int, float, float]], lr: float, shape_steps: int
