@@ -10,7 +10,7 @@ import roma
 import torch
 
 from hgm_core.body import AnnyBody, BodyModel, BodyParams, FitConfig, fit_body, mpjpe, pa_mpjpe, skeleton
-from hgm_core.body.fit import BLAZEPOSE_FOR_KEYPOINT, mesh_mask
+from hgm_core.body.fit import BLAZEPOSE_FOR_KEYPOINT, BLAZEPOSE_OFFSETS, fit_targets, mesh_mask, torso_frame_2d
 from hgm_core.perception import LANDMARK_NAMES, Perception, default_intrinsics
 
 IMAGE_SIZE = (512, 512)
@@ -108,8 +108,8 @@ def _run_synthetic(body: AnnyBody, config: FitConfig, noise_3d: float, label: st
 def test_synthetic_fit_with_3d_landmarks_meets_40mm(anny_body: AnnyBody, capsys) -> None:
     """The perceive() situation: 2D keypoints + mask + BlazePose-like metric 3D landmarks, here the
     GT keypoints with 5 cm Gaussian noise per axis (BlazePose world landmarks are that rough)."""
-    # These 3D landmarks are the model's own keypoints (+ noise), not BlazePose's: no lean to undo.
-    config = FitConfig(landmarks_3d_lean_deg=0.0)
+    # These landmarks are the model's own keypoints (+ noise), not BlazePose's: no lean or offsets to undo.
+    config = FitConfig(landmarks_3d_lean_deg=0.0, landmark_offset_scale=0.0)
     rows = _run_synthetic(anny_body, config, 0.05, "2D + mask + 3D landmarks (5 cm noise)", capsys)
     assert np.mean([r[0] for r in rows]) <= 40.0
     assert all(r[2] < 3.0 and r[3] > 0.88 for r in rows)  # keypoints and silhouette are matched
@@ -178,3 +178,25 @@ def test_silhouette_distances() -> None:
     cut[50:, 30:90] = True
     b = silhouette_target(cut, 10_000).boundary
     assert set(b[b[:, 1] > 99, 0].tolist()) == {30.5, 89.5}  # only the side edges reach the bottom row
+
+
+def test_landmark_offsets_are_taken_off_in_the_torso_frame(anny_body: AnnyBody) -> None:
+    """BlazePose's calibrated 2D offsets (`BLAZEPOSE_OFFSETS`) come off the landmarks in the person's
+    own torso frame: mirrored for a person seen from behind, turned for one lying down, none in profile."""
+    front = {"left_shoulder": (120, 100), "right_shoulder": (80, 100), "left_hip": (115, 180), "right_hip": (85, 180)}
+    np.testing.assert_allclose(torso_frame_2d(front), [[1, 0], [0, -1]], atol=1e-12)
+    back = {n: (200 - u, v) for n, (u, v) in front.items()}
+    np.testing.assert_allclose(torso_frame_2d(back), [[-1, 0], [0, -1]], atol=1e-12)
+    lying = {n: (v, -u) for n, (u, v) in front.items()}  # turned 90 degrees in the image
+    np.testing.assert_allclose(torso_frame_2d(lying), [[0, -1], [-1, 0]], atol=1e-12)
+    assert torso_frame_2d({n: (100 + 0.05 * (u - 100), v) for n, (u, v) in front.items()}) is None  # profile
+    K = default_intrinsics(*IMAGE_SIZE)
+    _, _, perception = synthetic_case(anny_body, 0, anny_body.shape_from_phenotypes(SHAPES[0]), K)
+    names = anny_body.keypoint_names
+    plain = fit_targets(perception, names, FitConfig(landmark_offset_scale=0.0))
+    shifted = fit_targets(perception, names, FitConfig())
+    frame = torso_frame_2d({n: plain.uv[names.index(n)].numpy() for n in ("left_shoulder", "right_shoulder", "left_hip", "right_hip")})
+    for name, offset in BLAZEPOSE_OFFSETS.items():
+        k = names.index(name)
+        expected = plain.uv[k].numpy() - plain.scale * frame.T @ np.asarray(offset)
+        np.testing.assert_allclose(shifted.uv[k].numpy(), expected, atol=1e-3)

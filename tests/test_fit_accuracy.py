@@ -20,8 +20,8 @@ from hgm_core.body.fit import mirror_landmarks, warm_start_params
 from hgm_core.perception import LANDMARK_NAMES, default_intrinsics
 from tests.test_fit import IMAGE_SIZE, SHAPES, _errors, synthetic_case
 
-CONFIG = FitConfig(landmarks_3d_lean_deg=0.0)
-"""The case's 3D landmarks are the model's own keypoints (+ noise), not BlazePose's: no lean to undo."""
+CONFIG = FitConfig(landmarks_3d_lean_deg=0.0, landmark_offset_scale=0.0)
+"""The case's landmarks are the model's own keypoints (+ noise), not BlazePose's: no lean or 2D offsets to undo."""
 
 
 def ray_cast_depth(vertices: np.ndarray, faces: np.ndarray, K: np.ndarray, size: tuple[int, int]) -> np.ndarray:

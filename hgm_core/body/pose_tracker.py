@@ -51,7 +51,7 @@ import torch
 
 from hgm_core.body.anny_reduced import AnnyKinematics, ReducedAnny, rotvec_to_rotmat
 from hgm_core.body.base import BodyModel, BodyParams
-from hgm_core.body.fit import BLAZEPOSE_FOR_KEYPOINT, FACE, BodyFit
+from hgm_core.body.fit import BLAZEPOSE_FOR_KEYPOINT, FACE, BodyFit, calibrated_uv
 from hgm_core.camera import project_points
 from hgm_core.perception.perceive import LANDMARK_NAMES, Landmarks, Perception
 
@@ -76,6 +76,8 @@ class PoseTrackConfig:
             person sizes is "lost".
         keypoint_sigma: 2D residual scale (person sizes); robust_sigma: its Geman-McClure scale.
         face_weight: relative weight of the face keypoints (they pin the head, not the body).
+        landmark_offset_scale: as `FitConfig.landmark_offset_scale` (BlazePose's calibrated 2D offsets
+            from the body model's keypoints are taken off, so tracking agrees with the keyframe's fit).
         landmarks_3d_sigma: metres of the hip-centred 3D landmark residuals (0 drops the term).
         limit_sigma: radians of a joint-limit violation; rest_sigma: radians of the weak pull to rest.
         temporal_sigma: (orientation rad, translation m, joint angles rad) of the pull to the previous frame.
@@ -94,6 +96,7 @@ class PoseTrackConfig:
     keypoint_sigma: float = 0.02
     robust_sigma: float = 0.1
     face_weight: float = 0.5
+    landmark_offset_scale: float = 1.0
     landmarks_3d_sigma: float = 0.3
     limit_sigma: float = 0.05
     rest_sigma: float = 3.0
@@ -199,6 +202,7 @@ class PoseTracker:
         names = body.keypoint_names
         self._kp = [k for k, n in enumerate(names) if n in BLAZEPOSE_FOR_KEYPOINT]
         self._lm = [LANDMARK_NAMES.index(BLAZEPOSE_FOR_KEYPOINT[names[k]]) for k in self._kp]
+        self._kp_names = [names[k] for k in self._kp]
         cfg = self.config
         self._kp_weight = torch.tensor([cfg.face_weight if names[k] in FACE else 1.0 for k in self._kp], dtype=torch.float64)
         self._hips = [self._kp.index(names.index(n)) for n in ("left_hip", "right_hip")]
@@ -314,7 +318,9 @@ class PoseTracker:
         weight = torch.as_tensor(np.where(seen, vis, 0.0)) * self._kp_weight
         scale = float(max(np.ptp(u[seen]), np.ptp(v[seen]))) if seen.sum() >= 2 else 1.0  # also for a person lying down
         xyz = torch.as_tensor(np.asarray(perception.landmarks_3d, np.float64)[self._lm])
-        return _Targets(torch.as_tensor(lm2[:, :2]), weight, xyz, max(scale, 1.0), int(seen[self._torso].sum()),
+        # BlazePose's landmarks corrected to the body model's keypoints, as the keyframe's fit does.
+        uv = calibrated_uv(lm2[:, :2], self._kp_names, seen, scale, cfg.landmark_offset_scale)
+        return _Targets(torch.as_tensor(uv), weight, xyz, max(scale, 1.0), int(seen[self._torso].sum()),
                         np.asarray(perception.landmarks_2d)[:, 2], torch.as_tensor(np.asarray(perception.landmarks_3d, np.float64)))
 
     def _initialise(self, tg: _Targets, K: torch.Tensor) -> torch.Tensor:
