@@ -48,7 +48,7 @@ class DepthAlignConfig:
         max_shift_m: local corrections are clipped to +- this (a larger gap is a wrong measurement
             or something in front of the person, not their clothes).
         smooth: the local correction's Gaussian smoothing, in box heights (sigma): it averages the
-            sensor's noise (5 mm at 2.5 m, `simulate_sensor`) over a few pixels of the grid.
+            sensor's noise (about 1 cm at 2.5 m, `simulate_sensor`) over a few pixels of the grid.
         fill: pixels without usable depth nearby (holes, the outline) take the correction smoothed
             over this many box heights.
         front_thickness_m: the local correction fades to 0 this far behind the rendered front surface.
