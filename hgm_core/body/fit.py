@@ -24,7 +24,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, replace
-from typing import Sequence, TypeVar
+from typing import Callable, Sequence, TypeVar
 
 import cv2
 import numpy as np
@@ -39,6 +39,9 @@ from hgm_core.body.ground import GroundPlane, contact_distance_sigma, ground_pla
 from hgm_core.camera import project_points
 from hgm_core.perception.perceive import LANDMARK_NAMES, Landmarks, Perception
 from hgm_core.types import NoPersonError, Skeleton
+
+PerceptionT = TypeVar("PerceptionT", Perception, Landmarks)
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
 
 BLAZEPOSE_FOR_KEYPOINT = {
     "nose": "nose", "left_eye": "left_eye", "right_eye": "right_eye", "left_ear": "left_ear",
@@ -105,8 +108,8 @@ class FitConfig:
         landmark_offset_scale: how much of BlazePose's calibrated 2D offset from the body model's
             keypoints (`BLAZEPOSE_OFFSETS`) `fit_targets` takes off its landmarks (0: none). The two
             place joints differently (BlazePose's shoulders, elbows and hips sit 0.4-0.9 % of the
-            person's height higher, its knees and heels 0.6-0.7 % nearer the midline, its ears 1.1-1.3 %
-            further out), and a fit that matches them exactly bends the body to do so. On the fit
+            person's height higher, its knees and heels 0.6-0.7 % and its ears 1.1-1.3 % nearer the
+            midline), and a fit that matches them exactly bends the body to do so. On the fit
             benchmark (bench/fit.py, generator v3): PA-MPJPE 47.0 -> 44.8 mm and root-aligned 97.1 ->
             94.9 image only, MPJPE 46.7 -> 43.8 with depth; the image-only distance, which rests on
             the population's stature, moves from +59 to +75 mm (mean signed error).
@@ -331,6 +334,14 @@ def fit_targets(perception: Perception, names: tuple[str, ...], cfg: FitConfig) 
     return FitTargets(t(uv), t(weight), t(xyz), scale)
 
 
+def torso_axes(get: Callable[[str], ArrayT]) -> tuple[ArrayT, ArrayT]:
+    """A torso's unnormalised left (from the right shoulder and hip to the left ones) and up (from the
+    hips' midpoint to the shoulders'), from `get(name)` of the `TORSO` points (2D or 3D; numpy or torch)."""
+    left = (get("left_shoulder") - get("right_shoulder")) + (get("left_hip") - get("right_hip"))
+    up = (get("left_shoulder") + get("right_shoulder") - get("left_hip") - get("right_hip")) / 2
+    return left, up
+
+
 def torso_frame_2d(points: dict[str, np.ndarray]) -> np.ndarray | None:
     """`[2, 2]` rows: the image directions of a person's left (from the right shoulder and hip to the
     left ones) and up (from the hips to the shoulders, made orthogonal to left), from the 2D points
@@ -339,9 +350,7 @@ def torso_frame_2d(points: dict[str, np.ndarray]) -> np.ndarray | None:
     -1) for a person seen from behind, so offsets in it follow the body, not the image."""
     if any(n not in points for n in TORSO):
         return None
-    p = {n: np.asarray(points[n], np.float64) for n in TORSO}
-    left = (p["left_shoulder"] - p["right_shoulder"]) + (p["left_hip"] - p["right_hip"])
-    up = (p["left_shoulder"] + p["right_shoulder"] - p["left_hip"] - p["right_hip"]) / 2
+    left, up = torso_axes(lambda n: np.asarray(points[n], np.float64))
     if np.linalg.norm(up) < 1e-6 or np.linalg.norm(left) < 0.2 * np.linalg.norm(up):
         return None  # no torso height, or seen from the side: left is not defined well enough
     left = left / np.linalg.norm(left)
@@ -462,9 +471,7 @@ def silhouette_distances(uv: torch.Tensor, target: Silhouette) -> tuple[torch.Te
 
 def _rotation_from_landmarks(xyz: torch.Tensor, names: tuple[str, ...]) -> torch.Tensor | None:
     """`[3, 3]` body->camera rotation from BlazePose's 3D torso (columns: left, up, forward)."""
-    get = lambda n: xyz[names.index(n)]  # noqa: E731
-    left = (get("left_hip") - get("right_hip")) + (get("left_shoulder") - get("right_shoulder"))
-    up = (get("left_shoulder") + get("right_shoulder") - get("left_hip") - get("right_hip")) / 2
+    left, up = torso_axes(lambda n: xyz[names.index(n)])
     if left.norm() < 1e-3 or up.norm() < 1e-3:
         return None
     up = up / up.norm()
@@ -604,8 +611,6 @@ def fit_body(
         return replace(best, iterations=fit.iterations + other.iterations, seconds=time.perf_counter() - start)
     return fit
 
-
-PerceptionT = TypeVar("PerceptionT", Perception, Landmarks)
 
 MIRRORED_LANDMARKS = tuple(LANDMARK_NAMES.index(n.replace("left", "@").replace("right", "left").replace("@", "right")) for n in LANDMARK_NAMES)
 """For each BlazePose landmark, the index of its left/right counterpart (itself on the midline)."""

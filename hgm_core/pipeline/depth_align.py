@@ -151,14 +151,14 @@ def shift_gaussians(gaussians: Gaussians, shift: SurfaceShift, front_thickness_m
     docstring): `means [N, 3]` scaled by `(z + dz) / z`, scales likewise, everything else kept."""
     means = gaussians.means
     z = means[:, 2].clamp(min=1e-4)
-    K = torch.as_tensor(shift.K, dtype=means.dtype)
-    uv = (means @ K.T)[:, :2] / z[:, None]
+    like = dict(dtype=means.dtype, device=means.device)  # the avatar stays where it is (CPU or a GPU)
+    uv = (means @ torch.as_tensor(shift.K, **like).T)[:, :2] / z[:, None]
     w, h = shift.size
     col = uv[:, 0].floor().long().clamp(0, w - 1)
     row = uv[:, 1].floor().long().clamp(0, h - 1)
     inside = (uv[:, 0] >= 0) & (uv[:, 0] < w) & (uv[:, 1] >= 0) & (uv[:, 1] < h)
-    front = torch.as_tensor(shift.front, dtype=means.dtype)[row, col]
-    local = torch.as_tensor(shift.local, dtype=means.dtype)[row, col]
+    front = torch.as_tensor(shift.front, **like)[row, col]
+    local = torch.as_tensor(shift.local, **like)[row, col]
     fade = (1 - (z - front) / front_thickness_m).clamp(0, 1) * inside * (front > 0)
     dz = shift.global_shift + fade * local
     ratio = ((z + dz) / z)[:, None]
